@@ -1,0 +1,74 @@
+"""The API's composition root: ``create_app(settings)`` with a lifespan owning engines and clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.api.errors import install_error_handlers
+from services.api.routes import batches, documents, health, knowledge_bases
+from services.api.state import AppState
+from services.api.uploads.service import AfterStoreHook, UploadService
+from shared.apikeys import BOOTSTRAP_NAME, store_key
+from shared.db import DatabaseUnavailable, api_database
+from shared.http_metrics import install_http_observability
+from shared.settings import Settings
+from shared.storage import ObjectStore, StorageUnavailable
+
+log = structlog.get_logger("kbingest.api")
+
+
+def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None) -> FastAPI:
+    """Build the API. ``after_store`` is a fault-injection seam used by the atomicity tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = api_database(
+            settings.database_url, service="api", pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+        )
+        store = ObjectStore.from_settings(settings)
+        app.state.kb = AppState(
+            settings=settings, db=db, store=store,
+            uploads=UploadService(settings=settings, db=db, store=store, after_store=after_store),
+        )
+        await _bootstrap(settings, app.state.kb)
+        log.info("api.started", port=settings.api_port)
+        try:
+            yield
+        finally:
+            await db.dispose()
+            log.info("api.stopped")
+
+    app = FastAPI(
+        title="kbingest",
+        version="0.1.0",
+        summary="Document ingestion for knowledge bases: upload, extract, chunk, embed, index.",
+        lifespan=lifespan,
+    )
+    registry = CollectorRegistry()
+    install_http_observability(app, registry, "api")
+    install_error_handlers(app)
+    for module in (health, knowledge_bases, documents, batches):
+        app.include_router(module.router)
+    return app
+
+
+async def _bootstrap(settings: Settings, state: AppState) -> None:
+    """Store the bootstrap key's hash and make sure the bucket exists; never hang on either."""
+    try:
+        await state.store.ensure_bucket()
+    except StorageUnavailable as exc:
+        log.error("api.bucket_unavailable", error=str(exc), bucket=settings.s3_bucket)
+    if settings.api_key is None:
+        return
+    try:
+        async with state.db.transaction() as conn:
+            await store_key(conn, settings.api_key.get_secret_value(), name=BOOTSTRAP_NAME)
+    except DatabaseUnavailable as exc:
+        log.error("api.bootstrap_key_not_stored", error=str(exc))

@@ -1,0 +1,109 @@
+"""Response and request models: the shapes of CONTRACT.md, so /docs is the real contract."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import RowMapping
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    retryable: bool | None = None
+    cause: dict[str, Any] | None = None
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Document(BaseModel):
+    id: uuid.UUID
+    knowledge_base_id: uuid.UUID
+    filename: str
+    original_filename: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    status: Literal["queued", "processing", "ready", "failed", "deleting"]
+    stage: Literal["downloading", "extracting", "chunking", "embedding", "indexing"] | None
+    priority: Literal["high", "normal", "low"]
+    attempts: int
+    max_attempts: int
+    error: ErrorBody | None
+    chunk_count: int | None
+    version: int
+    batch_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+    heartbeat_at: datetime | None
+    processed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Document:
+        return cls.model_validate({k: row[k] for k in cls.model_fields})
+
+
+class DocumentList(BaseModel):
+    items: list[Document]
+    next_cursor: str | None
+
+
+class KnowledgeBaseCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+
+
+class KnowledgeBase(BaseModel):
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    counts: dict[str, int] | None = None
+
+
+class KnowledgeBaseList(BaseModel):
+    items: list[KnowledgeBase]
+
+
+class Accepted(BaseModel):
+    id: uuid.UUID
+    status: str
+
+
+class BatchFileResult(BaseModel):
+    filename: str
+    status_code: int
+    document: Document | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchCreated(BaseModel):
+    id: uuid.UUID
+    knowledge_base_id: uuid.UUID
+    total: int
+    created_at: datetime
+    results: list[BatchFileResult]
+
+
+class BatchProgress(BaseModel):
+    id: uuid.UUID
+    knowledge_base_id: uuid.UUID
+    total: int
+    queued: int
+    processing: int
+    ready: int
+    failed: int
+    deleting: int
+    percent: float
+    cancelled_at: datetime | None
+    created_at: datetime

@@ -1,0 +1,129 @@
+"""The embedded local stack in a data dir: PostgreSQL, nanio, and the kbingest services."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.embedded.postgres import EmbeddedPostgres
+from shared.embedded.s3 import EmbeddedS3
+from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
+
+READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 40.0
+
+PROCESS_ENV = {
+    "DO_NOT_TRACK": "1",
+    "SCARF_NO_ANALYTICS": "1",
+    "UNSTRUCTURED_DISABLE_NOTICE": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def bootstrap_key(data_dir: Path) -> tuple[str, bool]:
+    """KBINGEST_API_KEY if set, else a key generated once and kept in the data dir."""
+    if os.environ.get("KBINGEST_API_KEY"):
+        return os.environ["KBINGEST_API_KEY"], False
+    path = data_dir / "api_key"
+    if path.exists():
+        return path.read_text().strip(), False
+    key = "kbi_" + secrets.token_urlsafe(32)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key, True
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
+class LocalStack:
+    """Starts everything ``make run`` needs; ``stop()`` undoes it in reverse order."""
+
+    data_dir: Path
+    pg_port: int = LOCAL_PG_PORT
+    s3_port: int = LOCAL_S3_PORT
+    services: list[Service] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = Settings(data_dir=self.data_dir)
+        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", self.pg_port, max_connections=100)
+        self.s3 = EmbeddedS3(
+            self.data_dir / "objects", self.s3_port, self.settings.s3_access_key,
+            self.settings.s3_secret_key.get_secret_value(), log_path=self.data_dir / "s3.log",
+        )
+
+    def env(self, api_key: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            **PROCESS_ENV,
+            "KBINGEST_DATA_DIR": str(self.data_dir),
+            "KBINGEST_DATABASE_URL": self.postgres.dsn,
+            "KBINGEST_S3_ENDPOINT": self.s3.endpoint,
+            "KBINGEST_API_KEY": api_key,
+        }
+
+    def start_dependencies(self) -> None:
+        self.postgres.start()
+        self.s3.start()
+
+    def migrate(self, env: dict[str, str]) -> None:
+        subprocess.run([sys.executable, "-m", "services.cli.main", "migrate"], env=env, check=True)
+
+    def start_service(self, name: str, port: int, env: dict[str, str]) -> None:
+        log = (self.data_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", name], env=env, stdout=sys.stdout.buffer,
+            stderr=sys.stderr.buffer if sys.stderr else log, start_new_session=True,
+        )
+        log.close()
+        self.services.append(Service(name, port, proc))
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> list[str]:
+        """Wait until every service answers /readyz 200; returns the ones that did not."""
+        deadline = time.monotonic() + timeout_s
+        pending = {s.name: s for s in self.services}
+        with httpx.Client(timeout=2.0) as client:
+            while pending and time.monotonic() < deadline:
+                for name, svc in list(pending.items()):
+                    if svc.proc.poll() is not None:
+                        return [f"{name} exited with {svc.proc.returncode}"]
+                    try:
+                        if client.get(f"http://127.0.0.1:{svc.port}/readyz").status_code == 200:
+                            del pending[name]
+                    except httpx.HTTPError:
+                        pass
+                time.sleep(0.3)
+        return sorted(pending)
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for svc in reversed(self.services):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                svc.proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait(timeout=5)
+        self.services.clear()
+        self.s3.stop()
+        self.postgres.stop()

@@ -1,0 +1,161 @@
+"""``kbingest``: one CLI for the local stack, each service, migrations, keys and checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.cli import doctor as doctor_checks
+from services.cli.localstack import LocalStack, bootstrap_key
+from shared.settings import Settings
+
+app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+# Services ``up`` starts, in order (each answers /readyz on its port before the stack is 'ready').
+LOCAL_SERVICES = ("api",)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        typer.secho(f"invalid configuration: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(envvar="KBINGEST_DATA_DIR", help="Where all local data lives.")] = Path(
+        ".kbingest"
+    ),
+) -> None:
+    """Run the whole local stack on embedded dependencies until Ctrl-C."""
+    stack = LocalStack(data_dir)
+    key, generated = bootstrap_key(stack.data_dir)
+    env = stack.env(key)
+    stopping = False
+
+    def _interrupt(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        typer.echo(f"kbingest: data in {stack.data_dir}")
+        stack.start_dependencies()
+        typer.echo(f"  postgres  {stack.postgres.dsn}")
+        typer.echo(f"  s3        http://{stack.s3.endpoint} (bucket {stack.settings.s3_bucket})")
+        stack.migrate(env)
+        ports = {"api": stack.settings.api_port, "relay": stack.settings.relay_port,
+                 "processor": stack.settings.processor_port, "reconciler": stack.settings.reconciler_port}
+        for name in LOCAL_SERVICES:
+            stack.start_service(name, ports[name], env)
+        failed = stack.wait_ready()
+        if failed:
+            typer.secho(f"kbingest: not ready: {', '.join(failed)} (see the logs above)", fg=typer.colors.RED)
+            raise typer.Exit(1)
+        for name in LOCAL_SERVICES:
+            typer.echo(f"  {name:<10}http://127.0.0.1:{ports[name]}")
+        api = f"http://127.0.0.1:{stack.settings.api_port}"
+        typer.echo(f"  API key   {key}" + ("  (generated, saved in data dir)" if generated else ""))
+        typer.secho(f"kbingest ready: {api}  (UI {api}/, docs {api}/docs)  Ctrl-C stops", fg=typer.colors.GREEN)
+        while all(s.proc.poll() is None for s in stack.services):
+            time.sleep(0.5)
+        dead = [s.name for s in stack.services if s.proc.poll() is not None]
+        typer.secho(f"kbingest: {', '.join(dead)} exited; stopping", fg=typer.colors.RED)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("kbingest: stopping…")
+    finally:
+        stack.stop()
+        typer.echo("kbingest: stopped")
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API."""
+    from services.api.main import run
+
+    run(_settings())
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    from alembic import command
+    from alembic.config import Config
+
+    settings = _settings()
+    root = Path(__file__).resolve().parents[2]
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "alembic"))
+    config.set_main_option("sqlalchemy.url", settings.database_url)
+    command.upgrade(config, "head")
+    typer.echo("migrations at head")
+
+
+@app.command()
+def doctor() -> None:
+    """Check every dependency; print OK/FAIL per check with how to fix it."""
+    results = asyncio.run(doctor_checks.run_checks(_settings()))
+    for result in results:
+        mark = typer.style(" OK ", fg=typer.colors.GREEN) if result.ok else typer.style("FAIL", fg=typer.colors.RED)
+        typer.echo(f"[{mark}] {result.name}: {result.detail}")
+        if not result.ok and result.fix:
+            typer.echo(f"       fix: {result.fix}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+    kb: Annotated[list[uuid.UUID] | None, typer.Option(help="Limit the key to these knowledge base ids.")] = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from services.cli import keys
+
+    typer.echo(asyncio.run(keys.create(_settings(), name=name, kb_ids=kb)))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (prefix, name, scope, last use)."""
+    from services.cli import keys
+
+    for line in asyncio.run(keys.list_lines(_settings())):
+        typer.echo(line)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or displayed prefix.")]) -> None:
+    """Revoke a key by id or prefix."""
+    from services.cli import keys
+
+    count = asyncio.run(keys.revoke(_settings(), key_id))
+    if count == 0:
+        typer.secho(f"no live key matches {key_id}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {count} key(s)")
+
+
+def main() -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

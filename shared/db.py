@@ -1,0 +1,162 @@
+"""Engines with a hard connection ceiling: QueuePool for the API, NullPool + semaphore for workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres could not be reached, or no connection was free within the pool timeout."""
+
+
+def create_engine(
+    url: str,
+    *,
+    application_name: str,
+    pool: Literal["queue", "null"],
+    pool_size: int = 5,
+    max_overflow: int = 2,
+    pool_timeout_s: float = 5.0,
+    statement_timeout_s: float = 30.0,
+) -> AsyncEngine:
+    """Build an async engine; ``application_name`` shows who holds what in pg_stat_activity."""
+    connect_args = {
+        "timeout": CONNECT_TIMEOUT_S,
+        "server_settings": {
+            "application_name": application_name,
+            "statement_timeout": str(int(statement_timeout_s * 1000)),
+            "idle_in_transaction_session_timeout": str(int(statement_timeout_s * 2000)),
+        },
+    }
+    if pool == "null":
+        return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout_s,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unreachable rather than a bad statement."""
+    if isinstance(exc, (DatabaseUnavailable, OSError, sqlalchemy.exc.TimeoutError)):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = type(exc.orig).__name__ if exc.orig is not None else ""
+        return orig in {
+            "TooManyConnectionsError",
+            "CannotConnectNowError",
+            "ConnectionDoesNotExistError",
+            "InterfaceError",
+            "AdminShutdownError",
+            "ConnectionFailureError",
+        } or "connection" in str(exc).lower() and "closed" in str(exc).lower()
+    return False
+
+
+class Database:
+    """An engine plus a semaphore: a process never holds more than ``max_connections``."""
+
+    def __init__(self, engine: AsyncEngine, *, max_connections: int, acquire_timeout_s: float) -> None:
+        self.engine = engine
+        self.max_connections = max_connections
+        self._slots = asyncio.Semaphore(max_connections)
+        self._acquire_timeout_s = acquire_timeout_s
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._acquire_timeout_s)
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(
+                f"no database connection free within {self._acquire_timeout_s:.1f}s "
+                f"(ceiling {self.max_connections})"
+            ) from exc
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One connection, one transaction: commits on success, rolls back on error."""
+        async with self._slot():
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            except BaseException as exc:
+                if is_connection_error(exc) and not isinstance(exc, DatabaseUnavailable):
+                    raise DatabaseUnavailable(str(exc)) from exc
+                raise
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection without an implicit transaction (autocommit reads, LISTEN)."""
+        async with self._slot():
+            try:
+                async with self.engine.connect() as conn:
+                    yield conn
+            except BaseException as exc:
+                if is_connection_error(exc) and not isinstance(exc, DatabaseUnavailable):
+                    raise DatabaseUnavailable(str(exc)) from exc
+                raise
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def api_database(
+    url: str,
+    *,
+    service: str,
+    pool_size: int,
+    max_overflow: int,
+    pool_timeout_s: float,
+    statement_timeout_s: float = 30.0,
+) -> Database:
+    """The API's small QueuePool; the ceiling is pool_size + max_overflow."""
+    engine = create_engine(
+        url,
+        application_name=f"kbingest.{service}",
+        pool="queue",
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout_s=pool_timeout_s,
+        statement_timeout_s=statement_timeout_s,
+    )
+    return Database(
+        engine, max_connections=pool_size + max_overflow, acquire_timeout_s=pool_timeout_s
+    )
+
+
+def worker_database(
+    url: str,
+    *,
+    service: str,
+    max_connections: int,
+    acquire_timeout_s: float = 30.0,
+    statement_timeout_s: float = 30.0,
+) -> Database:
+    """A worker's NullPool engine bounded by a semaphore of ``max_connections``."""
+    engine = create_engine(
+        url,
+        application_name=f"kbingest.{service}",
+        pool="null",
+        statement_timeout_s=statement_timeout_s,
+    )
+    return Database(engine, max_connections=max_connections, acquire_timeout_s=acquire_timeout_s)

@@ -1,0 +1,113 @@
+"""Event types, the CloudEvents 1.0 envelope, and the JSON Schema every emitted event matches."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+EventType = Literal[
+    "document.uploaded",
+    "document.stage_changed",
+    "document.retry_scheduled",
+    "document.requeued",
+    "document.indexed",
+    "document.failed",
+    "document.delete_requested",
+    "document.deleted",
+    "knowledge_base.deleted",
+]
+EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]  # Literal args
+
+SPECVERSION: Final = "1.0"
+NOTIFY_CHANNEL: Final = "kbingest_outbox"
+STATE_CHANNEL: Final = "kbingest_documents"
+
+
+def envelope(
+    *,
+    event_id: uuid.UUID,
+    event_type: str,
+    source: str,
+    subject: uuid.UUID,
+    data: dict[str, Any],
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """A CloudEvents 1.0 JSON envelope; ``id`` is the consumers' dedup key."""
+    return {
+        "specversion": SPECVERSION,
+        "id": str(event_id),
+        "type": event_type,
+        "source": source,
+        "subject": str(subject),
+        "time": (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+_ERROR_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["code", "message", "retryable"],
+    "properties": {
+        "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+        "message": {"type": "string"},
+        "retryable": {"type": "boolean"},
+        "cause": {"type": "object"},
+    },
+}
+
+_DOCUMENT_DATA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["document_id", "knowledge_base_id", "version", "status"],
+    "properties": {
+        "document_id": {"type": "string", "format": "uuid"},
+        "knowledge_base_id": {"type": "string", "format": "uuid"},
+        "version": {"type": "integer", "minimum": 0},
+        "status": {"enum": ["queued", "processing", "ready", "failed", "deleting", "deleted"]},
+        "stage": {"enum": [None, "downloading", "extracting", "chunking", "embedding", "indexing"]},
+        "filename": {"type": "string"},
+        "media_type": {"type": "string"},
+        "size_bytes": {"type": "integer"},
+        "sha256": {"type": "string"},
+        "attempts": {"type": "integer"},
+        "chunk_count": {"type": ["integer", "null"]},
+        "error": {"oneOf": [{"type": "null"}, _ERROR_SCHEMA]},
+    },
+}
+
+_REQUIRED_DATA_EXTRA: Final[dict[str, list[str]]] = {
+    "document.uploaded": ["filename", "media_type", "size_bytes", "sha256"],
+    "document.stage_changed": ["stage"],
+    "document.retry_scheduled": ["error"],
+    "document.failed": ["error"],
+    "document.indexed": ["chunk_count"],
+}
+
+
+def event_schema(event_type: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one event type's envelope."""
+    data = dict(_DOCUMENT_DATA)
+    data["required"] = [*_DOCUMENT_DATA["required"], *_REQUIRED_DATA_EXTRA.get(event_type, [])]
+    if event_type == "knowledge_base.deleted":
+        data = {
+            "type": "object",
+            "required": ["knowledge_base_id", "status"],
+            "properties": {"knowledge_base_id": {"type": "string"}, "status": {"const": "deleted"}},
+        }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": event_type,
+        "type": "object",
+        "required": ["specversion", "id", "type", "source", "subject", "time", "datacontenttype", "data"],
+        "properties": {
+            "specversion": {"const": SPECVERSION},
+            "id": {"type": "string", "format": "uuid"},
+            "type": {"const": event_type},
+            "source": {"type": "string", "pattern": "^kbingest/"},
+            "subject": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"const": "application/json"},
+            "data": data,
+        },
+    }

@@ -1,0 +1,263 @@
+"""The whole schema as SQLAlchemy models; alembic migrations must match (``alembic check``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DOCUMENT_STATUSES = ("queued", "processing", "ready", "failed", "deleting")
+STAGES = ("downloading", "extracting", "chunking", "embedding", "indexing")
+PRIORITIES = ("high", "normal", "low")
+
+NOW = text("now()")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, uuid.UUID: UUID(as_uuid=True)}
+
+
+def _ts(*, nullable: bool = False, default_now: bool = False) -> Mapped[Any]:
+    return mapped_column(
+        DateTime(timezone=True), nullable=nullable, server_default=NOW if default_now else None
+    )
+
+
+class KnowledgeBase(Base):
+    __tablename__ = "knowledge_bases"
+    __table_args__ = (
+        Index(
+            "uq_knowledge_bases_live_name",
+            "name",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    updated_at: Mapped[datetime] = _ts(default_now=True)
+    deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    knowledge_base_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True
+    )
+    total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    cancelled_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        CheckConstraint(_in("status", DOCUMENT_STATUSES), name="status"),
+        CheckConstraint(f"stage IS NULL OR {_in('stage', STAGES)}", name="stage"),
+        CheckConstraint(_in("priority", PRIORITIES), name="priority"),
+        Index(
+            "uq_documents_live_filename",
+            "knowledge_base_id",
+            "filename",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index(
+            "uq_documents_live_sha256",
+            "knowledge_base_id",
+            "sha256",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        # Reconciler: processing documents by heartbeat age (stale scan).
+        Index(
+            "ix_documents_processing_heartbeat",
+            "heartbeat_at",
+            postgresql_where=text("status = 'processing'"),
+        ),
+        # Reconciler and pipeline: queued documents by age (lost dispatch, oldest queued).
+        Index(
+            "ix_documents_queued_available",
+            "available_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index("ix_documents_kb_created", "knowledge_base_id", "created_at", "id"),
+        Index("ix_documents_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    knowledge_base_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE")
+    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="SET NULL"), index=True
+    )
+    filename: Mapped[str] = mapped_column(Text)
+    original_filename: Mapped[str] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(Text)
+    object_key: Mapped[str] = mapped_column(Text, unique=True)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
+    stage: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[str] = mapped_column(Text, server_default=text("'normal'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    chunk_count: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_epoch: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    available_at: Mapped[datetime] = _ts(default_now=True)
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    updated_at: Mapped[datetime] = _ts(default_now=True)
+    heartbeat_at: Mapped[datetime | None] = _ts(nullable=True)
+    processed_at: Mapped[datetime | None] = _ts(nullable=True)
+    deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class DocumentAttempt(Base):
+    """One row per processing attempt, with how it ended and why."""
+
+    __tablename__ = "document_attempts"
+    __table_args__ = (Index("ix_document_attempts_document", "document_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    document_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    lease_epoch: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = _ts(default_now=True)
+    finished_at: Mapped[datetime | None] = _ts(nullable=True)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    stage: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class Outbox(Base):
+    """Events to deliver; ``seq`` orders them, ``id`` is the CloudEvents id (dedup key)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # Relay claim: due, undelivered, not dead, oldest first.
+        Index(
+            "ix_outbox_pending",
+            "available_at",
+            "seq",
+            postgresql_where=text("delivered_at IS NULL AND dead_at IS NULL"),
+        ),
+        # Relay per-aggregate ordering check: earlier undelivered event of the same aggregate.
+        Index(
+            "ix_outbox_pending_aggregate",
+            "aggregate_id",
+            "seq",
+            postgresql_where=text("delivered_at IS NULL AND dead_at IS NULL"),
+        ),
+        Index("ix_outbox_dead", "dead_at", postgresql_where=text("dead_at IS NOT NULL")),
+        Index(
+            "ix_outbox_delivered", "delivered_at", postgresql_where=text("delivered_at IS NOT NULL")
+        ),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    type: Mapped[str] = mapped_column(Text)
+    aggregate_type: Mapped[str] = mapped_column(Text)
+    aggregate_id: Mapped[uuid.UUID] = mapped_column()
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    available_at: Mapped[datetime] = _ts(default_now=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    delivered_at: Mapped[datetime | None] = _ts(nullable=True)
+    dead_at: Mapped[datetime | None] = _ts(nullable=True)
+    dead_reason: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    errors: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+
+
+class ProcessorInbox(Base):
+    """Event ids a processor accepted: the dedup key of at-least-once delivery."""
+
+    __tablename__ = "processor_inbox"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    event_type: Mapped[str] = mapped_column(Text)
+    document_id: Mapped[uuid.UUID | None] = mapped_column()
+    received_at: Mapped[datetime] = _ts(default_now=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str] = mapped_column(Text, unique=True)
+    knowledge_base_ids: Mapped[list[uuid.UUID] | None] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    revoked_at: Mapped[datetime | None] = _ts(nullable=True)
+    last_used_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class IdempotencyKey(Base):
+    """First response to an ``Idempotency-Key`` upload, replayed on repeats."""
+
+    __tablename__ = "idempotency_keys"
+
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _ts(default_now=True)
+
+
+class Processor(Base):
+    """Processors register here and heartbeat, so 'no processor alive' is visible."""
+
+    __tablename__ = "processors"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    hostname: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _ts(default_now=True)
+    ready_at: Mapped[datetime | None] = _ts(nullable=True)
+    last_seen: Mapped[datetime] = _ts(default_now=True)
+    stopped_at: Mapped[datetime | None] = _ts(nullable=True)

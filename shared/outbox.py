@@ -1,0 +1,49 @@
+"""The single writer of outbox rows: always inside the caller's transaction, with NOTIFY."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.events import NOTIFY_CHANNEL, envelope
+
+# Inserts one event; NOTIFY is delivered at commit, so the relay never sees uncommitted rows.
+INSERT_EVENT = text(
+    """
+    INSERT INTO outbox (id, type, aggregate_type, aggregate_id, payload)
+    VALUES (:id, :type, :aggregate_type, :aggregate_id, CAST(:payload AS jsonb))
+    """
+)
+NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', :type)")
+
+
+async def add_event(
+    conn: AsyncConnection,
+    *,
+    event_type: str,
+    aggregate_id: uuid.UUID,
+    data: dict[str, Any],
+    source: str,
+    aggregate_type: str = "document",
+) -> dict[str, Any]:
+    """Write one CloudEvents envelope to the outbox in ``conn``'s transaction and return it."""
+    event_id = uuid.uuid4()
+    body = envelope(
+        event_id=event_id, event_type=event_type, source=source, subject=aggregate_id, data=data
+    )
+    await conn.execute(
+        INSERT_EVENT,
+        {
+            "id": event_id,
+            "type": event_type,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "payload": json.dumps(body),
+        },
+    )
+    await conn.execute(NOTIFY, {"type": event_type})
+    return body

