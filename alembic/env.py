@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
+from alembic import context
 from shared.db import create_engine
 from shared.models import Base
 from shared.settings import Settings
@@ -17,9 +17,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    explicit = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
-        "sqlalchemy.url"
-    )
+    explicit = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
     return explicit or Settings().database_url
 
 

@@ -60,7 +60,13 @@ async def store_key(
     key_id = uuid.uuid4()
     await conn.execute(
         INSERT_KEY,
-        {"id": key_id, "name": name, "prefix": display_prefix(key), "hash": hash_key(key), "kb_ids": knowledge_base_ids},
+        {
+            "id": key_id,
+            "name": name,
+            "prefix": display_prefix(key),
+            "hash": hash_key(key),
+            "kb_ids": knowledge_base_ids,
+        },
     )
     found = await find_key(conn, key)
     assert found is not None
@@ -98,10 +104,7 @@ async def revoke_key(conn: AsyncConnection, key_id_or_prefix: str) -> int:
     except ValueError:
         key_id = None
     result = await conn.execute(
-        text(
-            "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL "
-            "AND (id = :id OR prefix = :prefix)"
-        ),
+        text("UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL AND (id = :id OR prefix = :prefix)"),
         {"id": key_id, "prefix": key_id_or_prefix},
     )
     return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult has rowcount

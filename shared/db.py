@@ -65,7 +65,7 @@ def is_connection_error(exc: BaseException) -> bool:
             "InterfaceError",
             "AdminShutdownError",
             "ConnectionFailureError",
-        } or "connection" in str(exc).lower() and "closed" in str(exc).lower()
+        } or ("connection" in str(exc).lower() and "closed" in str(exc).lower())
     return False
 
 
@@ -84,8 +84,7 @@ class Database:
             await asyncio.wait_for(self._slots.acquire(), self._acquire_timeout_s)
         except TimeoutError as exc:
             raise DatabaseUnavailable(
-                f"no database connection free within {self._acquire_timeout_s:.1f}s "
-                f"(ceiling {self.max_connections})"
+                f"no database connection free within {self._acquire_timeout_s:.1f}s (ceiling {self.max_connections})"
             ) from exc
         try:
             yield
@@ -139,9 +138,7 @@ def api_database(
         pool_timeout_s=pool_timeout_s,
         statement_timeout_s=statement_timeout_s,
     )
-    return Database(
-        engine, max_connections=pool_size + max_overflow, acquire_timeout_s=pool_timeout_s
-    )
+    return Database(engine, max_connections=pool_size + max_overflow, acquire_timeout_s=pool_timeout_s)
 
 
 def worker_database(

@@ -17,12 +17,16 @@ class HttpMetrics:
     def __init__(self, registry: CollectorRegistry, service: str) -> None:
         self.service = service
         self.requests = Counter(
-            "kbingest_http_requests_total", "HTTP requests served",
-            ["service", "method", "route", "status"], registry=registry,
+            "kbingest_http_requests_total",
+            "HTTP requests served",
+            ["service", "method", "route", "status"],
+            registry=registry,
         )
         self.duration = Histogram(
-            "kbingest_http_request_duration_seconds", "HTTP request duration",
-            ["service", "method", "route"], registry=registry,
+            "kbingest_http_request_duration_seconds",
+            "HTTP request duration",
+            ["service", "method", "route"],
+            registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 

@@ -10,7 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, assert_never
+from typing import Any, Final, Literal
 
 from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
@@ -202,12 +202,8 @@ def event_data(row: RowMapping) -> dict[str, Any]:
     }
 
 
-async def _emit(
-    conn: AsyncConnection, row: RowMapping, event_type: str, source: str
-) -> dict[str, Any]:
-    body = await add_event(
-        conn, event_type=event_type, aggregate_id=row["id"], data=event_data(row), source=source
-    )
+async def _emit(conn: AsyncConnection, row: RowMapping, event_type: str, source: str) -> dict[str, Any]:
+    body = await add_event(conn, event_type=event_type, aggregate_id=row["id"], data=event_data(row), source=source)
     notice = {
         "event_id": body["id"],
         "type": event_type,
@@ -230,9 +226,7 @@ def _error_json(error: DocumentError | None) -> str | None:
     return json.dumps(error.to_json()) if error is not None else None
 
 
-async def create_document(
-    conn: AsyncConnection, *, values: dict[str, Any], source: str = "kbingest/api"
-) -> RowMapping:
+async def create_document(conn: AsyncConnection, *, values: dict[str, Any], source: str = "kbingest/api") -> RowMapping:
     """Insert a queued document and its ``document.uploaded`` event (IntegrityError on duplicate)."""
     row = (await conn.execute(INSERT_DOCUMENT, values)).mappings().one()
     await _emit(conn, row, "document.uploaded", source)
@@ -269,8 +263,10 @@ async def advance_stage(
 ) -> bool:
     """Enter ``stage`` and emit ``document.stage_changed``; False means the lease was lost."""
     row = (
-        await conn.execute(ADVANCE_STAGE, {"id": lease.document_id, "epoch": lease.epoch, "stage": stage})
-    ).mappings().one_or_none()
+        (await conn.execute(ADVANCE_STAGE, {"id": lease.document_id, "epoch": lease.epoch, "stage": stage}))
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return False
     await _emit(conn, row, "document.stage_changed", source)
@@ -282,10 +278,10 @@ async def mark_ready(
 ) -> bool:
     """Finish as ``ready`` with ``document.indexed``; False means the lease was lost."""
     row = (
-        await conn.execute(
-            MARK_READY, {"id": lease.document_id, "epoch": lease.epoch, "chunk_count": chunk_count}
-        )
-    ).mappings().one_or_none()
+        (await conn.execute(MARK_READY, {"id": lease.document_id, "epoch": lease.epoch, "chunk_count": chunk_count}))
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return False
     await _close_attempt(conn, lease.document_id, lease.epoch, "ready", None, None)
@@ -317,29 +313,36 @@ async def fail_or_retry(
         )
     if error.retryable and not out_of_attempts:
         updated = (
-            await conn.execute(
-                REQUEUE_HELD,
-                {"id": lease.document_id, "epoch": lease.epoch, "error": _error_json(error), "delay_s": retry_delay_s},
+            (
+                await conn.execute(
+                    REQUEUE_HELD,
+                    {
+                        "id": lease.document_id,
+                        "epoch": lease.epoch,
+                        "error": _error_json(error),
+                        "delay_s": retry_delay_s,
+                    },
+                )
             )
-        ).mappings().one_or_none()
+            .mappings()
+            .one_or_none()
+        )
         outcome: Outcome = "retry_scheduled"
     else:
         updated = (
-            await conn.execute(
-                MARK_FAILED, {"id": lease.document_id, "epoch": lease.epoch, "error": _error_json(final)}
+            (
+                await conn.execute(
+                    MARK_FAILED, {"id": lease.document_id, "epoch": lease.epoch, "error": _error_json(final)}
+                )
             )
-        ).mappings().one_or_none()
+            .mappings()
+            .one_or_none()
+        )
         outcome = "failed"
     if updated is None:
         return "lease_lost"
     await _close_attempt(conn, lease.document_id, lease.epoch, outcome, stage, error)
-    match outcome:
-        case "retry_scheduled":
-            await _emit(conn, updated, "document.retry_scheduled", source)
-        case "failed":
-            await _emit(conn, updated, "document.failed", source)
-        case _ as unreachable:
-            assert_never(unreachable)
+    await _emit(conn, updated, f"document.{outcome}", source)
     return outcome
 
 
@@ -348,10 +351,14 @@ async def hand_back(
 ) -> bool:
     """Give the document back at once (shutdown): queued, not counted as a failure."""
     updated = (
-        await conn.execute(
-            REQUEUE_HELD, {"id": lease.document_id, "epoch": lease.epoch, "error": None, "delay_s": 0.0}
+        (
+            await conn.execute(
+                REQUEUE_HELD, {"id": lease.document_id, "epoch": lease.epoch, "error": None, "delay_s": 0.0}
+            )
         )
-    ).mappings().one_or_none()
+        .mappings()
+        .one_or_none()
+    )
     if updated is None:
         return False
     await conn.execute(
@@ -374,8 +381,10 @@ async def rescue_stale(
     """Requeue (or fail, when out of attempts) a processing document whose heartbeat went stale."""
     stalled = DocumentError(ErrorCode.STALLED, f"no heartbeat for more than {stale_after_s:g}s")
     current = (
-        await conn.execute(text("SELECT attempts, max_attempts FROM documents WHERE id = :id"), {"id": document_id})
-    ).mappings().one_or_none()
+        (await conn.execute(text("SELECT attempts, max_attempts FROM documents WHERE id = :id"), {"id": document_id}))
+        .mappings()
+        .one_or_none()
+    )
     if current is None:
         return "skipped"
     final = stalled
@@ -386,11 +395,15 @@ async def rescue_stale(
             cause=stalled,
         )
     row = (
-        await conn.execute(
-            RESCUE_STALE,
-            {"id": document_id, "epoch": epoch, "error": _error_json(final), "stale_after_s": stale_after_s},
+        (
+            await conn.execute(
+                RESCUE_STALE,
+                {"id": document_id, "epoch": epoch, "error": _error_json(final), "stale_after_s": stale_after_s},
+            )
         )
-    ).mappings().one_or_none()
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return "skipped"
     await _close_attempt(conn, document_id, epoch, "stalled", None, stalled)
@@ -422,9 +435,7 @@ async def cancel_queued(
     conn: AsyncConnection, document_id: uuid.UUID, error: DocumentError, *, source: str = "kbingest/api"
 ) -> bool:
     """Fail a still-queued document with ``error`` (it never ran)."""
-    row = (
-        await conn.execute(CANCEL_QUEUED, {"id": document_id, "error": _error_json(error)})
-    ).mappings().one_or_none()
+    row = (await conn.execute(CANCEL_QUEUED, {"id": document_id, "error": _error_json(error)})).mappings().one_or_none()
     if row is not None:
         await _emit(conn, row, "document.failed", source)
     return row is not None
@@ -440,9 +451,7 @@ async def request_delete(
     return row
 
 
-async def finish_delete(
-    conn: AsyncConnection, document_id: uuid.UUID, *, source: str = "kbingest/processor"
-) -> bool:
+async def finish_delete(conn: AsyncConnection, document_id: uuid.UUID, *, source: str = "kbingest/processor") -> bool:
     """Tombstone a ``deleting`` document once its points and object are gone."""
     row = (await conn.execute(FINISH_DELETE, {"id": document_id})).mappings().one_or_none()
     if row is None:

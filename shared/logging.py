@@ -9,9 +9,7 @@ from typing import Literal
 import structlog
 
 
-def configure_logging(
-    *, service: str, log_format: Literal["console", "json"] = "console", level: str = "INFO"
-) -> None:
+def configure_logging(*, service: str, log_format: Literal["console", "json"] = "console", level: str = "INFO") -> None:
     """Configure structlog and the stdlib root logger once per entrypoint."""
     shared_processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -42,13 +42,11 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSONB, uuid.UUID: UUID(as_uuid=True)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB, uuid.UUID: UUID(as_uuid=True)}
 
 
 def _ts(*, nullable: bool = False, default_now: bool = False) -> Mapped[Any]:
-    return mapped_column(
-        DateTime(timezone=True), nullable=nullable, server_default=NOW if default_now else None
-    )
+    return mapped_column(DateTime(timezone=True), nullable=nullable, server_default=NOW if default_now else None)
 
 
 class KnowledgeBase(Base):
@@ -118,12 +116,8 @@ class Document(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    knowledge_base_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("knowledge_bases.id", ondelete="CASCADE")
-    )
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("batches.id", ondelete="SET NULL"), index=True
-    )
+    knowledge_base_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)
     filename: Mapped[str] = mapped_column(Text)
     original_filename: Mapped[str] = mapped_column(Text)
     media_type: Mapped[str] = mapped_column(Text)
@@ -155,9 +149,7 @@ class DocumentAttempt(Base):
     __table_args__ = (Index("ix_document_attempts_document", "document_id", "attempt"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    document_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("documents.id", ondelete="CASCADE")
-    )
+    document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     lease_epoch: Mapped[int] = mapped_column(Integer)
     lease_owner: Mapped[str | None] = mapped_column(Text)
@@ -188,9 +180,7 @@ class Outbox(Base):
             postgresql_where=text("delivered_at IS NULL AND dead_at IS NULL"),
         ),
         Index("ix_outbox_dead", "dead_at", postgresql_where=text("dead_at IS NOT NULL")),
-        Index(
-            "ix_outbox_delivered", "delivered_at", postgresql_where=text("delivered_at IS NOT NULL")
-        ),
+        Index("ix_outbox_delivered", "delivered_at", postgresql_where=text("delivered_at IS NOT NULL")),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -238,9 +228,7 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
-    api_key_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
-    )
+    api_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     request_hash: Mapped[str] = mapped_column(Text)
     status_code: Mapped[int] = mapped_column(Integer)

@@ -32,9 +32,7 @@ async def add_event(
 ) -> dict[str, Any]:
     """Write one CloudEvents envelope to the outbox in ``conn``'s transaction and return it."""
     event_id = uuid.uuid4()
-    body = envelope(
-        event_id=event_id, event_type=event_type, source=source, subject=aggregate_id, data=data
-    )
+    body = envelope(event_id=event_id, event_type=event_type, source=source, subject=aggregate_id, data=data)
     await conn.execute(
         INSERT_EVENT,
         {

@@ -13,7 +13,7 @@ LOCAL_PG_PORT = 55432
 LOCAL_S3_PORT = 9400
 LOCAL_S3_ACCESS_KEY = "kbingest"
 LOCAL_S3_SECRET_KEY = "kbingest-local-secret"
-LOCAL_RELAY_SECRET = "kbingest-local-relay-secret"  # noqa: S105 - refused outside local mode
+LOCAL_RELAY_SECRET = "kbingest-local-relay-secret"
 
 DEFAULT_PORTS = {"api": 8000, "relay": 8001, "processor": 8002, "reconciler": 8003}
 
@@ -110,14 +110,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
         if self.heartbeat_interval_s * 3 > self.stale_after_s:
-            raise ValueError(
-                "HEARTBEAT_INTERVAL_S x 3 must not exceed STALE_AFTER_S, or live work gets rescued"
-            )
+            raise ValueError("HEARTBEAT_INTERVAL_S x 3 must not exceed STALE_AFTER_S, or live work gets rescued")
         if self.env == "production":
             defaults = {
                 "KBINGEST_RELAY_SECRET": self.relay_secret.get_secret_value() == LOCAL_RELAY_SECRET,
-                "KBINGEST_S3_SECRET_KEY": self.s3_secret_key.get_secret_value()
-                == LOCAL_S3_SECRET_KEY,
+                "KBINGEST_S3_SECRET_KEY": self.s3_secret_key.get_secret_value() == LOCAL_S3_SECRET_KEY,
             }
             bad = [name for name, is_default in defaults.items() if is_default]
             if bad:

@@ -61,7 +61,11 @@ class ObjectStore:
         )
         self.bucket = bucket
         self._client = Minio(
-            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
             http_client=http,
         )
         self._timeout_s = timeout_s

@@ -62,7 +62,7 @@ def settings(database_url: str, s3_server: EmbeddedS3, tmp_path: Path, api_key: 
 
 async def _client_for(app: FastAPI, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {api_key}"}, timeout=60
         ) as client:

@@ -28,13 +28,18 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = api_database(
-            settings.database_url, service="api", pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow, pool_timeout_s=settings.db_pool_timeout_s,
+            settings.database_url,
+            service="api",
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
             statement_timeout_s=settings.db_statement_timeout_s,
         )
         store = ObjectStore.from_settings(settings)
         app.state.kb = AppState(
-            settings=settings, db=db, store=store,
+            settings=settings,
+            db=db,
+            store=store,
             uploads=UploadService(settings=settings, db=db, store=store, after_store=after_store),
         )
         await _bootstrap(settings, app.state.kb)

@@ -32,15 +32,20 @@ async def current_key(request: Request, state: StateDep) -> KeyRecord:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     async with state.db.transaction() as conn:
         record = await find_key(conn, token.strip())
         if record is not None:
             await touch_key(conn, record.id)
     if record is None:
-        raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "invalid_api_key", "the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
+        )
     return record
 
 

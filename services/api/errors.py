@@ -17,14 +17,23 @@ from shared.storage import StorageUnavailable
 log = structlog.get_logger("kbingest.api")
 
 _HTTP_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "file_too_large", 415: "unsupported_media_type", 422: "validation_error",
-    429: "rate_limited", 503: "service_unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "file_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "service_unavailable",
 }
 
 
-def _json(status: int, code: str, message: str, extra: dict[str, Any] | None = None,
-          headers: dict[str, str] | None = None) -> JSONResponse:
+def _json(
+    status: int, code: str, message: str, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, **(extra or {})}}, status_code=status, headers=headers
     )
@@ -37,9 +46,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": [str(p) for p in err.get("loc", ())], "message": err.get("msg", "")} for err in exc.errors()
-        ]
+        details = [{"loc": [str(p) for p in err.get("loc", ())], "message": err.get("msg", "")} for err in exc.errors()]
         message = "; ".join(f"{'.'.join(d['loc'])}: {d['message']}" for d in details) or "invalid request"
         return _json(422, "validation_error", message, {"details": details})
 
@@ -51,14 +58,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DatabaseUnavailable)
     async def _db(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
         log.warning("api.database_unavailable", error=str(exc))
-        return _json(503, "database_unavailable", "the database is unavailable; retry shortly",
-                     headers={"Retry-After": "2"})
+        return _json(
+            503, "database_unavailable", "the database is unavailable; retry shortly", headers={"Retry-After": "2"}
+        )
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
         log.warning("api.storage_unavailable", error=str(exc))
-        return _json(503, "storage_unavailable", "the object store is unavailable; retry shortly",
-                     headers={"Retry-After": "2"})
+        return _json(
+            503, "storage_unavailable", "the object store is unavailable; retry shortly", headers={"Retry-After": "2"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

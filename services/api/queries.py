@@ -35,9 +35,7 @@ async def get_document(conn: AsyncConnection, document_id: uuid.UUID) -> RowMapp
     return (await conn.execute(GET_DOCUMENT, {"id": document_id})).mappings().one_or_none()
 
 
-async def find_duplicate(
-    conn: AsyncConnection, kb_id: uuid.UUID, *, filename: str, sha256: str
-) -> RowMapping | None:
+async def find_duplicate(conn: AsyncConnection, kb_id: uuid.UUID, *, filename: str, sha256: str) -> RowMapping | None:
     params = {"kb_id": kb_id, "filename": filename, "sha256": sha256}
     return (await conn.execute(FIND_DUPLICATE, params)).mappings().first()
 

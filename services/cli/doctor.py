@@ -42,27 +42,42 @@ async def check_postgres(settings: Settings) -> list[CheckResult]:
             await conn.execute(text("SELECT 1"))
             results.append(CheckResult("postgres", True, "reachable"))
             version = (
-                await conn.execute(text("SELECT version_num FROM alembic_version"))
-            ).scalar_one_or_none() if (
-                await conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
-            ).scalar_one() else None
+                (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
+                if (await conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))).scalar_one()
+                else None
+            )
             head = _alembic_head()
             results.append(
-                CheckResult("migrations", version == head, f"database at {version}, code at {head}",
-                            "run `kbingest migrate`")
+                CheckResult(
+                    "migrations", version == head, f"database at {version}, code at {head}", "run `kbingest migrate`"
+                )
             )
             used, maximum = (
                 await conn.execute(
-                    text("SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
-                         "current_setting('max_connections')::int")
+                    text(
+                        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
+                        "current_setting('max_connections')::int"
+                    )
                 )
             ).one()
             ok = used < 0.8 * maximum
-            results.append(CheckResult("connections", ok, f"{used}/{maximum} in use",
-                                       "lower DB_MAX_CONNECTIONS / replicas or raise max_connections"))
-    except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        results.append(CheckResult("postgres", False, f"{type(exc).__name__}: {exc}"[:300],
-                                   "start PostgreSQL (make run) or set KBINGEST_DATABASE_URL"))
+            results.append(
+                CheckResult(
+                    "connections",
+                    ok,
+                    f"{used}/{maximum} in use",
+                    "lower DB_MAX_CONNECTIONS / replicas or raise max_connections",
+                )
+            )
+    except Exception as exc:
+        results.append(
+            CheckResult(
+                "postgres",
+                False,
+                f"{type(exc).__name__}: {exc}"[:300],
+                "start PostgreSQL (make run) or set KBINGEST_DATABASE_URL",
+            )
+        )
     finally:
         await db.dispose()
     return results
@@ -73,9 +88,15 @@ async def check_object_store(settings: Settings) -> list[CheckResult]:
     try:
         await store.ensure_bucket()
         await store.probe()
-    except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        return [CheckResult("object_store", False, f"{exc}"[:300],
-                            f"start the S3 server (make run) or check KBINGEST_S3_ENDPOINT={settings.s3_endpoint}")]
+    except Exception as exc:
+        return [
+            CheckResult(
+                "object_store",
+                False,
+                f"{exc}"[:300],
+                f"start the S3 server (make run) or check KBINGEST_S3_ENDPOINT={settings.s3_endpoint}",
+            )
+        ]
     return [CheckResult("object_store", True, f"bucket '{settings.s3_bucket}' write/read/delete ok")]
 
 

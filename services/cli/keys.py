@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 
 from shared.apikeys import generate_key, list_keys, revoke_key, store_key
-from shared.db import worker_database
+from shared.db import Database, worker_database
 from shared.settings import Settings
 
 
-def _db(settings: Settings):  # noqa: ANN202 - internal helper
+def _db(settings: Settings) -> Database:
     return worker_database(settings.database_url, service="cli", max_connections=1, acquire_timeout_s=10)
 
 

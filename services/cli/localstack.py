@@ -65,8 +65,11 @@ class LocalStack:
         self.settings = Settings(data_dir=self.data_dir)
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres", self.pg_port, max_connections=100)
         self.s3 = EmbeddedS3(
-            self.data_dir / "objects", self.s3_port, self.settings.s3_access_key,
-            self.settings.s3_secret_key.get_secret_value(), log_path=self.data_dir / "s3.log",
+            self.data_dir / "objects",
+            self.s3_port,
+            self.settings.s3_access_key,
+            self.settings.s3_secret_key.get_secret_value(),
+            log_path=self.data_dir / "s3.log",
         )
 
     def env(self, api_key: str) -> dict[str, str]:
@@ -89,8 +92,11 @@ class LocalStack:
     def start_service(self, name: str, port: int, env: dict[str, str]) -> None:
         log = (self.data_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", name], env=env, stdout=sys.stdout.buffer,
-            stderr=sys.stderr.buffer if sys.stderr else log, start_new_session=True,
+            [sys.executable, "-m", "services.cli.main", name],
+            env=env,
+            stdout=sys.stdout.buffer,
+            stderr=sys.stderr.buffer if sys.stderr else log,
+            start_new_session=True,
         )
         log.close()
         self.services.append(Service(name, port, proc))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ import typer
 
 from services.cli import doctor as doctor_checks
 from services.cli.localstack import LocalStack, bootstrap_key
-from shared.settings import Settings
+from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -38,9 +37,13 @@ def up(
     data_dir: Annotated[Path, typer.Option(envvar="KBINGEST_DATA_DIR", help="Where all local data lives.")] = Path(
         ".kbingest"
     ),
+    pg_port: Annotated[int, typer.Option(envvar="KBINGEST_LOCAL_PG_PORT", help="Embedded Postgres port.")] = (
+        LOCAL_PG_PORT
+    ),
+    s3_port: Annotated[int, typer.Option(envvar="KBINGEST_LOCAL_S3_PORT", help="Embedded S3 port.")] = LOCAL_S3_PORT,
 ) -> None:
     """Run the whole local stack on embedded dependencies until Ctrl-C."""
-    stack = LocalStack(data_dir)
+    stack = LocalStack(data_dir, pg_port=pg_port, s3_port=s3_port)
     key, generated = bootstrap_key(stack.data_dir)
     env = stack.env(key)
     stopping = False
@@ -59,8 +62,12 @@ def up(
         typer.echo(f"  postgres  {stack.postgres.dsn}")
         typer.echo(f"  s3        http://{stack.s3.endpoint} (bucket {stack.settings.s3_bucket})")
         stack.migrate(env)
-        ports = {"api": stack.settings.api_port, "relay": stack.settings.relay_port,
-                 "processor": stack.settings.processor_port, "reconciler": stack.settings.reconciler_port}
+        ports = {
+            "api": stack.settings.api_port,
+            "relay": stack.settings.relay_port,
+            "processor": stack.settings.processor_port,
+            "reconciler": stack.settings.reconciler_port,
+        }
         for name in LOCAL_SERVICES:
             stack.start_service(name, ports[name], env)
         failed = stack.wait_ready()
@@ -95,8 +102,9 @@ def api() -> None:
 @app.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head)."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     settings = _settings()
     root = Path(__file__).resolve().parents[2]
@@ -158,4 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

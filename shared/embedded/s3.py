@@ -42,9 +42,23 @@ class EmbeddedS3:
         log = (self.log_path or self.data_dir.parent / "s3.log").open("ab")
         # Always bind loopback: nanio's default is every interface.
         self._proc = subprocess.Popen(
-            [nanio, "serve", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                nanio,
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S

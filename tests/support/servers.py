@@ -13,6 +13,8 @@ from pathlib import Path
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
 
+__all__ = ["EmbeddedPostgres", "EmbeddedS3"]
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpus"
 TEMPLATE_DB = "kbingest_template"
@@ -42,7 +44,9 @@ def start_postgres(max_connections: int = 200) -> EmbeddedPostgres:
 def migrate(url: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "-x", f"url={url}", "upgrade", "head"],
-        check=True, cwd=ROOT, capture_output=True,
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
     )
 
 

@@ -9,21 +9,26 @@ from sqlalchemy import text
 
 from services.api import queries
 from services.api.deps import CurrentKey, DbDep, StateDep, require_kb_access
-from services.api.schemas import Accepted, BatchCreated, BatchFileResult, BatchProgress, ErrorDetail, ErrorResponse
+from services.api.routes.responses import error_responses
+from services.api.schemas import Accepted, BatchCreated, BatchFileResult, BatchProgress, ErrorDetail
 from services.api.uploads.receive import receive_multipart
 from shared.errors import ApiError, DocumentError, ErrorCode
 from shared.lifecycle import cancel_queued, retry_failed
 
 router = APIRouter(tags=["batches"])
-ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = error_responses()
 
 BATCH_COUNTS = text(
     "SELECT status, count(*) AS n FROM documents WHERE batch_id = :id AND deleted_at IS NULL GROUP BY status"
 )
 
 
-@router.post("/v1/knowledge-bases/{kb_id}/batches", status_code=201, response_model=BatchCreated,
-             responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, **ERRORS})
+@router.post(
+    "/v1/knowledge-bases/{kb_id}/batches",
+    status_code=201,
+    response_model=BatchCreated,
+    responses=error_responses(413, 422),
+)
 async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, state: StateDep) -> BatchCreated:
     """Each ``file`` part is uploaded on its own: one bad file never sinks the others."""
     require_kb_access(key, kb_id)
@@ -31,7 +36,9 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
         if await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
     form = await receive_multipart(
-        request, max_file_bytes=state.settings.max_upload_bytes, max_files=state.settings.max_batch_files,
+        request,
+        max_file_bytes=state.settings.max_upload_bytes,
+        max_files=state.settings.max_batch_files,
         fail_fast=False,
     )
     try:
@@ -42,8 +49,10 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
         async with state.db.transaction() as conn:
             created = (
                 await conn.execute(
-                    text("INSERT INTO batches (id, knowledge_base_id, total) VALUES (:id, :kb, :total) "
-                         "RETURNING created_at"),
+                    text(
+                        "INSERT INTO batches (id, knowledge_base_id, total) VALUES (:id, :kb, :total) "
+                        "RETURNING created_at"
+                    ),
                     {"id": batch_id, "kb": kb_id, "total": len(files)},
                 )
             ).scalar_one()
@@ -54,11 +63,17 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
                 outcome = await state.uploads.upload(
                     kb_id=kb_id, key=key, received=received, priority=priority, batch_id=batch_id
                 )
-                results.append(BatchFileResult(filename=received.filename, status_code=outcome.status_code,
-                                               document=outcome.body))  # type: ignore[arg-type]  # validated dict
+                results.append(
+                    BatchFileResult(filename=received.filename, status_code=outcome.status_code, document=outcome.body)
+                )  # type: ignore[arg-type]  # validated dict
             except ApiError as exc:
-                results.append(BatchFileResult(filename=received.filename, status_code=exc.status_code,
-                                               error=ErrorDetail(code=exc.code, message=exc.message, **exc.extra)))
+                results.append(
+                    BatchFileResult(
+                        filename=received.filename,
+                        status_code=exc.status_code,
+                        error=ErrorDetail(code=exc.code, message=exc.message, **exc.extra),
+                    )
+                )
     finally:
         form.cleanup()
     return BatchCreated(id=batch_id, knowledge_base_id=kb_id, total=len(files), created_at=created, results=results)
@@ -67,11 +82,15 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
 async def _load_batch(db: DbDep, key: CurrentKey, batch_id: uuid.UUID) -> dict[str, object]:
     async with db.transaction() as conn:
         row = (
-            await conn.execute(
-                text("SELECT id, knowledge_base_id, total, created_at, cancelled_at FROM batches WHERE id = :id"),
-                {"id": batch_id},
+            (
+                await conn.execute(
+                    text("SELECT id, knowledge_base_id, total, created_at, cancelled_at FROM batches WHERE id = :id"),
+                    {"id": batch_id},
+                )
             )
-        ).mappings().one_or_none()
+            .mappings()
+            .one_or_none()
+        )
     if row is None or not key.allows(row["knowledge_base_id"]):
         raise ApiError(404, "not_found", "batch not found")
     return dict(row)
@@ -90,8 +109,9 @@ async def batch_progress(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Bat
     return BatchProgress(**batch, **counts, percent=percent)  # type: ignore[arg-type]  # row fields match
 
 
-@router.post("/v1/batches/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-             responses=ERRORS)
+@router.post(
+    "/v1/batches/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=ERRORS
+)
 async def cancel_batch(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     """Queued documents of the batch fail with ``cancelled``; running ones finish."""
     await _load_batch(db, key, batch_id)
@@ -101,27 +121,39 @@ async def cancel_batch(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accep
             text("UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = :id"), {"id": batch_id}
         )
         ids = (
-            await conn.execute(
-                text("SELECT id FROM documents WHERE batch_id = :id AND status = 'queued' AND deleted_at IS NULL"),
-                {"id": batch_id},
+            (
+                await conn.execute(
+                    text("SELECT id FROM documents WHERE batch_id = :id AND status = 'queued' AND deleted_at IS NULL"),
+                    {"id": batch_id},
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         for doc_id in ids:
             await cancel_queued(conn, doc_id, error)
     return Accepted(id=batch_id, status="cancelled")
 
 
-@router.post("/v1/batches/{batch_id}/retry-failed", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-             responses=ERRORS)
+@router.post(
+    "/v1/batches/{batch_id}/retry-failed",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=ERRORS,
+)
 async def retry_failed_in_batch(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     await _load_batch(db, key, batch_id)
     async with db.transaction() as conn:
         ids = (
-            await conn.execute(
-                text("SELECT id FROM documents WHERE batch_id = :id AND status = 'failed' AND deleted_at IS NULL"),
-                {"id": batch_id},
+            (
+                await conn.execute(
+                    text("SELECT id FROM documents WHERE batch_id = :id AND status = 'failed' AND deleted_at IS NULL"),
+                    {"id": batch_id},
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         for doc_id in ids:
             await retry_failed(conn, doc_id)
     return Accepted(id=batch_id, status="retrying")

@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from services.api import queries
 from services.api.deps import CurrentKey, DbDep, StateDep, require_kb_access
-from services.api.schemas import Accepted, Document, DocumentList, ErrorResponse
+from services.api.routes.responses import error_responses
+from services.api.schemas import Accepted, Document, DocumentList
 from services.api.uploads.receive import receive_multipart
 from shared.errors import ApiError
 from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
@@ -22,7 +23,7 @@ from shared.lifecycle import request_delete, retry_failed
 from shared.storage import ObjectMissing
 
 router = APIRouter(tags=["documents"])
-ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = error_responses()
 StatusFilter = Literal["queued", "processing", "ready", "failed", "deleting"]
 
 
@@ -30,12 +31,23 @@ StatusFilter = Literal["queued", "processing", "ready", "failed", "deleting"]
     "/v1/knowledge-bases/{kb_id}/documents",
     status_code=201,
     response_model=Document,
-    responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-               422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, **ERRORS},
-    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {"file": {"type": "string", "format": "binary"},
-                       "priority": {"type": "string", "enum": ["high", "normal", "low"]}}}}}}},
+    responses=error_responses(409, 413, 415, 422, 503),
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "priority": {"type": "string", "enum": ["high", "normal", "low"]},
+                        },
+                    }
+                }
+            }
+        }
+    },
 )
 async def upload_document(
     kb_id: uuid.UUID,
@@ -49,15 +61,16 @@ async def upload_document(
     async with state.db.transaction() as conn:
         if await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
-    form = await receive_multipart(
-        request, max_file_bytes=state.settings.max_upload_bytes, max_files=1, fail_fast=True
-    )
+    form = await receive_multipart(request, max_file_bytes=state.settings.max_upload_bytes, max_files=1, fail_fast=True)
     try:
         files = [f for f in form.files if f.field_name == "file"]
         if not files:
             raise ApiError(422, "validation_error", "multipart field 'file' is required")
         result = await state.uploads.upload(
-            kb_id=kb_id, key=key, received=files[0], priority=form.fields.get("priority", "normal") or "normal",
+            kb_id=kb_id,
+            key=key,
+            received=files[0],
+            priority=form.fields.get("priority", "normal") or "normal",
             idempotency_key=idempotency_key,
         )
     finally:
@@ -98,12 +111,18 @@ async def list_documents(
         if await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
         rows = (
-            await conn.execute(
-                text(f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE {where} "
-                     "ORDER BY created_at DESC, id DESC LIMIT :limit"),
-                params,
+            (
+                await conn.execute(
+                    text(
+                        f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE {where} "
+                        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+                    ),
+                    params,
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
     items = [Document.from_row(r) for r in rows[:limit]]
     next_cursor = _encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
     return DocumentList(items=items, next_cursor=next_cursor)
@@ -122,21 +141,30 @@ async def get_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Do
     return await _load_visible(db, key, document_id)
 
 
-@router.post("/v1/documents/{document_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=Document,
-             responses={409: {"model": ErrorResponse}, **ERRORS})
+@router.post(
+    "/v1/documents/{document_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Document,
+    responses=error_responses(409),
+)
 async def retry_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Document:
     """Failed → queued with a fresh attempt budget."""
     current = await _load_visible(db, key, document_id)
     async with db.transaction() as conn:
         row = await retry_failed(conn, document_id)
     if row is None:
-        raise ApiError(409, "not_retryable", f"only failed documents can be retried (status is {current.status})",
-                       {"status": current.status})
+        raise ApiError(
+            409,
+            "not_retryable",
+            f"only failed documents can be retried (status is {current.status})",
+            {"status": current.status},
+        )
     return Document.from_row(row)
 
 
-@router.delete("/v1/documents/{document_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-               responses=ERRORS)
+@router.delete(
+    "/v1/documents/{document_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=ERRORS
+)
 async def delete_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     """Mark deleting; the processor removes points and object, then tombstones the row."""
     current = await _load_visible(db, key, document_id)

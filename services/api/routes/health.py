@@ -35,13 +35,17 @@ async def readyz(state: StateDep) -> JSONResponse:
         try:
             await asyncio.wait_for(check(), READY_TIMEOUT_S)
             checks[name] = "ok"
-        except Exception as exc:  # noqa: BLE001 - readiness reports any failure by name
+        except Exception as exc:
             checks[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
     failed = [name for name, result in checks.items() if result != "ok"]
     if failed:
         return JSONResponse(
-            {"status": "unavailable", "failed": failed, "checks": checks,
-             "error": {"code": "not_ready", "message": f"not ready: {', '.join(failed)}"}},
+            {
+                "status": "unavailable",
+                "failed": failed,
+                "checks": checks,
+                "error": {"code": "not_ready", "message": f"not ready: {', '.join(failed)}"},
+            },
             status_code=503,
         )
     return JSONResponse({"status": "ready", "checks": checks})

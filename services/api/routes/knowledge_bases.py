@@ -10,16 +10,17 @@ from sqlalchemy import text
 
 from services.api import queries
 from services.api.deps import CurrentKey, DbDep, require_kb_access
-from services.api.schemas import Accepted, ErrorResponse, KnowledgeBase, KnowledgeBaseCreate, KnowledgeBaseList
+from services.api.routes.responses import error_responses
+from services.api.schemas import Accepted, KnowledgeBase, KnowledgeBaseCreate, KnowledgeBaseList
 from shared.errors import ApiError
 from shared.lifecycle import request_delete
 from shared.outbox import add_event
 
 router = APIRouter(prefix="/v1/knowledge-bases", tags=["knowledge bases"])
-ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = error_responses()
 
 
-@router.post("", status_code=201, response_model=KnowledgeBase, responses={409: {"model": ErrorResponse}, **ERRORS})
+@router.post("", status_code=201, response_model=KnowledgeBase, responses=error_responses(409))
 async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, response: Response) -> KnowledgeBase:
     if key.knowledge_base_ids is not None:
         raise ApiError(403, "forbidden", "this API key is limited to some knowledge bases and may not create one")
@@ -28,12 +29,18 @@ async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, respo
     try:
         async with db.transaction() as conn:
             row = (
-                await conn.execute(
-                    text("INSERT INTO knowledge_bases (id, name) VALUES (:id, :name) "
-                         "RETURNING id, name, created_at, updated_at"),
-                    {"id": kb_id, "name": name},
+                (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO knowledge_bases (id, name) VALUES (:id, :name) "
+                            "RETURNING id, name, created_at, updated_at"
+                        ),
+                        {"id": kb_id, "name": name},
+                    )
                 )
-            ).mappings().one()
+                .mappings()
+                .one()
+            )
     except sqlalchemy.exc.IntegrityError as exc:
         async with db.transaction() as conn:
             existing = (
@@ -41,8 +48,12 @@ async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, respo
                     text("SELECT id FROM knowledge_bases WHERE name = :name AND deleted_at IS NULL"), {"name": name}
                 )
             ).scalar_one_or_none()
-        raise ApiError(409, "duplicate_name", f"a knowledge base named '{name}' already exists",
-                       {"knowledge_base_id": str(existing) if existing else None}) from exc
+        raise ApiError(
+            409,
+            "duplicate_name",
+            f"a knowledge base named '{name}' already exists",
+            {"knowledge_base_id": str(existing) if existing else None},
+        ) from exc
     response.headers["Location"] = f"/v1/knowledge-bases/{kb_id}"
     return KnowledgeBase(**row, counts={s: 0 for s in ("queued", "processing", "ready", "failed", "deleting")})
 
@@ -51,11 +62,17 @@ async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, respo
 async def list_kbs(key: CurrentKey, db: DbDep) -> KnowledgeBaseList:
     async with db.transaction() as conn:
         rows = (
-            await conn.execute(
-                text("SELECT id, name, created_at, updated_at FROM knowledge_bases "
-                     "WHERE deleted_at IS NULL ORDER BY created_at DESC, id")
+            (
+                await conn.execute(
+                    text(
+                        "SELECT id, name, created_at, updated_at FROM knowledge_bases "
+                        "WHERE deleted_at IS NULL ORDER BY created_at DESC, id"
+                    )
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
     return KnowledgeBaseList(items=[KnowledgeBase(**r) for r in rows if key.allows(r["id"])])
 
 
@@ -77,24 +94,35 @@ async def delete_kb(kb_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     async with db.transaction() as conn:
         deleted = (
             await conn.execute(
-                text("UPDATE knowledge_bases SET deleted_at = now(), updated_at = now() "
-                     "WHERE id = :id AND deleted_at IS NULL RETURNING id"),
+                text(
+                    "UPDATE knowledge_bases SET deleted_at = now(), updated_at = now() "
+                    "WHERE id = :id AND deleted_at IS NULL RETURNING id"
+                ),
                 {"id": kb_id},
             )
         ).scalar_one_or_none()
         if deleted is None:
             raise ApiError(404, "not_found", "knowledge base not found")
         doc_ids = (
-            await conn.execute(
-                text("SELECT id FROM documents WHERE knowledge_base_id = :id AND deleted_at IS NULL "
-                     "AND status <> 'deleting'"),
-                {"id": kb_id},
+            (
+                await conn.execute(
+                    text(
+                        "SELECT id FROM documents WHERE knowledge_base_id = :id AND deleted_at IS NULL "
+                        "AND status <> 'deleting'"
+                    ),
+                    {"id": kb_id},
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         for doc_id in doc_ids:
             await request_delete(conn, doc_id)
         await add_event(
-            conn, event_type="knowledge_base.deleted", aggregate_id=kb_id, aggregate_type="knowledge_base",
+            conn,
+            event_type="knowledge_base.deleted",
+            aggregate_id=kb_id,
+            aggregate_type="knowledge_base",
             data={"knowledge_base_id": str(kb_id), "status": "deleted", "documents": len(doc_ids)},
             source="kbingest/api",
         )

@@ -21,8 +21,14 @@ SUPPORTED: Final = frozenset({PDF, DOCX, PPTX, XLSX, CSV, HTML, MARKDOWN, TEXT, 
 _OOXML_BY_EXT: Final = {".docx": DOCX, ".pptx": PPTX, ".xlsx": XLSX}
 _OOXML_BY_PART: Final = (("word/", DOCX), ("ppt/", PPTX), ("xl/", XLSX))
 _TEXT_BY_EXT: Final = {
-    ".md": MARKDOWN, ".markdown": MARKDOWN, ".csv": CSV, ".html": HTML, ".htm": HTML,
-    ".eml": EML, ".txt": TEXT, ".text": TEXT,
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".csv": CSV,
+    ".html": HTML,
+    ".htm": HTML,
+    ".eml": EML,
+    ".txt": TEXT,
+    ".text": TEXT,
 }
 _OLE_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _EMAIL_HEADERS: Final = (b"from:", b"received:", b"mime-version:", b"return-path:", b"message-id:", b"subject:")

@@ -82,9 +82,7 @@ class _Collector:
         if len(self.form.files) >= self.max_files:
             raise ApiError(413, "too_many_files", f"at most {self.max_files} files per request")
         path = self.form.tmp_dir / f"part-{len(self.form.files)}"
-        self._file = ReceivedFile(
-            field_name=name, filename=raw_filename.decode("utf-8", errors="replace"), path=path
-        )
+        self._file = ReceivedFile(field_name=name, filename=raw_filename.decode("utf-8", errors="replace"), path=path)
         self._handle = path.open("wb")
         self._hasher = hashlib.sha256()
 
@@ -107,7 +105,9 @@ class _Collector:
             current.path.unlink(missing_ok=True)
             if self.fail_fast:
                 raise ApiError(
-                    413, "file_too_large", f"file exceeds the limit of {self.max_file_bytes} bytes",
+                    413,
+                    "file_too_large",
+                    f"file exceeds the limit of {self.max_file_bytes} bytes",
                     {"max_bytes": self.max_file_bytes},
                 )
             return

@@ -75,7 +75,9 @@ class UploadService:
         """Return the media type, or raise the 4xx that refuses this file (nothing is stored)."""
         if received.too_large:
             raise ApiError(
-                413, "file_too_large", f"file exceeds the limit of {self._settings.max_upload_bytes} bytes",
+                413,
+                "file_too_large",
+                f"file exceeds the limit of {self._settings.max_upload_bytes} bytes",
                 {"max_bytes": self._settings.max_upload_bytes},
             )
         if received.size == 0:
@@ -83,9 +85,7 @@ class UploadService:
         try:
             media_type = detect_media_type(received.path, received.head, received.filename)
         except UnsupportedMediaType as exc:
-            raise ApiError(
-                415, "unsupported_media_type", f"{exc}", {"supported": sorted(SUPPORTED)}
-            ) from exc
+            raise ApiError(415, "unsupported_media_type", f"{exc}", {"supported": sorted(SUPPORTED)}) from exc
         return media_type
 
     async def upload(
@@ -123,9 +123,17 @@ class UploadService:
             raise ApiError(503, "storage_unavailable", "the object store is unavailable; nothing was stored") from exc
         try:
             result = await self._commit(
-                document_id=document_id, kb_id=kb_id, key=key, received=received, filename=filename,
-                media_type=media_type, priority=priority, batch_id=batch_id, object_key=key_name,
-                idempotency_key=idempotency_key, request_hash=request_hash,
+                document_id=document_id,
+                kb_id=kb_id,
+                key=key,
+                received=received,
+                filename=filename,
+                media_type=media_type,
+                priority=priority,
+                batch_id=batch_id,
+                object_key=key_name,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
             )
         except BaseException:
             await self._discard(key_name, bound)
@@ -134,15 +142,32 @@ class UploadService:
         return result
 
     async def _commit(
-        self, *, document_id: uuid.UUID, kb_id: uuid.UUID, key: KeyRecord, received: ReceivedFile, filename: str,
-        media_type: str, priority: str, batch_id: uuid.UUID | None, object_key: str,
-        idempotency_key: str | None, request_hash: str,
+        self,
+        *,
+        document_id: uuid.UUID,
+        kb_id: uuid.UUID,
+        key: KeyRecord,
+        received: ReceivedFile,
+        filename: str,
+        media_type: str,
+        priority: str,
+        batch_id: uuid.UUID | None,
+        object_key: str,
+        idempotency_key: str | None,
+        request_hash: str,
     ) -> UploadResult:
         values = {
-            "id": document_id, "knowledge_base_id": kb_id, "batch_id": batch_id, "filename": filename,
-            "original_filename": original_for_display(received.filename), "media_type": media_type,
-            "size_bytes": received.size, "sha256": received.sha256, "object_key": object_key,
-            "priority": priority, "max_attempts": self._settings.max_attempts,
+            "id": document_id,
+            "knowledge_base_id": kb_id,
+            "batch_id": batch_id,
+            "filename": filename,
+            "original_filename": original_for_display(received.filename),
+            "media_type": media_type,
+            "size_bytes": received.size,
+            "sha256": received.sha256,
+            "object_key": object_key,
+            "priority": priority,
+            "max_attempts": self._settings.max_attempts,
         }
         try:
             async with self._db.transaction() as conn:
@@ -156,16 +181,29 @@ class UploadService:
                 if idempotency_key is not None:
                     await conn.execute(
                         SAVE_IDEMPOTENT,
-                        {"key_id": key.id, "key": idempotency_key, "request_hash": request_hash,
-                         "status_code": 201, "response": json.dumps(body)},
+                        {
+                            "key_id": key.id,
+                            "key": idempotency_key,
+                            "request_hash": request_hash,
+                            "status_code": 201,
+                            "response": json.dumps(body),
+                        },
                     )
                 return UploadResult(201, body, headers)
         except sqlalchemy.exc.IntegrityError as exc:
-            return await self._resolve_conflict(exc, kb_id, key, filename, received.sha256, idempotency_key, request_hash)
+            return await self._resolve_conflict(
+                exc, kb_id, key, filename, received.sha256, idempotency_key, request_hash
+            )
 
     async def _resolve_conflict(
-        self, exc: sqlalchemy.exc.IntegrityError, kb_id: uuid.UUID, key: KeyRecord, filename: str, sha256: str,
-        idempotency_key: str | None, request_hash: str,
+        self,
+        exc: sqlalchemy.exc.IntegrityError,
+        kb_id: uuid.UUID,
+        key: KeyRecord,
+        filename: str,
+        sha256: str,
+        idempotency_key: str | None,
+        request_hash: str,
     ) -> UploadResult:
         """A unique index said no: a concurrent twin won. Answer what the winner created."""
         async with self._db.transaction() as conn:
@@ -181,15 +219,11 @@ class UploadService:
     async def _replay(
         self, conn: AsyncConnection, key: KeyRecord, idempotency_key: str, request_hash: str
     ) -> UploadResult | None:
-        row = (
-            await conn.execute(FIND_IDEMPOTENT, {"key_id": key.id, "key": idempotency_key})
-        ).mappings().one_or_none()
+        row = (await conn.execute(FIND_IDEMPOTENT, {"key_id": key.id, "key": idempotency_key})).mappings().one_or_none()
         if row is None:
             return None
         if row["request_hash"] != request_hash:
-            raise ApiError(
-                422, "idempotency_key_reused", "this Idempotency-Key was used for a different upload"
-            )
+            raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used for a different upload")
         body = row["response"]
         return UploadResult(
             row["status_code"], body, {"Location": f"/v1/documents/{body['id']}", "Idempotent-Replayed": "true"}

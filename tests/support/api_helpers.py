@@ -1,0 +1,61 @@
+"""Helpers for API tests: create KBs, upload, inspect rows/objects."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from shared.db import worker_database
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+
+async def create_kb(api: httpx.AsyncClient, name: str | None = None) -> str:
+    response = await api.post("/v1/knowledge-bases", json={"name": name or f"kb-{uuid.uuid4().hex[:8]}"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def upload(
+    api: httpx.AsyncClient,
+    kb_id: str,
+    filename: str,
+    content: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/octet-stream",
+    data: dict[str, str] | None = None,
+) -> httpx.Response:
+    return await api.post(
+        f"/v1/knowledge-bases/{kb_id}/documents",
+        files={"file": (filename, content, content_type)},
+        headers=headers,
+        data=data,
+    )
+
+
+async def fetch_all(settings: Settings, sql: str, **params: Any) -> list[dict[str, Any]]:
+    db = worker_database(settings.database_url, service="test", max_connections=1)
+    try:
+        async with db.transaction() as conn:
+            return [dict(r) for r in (await conn.execute(text(sql), params)).mappings()]
+    finally:
+        await db.dispose()
+
+
+async def object_keys(settings: Settings) -> list[str]:
+    store = ObjectStore.from_settings(settings)
+    await store.ensure_bucket()
+    return [o.key for o in await store.list("kb/")]
+
+
+def assert_error_shape(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return dict(body["error"])
