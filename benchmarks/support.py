@@ -1,0 +1,114 @@
+"""Benchmark plumbing: embedded servers, a real API process, percentiles, tables."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from shared.embedded.postgres import EmbeddedPostgres
+from shared.embedded.s3 import EmbeddedS3
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def summarize_ms(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50) * 1000,
+        "p95": percentile(values, 95) * 1000,
+        "p99": percentile(values, 99) * 1000,
+        "mean": statistics.fmean(values) * 1000 if values else float("nan"),
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (also readable in a terminal)."""
+    cells = [[str(h) for h in headers]] + [[f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+@dataclass
+class Stack:
+    postgres: EmbeddedPostgres
+    s3: EmbeddedS3
+    env: dict[str, str]
+
+
+@contextmanager
+def embedded_stack(max_connections: int = 100) -> Iterator[Stack]:
+    """A durable-off Postgres and a nanio server in a temp dir, migrated."""
+    base = Path(tempfile.mkdtemp(prefix="kbi-bench-", dir="/tmp"))
+    base.chmod(0o755)
+    pg = EmbeddedPostgres(base / "pg", free_port(), max_connections=max_connections, durable=False)
+    s3 = EmbeddedS3(base / "s3", free_port(), "bench", "bench-secret-key", log_path=base / "s3.log")
+    pg.start()
+    s3.start()
+    env = {
+        **os.environ,
+        "KBINGEST_DATABASE_URL": pg.dsn,
+        "KBINGEST_S3_ENDPOINT": s3.endpoint,
+        "KBINGEST_S3_ACCESS_KEY": "bench",
+        "KBINGEST_S3_SECRET_KEY": "bench-secret-key",
+        "KBINGEST_DATA_DIR": str(base / "data"),
+        "KBINGEST_LOG_LEVEL": "WARNING",
+    }
+    subprocess.run([sys.executable, "-m", "services.cli.main", "migrate"], env=env, check=True, cwd=ROOT,
+                   capture_output=True)
+    try:
+        yield Stack(pg, s3, env)
+    finally:
+        s3.stop()
+        pg.destroy()
+
+
+@contextmanager
+def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
+    """``kbingest api`` as a real process; yields its base URL once /readyz is 200."""
+    port = free_port()
+    env = {**stack.env, "KBINGEST_API_PORT": str(port), "KBINGEST_API_KEY": api_key, **extra_env}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "api"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("API did not become ready")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
