@@ -202,8 +202,12 @@ def event_data(row: RowMapping) -> dict[str, Any]:
     }
 
 
-async def _emit(conn: AsyncConnection, row: RowMapping, event_type: str, source: str) -> dict[str, Any]:
-    body = await add_event(conn, event_type=event_type, aggregate_id=row["id"], data=event_data(row), source=source)
+async def _emit(
+    conn: AsyncConnection, row: RowMapping, event_type: str, source: str, *, delay_s: float = 0.0
+) -> dict[str, Any]:
+    body = await add_event(
+        conn, event_type=event_type, aggregate_id=row["id"], data=event_data(row), source=source, delay_s=delay_s
+    )
     notice = {
         "event_id": body["id"],
         "type": event_type,
@@ -342,7 +346,9 @@ async def fail_or_retry(
     if updated is None:
         return "lease_lost"
     await _close_attempt(conn, lease.document_id, lease.epoch, outcome, stage, error)
-    await _emit(conn, updated, f"document.{outcome}", source)
+    await _emit(
+        conn, updated, f"document.{outcome}", source, delay_s=retry_delay_s if outcome == "retry_scheduled" else 0.0
+    )
     return outcome
 
 
