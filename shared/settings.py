@@ -66,6 +66,8 @@ class Settings(BaseSettings):
 
     api_key: SecretStr | None = None
     api_host: str = "127.0.0.1"
+    bind_host: str = "127.0.0.1"
+    api_internal_url: str = ""
     api_port: int = DEFAULT_PORTS["api"]
     relay_port: int = DEFAULT_PORTS["relay"]
     processor_port: int = DEFAULT_PORTS["processor"]
@@ -128,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return Path(self.qdrant_url) if self.qdrant_url else self.data_dir / "qdrant"
+
+    def internal_api_url(self) -> str:
+        """Where other services reach the API (local vector writes, readiness)."""
+        return self.api_internal_url.rstrip("/") or f"http://127.0.0.1:{self.api_port}"
 
     def processor_url(self) -> str:
         return f"http://127.0.0.1:{self.processor_port}/v1/events"
