@@ -25,6 +25,15 @@ PROCESSOR_EVENT_TYPES = (
     "document.delete_requested",
 )
 
+# Event types no built-in service consumes; other services may subscribe to them via RELAY_ROUTES.
+INFORMATIONAL_EVENT_TYPES = (
+    "document.stage_changed",
+    "document.indexed",
+    "document.failed",
+    "document.deleted",
+    "knowledge_base.deleted",
+)
+
 DEFAULT_STAGE_TIMEOUTS_S: dict[str, float | None] = {
     "downloading": 60.0,
     "extracting": 120.0,
@@ -75,6 +84,17 @@ class Settings(BaseSettings):
     relay_secret: SecretStr = SecretStr(LOCAL_RELAY_SECRET)
     relay_routes: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
     relay_max_attempts: int = Field(default=10, ge=1)
+    # Relay delivery tuning (docs/events.md): claim size, HTTP concurrency per subscriber, timeouts, backoff.
+    relay_claim_batch: int = Field(default=500, ge=1, le=10_000)
+    relay_concurrency: int = Field(default=8, ge=1, le=1_000)
+    relay_connect_timeout_s: float = Field(default=5.0, gt=0)
+    relay_timeout_s: float = Field(default=10.0, gt=0)
+    relay_backoff_base_s: float = Field(default=1.0, gt=0)
+    relay_backoff_max_s: float = Field(default=300.0, gt=0)
+    # Subscriber URLs that accept application/cloudevents-batch+json with per-event results.
+    relay_batch_subscribers: list[str] = Field(default_factory=list)
+    relay_batch_max: int = Field(default=100, ge=1, le=1_000)
+    bind_host: str = "127.0.0.1"
 
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     max_batch_files: int = Field(default=100, ge=1)
@@ -139,10 +159,16 @@ class Settings(BaseSettings):
         return f"http://127.0.0.1:{self.processor_port}/v1/events"
 
     def effective_routes(self) -> dict[str, list[str]]:
-        """RELAY_ROUTES, or every processor event type routed to the local processor."""
+        """RELAY_ROUTES, or: processor event types → the local processor, the rest → no subscriber.
+
+        An empty list means "known, nobody needs it": delivered at once. A type no pattern matches is
+        unroutable and parked (a misconfiguration worth an alert, seed 002).
+        """
         if self.relay_routes:
             return self.relay_routes
-        return {event_type: [self.processor_url()] for event_type in PROCESSOR_EVENT_TYPES}
+        routes: dict[str, list[str]] = {event_type: [] for event_type in INFORMATIONAL_EVENT_TYPES}
+        routes.update({event_type: [self.processor_url()] for event_type in PROCESSOR_EVENT_TYPES})
+        return routes
 
     def stage_timeout_s(self, stage: str) -> float | None:
         return self.stage_timeouts.get(stage)

