@@ -1,0 +1,127 @@
+"""The processor's composition root: ``create_app(settings)`` with a lifespan owning everything."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from services.processor import events
+from services.processor.extraction.sandbox import extract, warm_up
+from services.processor.metrics import ProcessorMetrics
+from services.processor.pipeline import ExtractFn, Pipeline
+from services.processor.registry import Registry, new_processor_id
+from services.processor.state import ProcessorState
+from services.processor.worker import SHUTDOWN_GRACE_S, Worker
+from shared.db import worker_database
+from shared.embedding import Embedder
+from shared.http_metrics import install_http_observability
+from shared.settings import Settings
+from shared.storage import ObjectStore
+from shared.vector_remote import vector_store_for
+from shared.vectorstore import VectorStore
+
+log = structlog.get_logger("kbingest.processor")
+
+EXTRACT_MEMORY_BYTES = 2 * 1024**3
+
+
+def default_extractor(settings: Settings) -> ExtractFn:
+    timeout_s = settings.stage_timeout_s("extracting") or 600.0
+    return functools.partial(
+        extract, timeout_s=timeout_s, cpu_seconds=int(timeout_s * 1.5) + 1, memory_bytes=EXTRACT_MEMORY_BYTES
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    extractor: ExtractFn | None = None,
+    vectors: VectorStore | None = None,
+    extractor_warm_up: Callable[[], Awaitable[None]] | None = None,
+    processor_id: str | None = None,
+) -> FastAPI:
+    """Build the processor service; the keyword arguments are seams for tests (poison extractors, stores)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = worker_database(settings.database_url, service="processor", max_connections=settings.db_max_connections)
+        # Heartbeats get their own connection so busy work can never starve them.
+        heartbeat_db = worker_database(settings.database_url, service="processor.heartbeat", max_connections=1)
+        store = ObjectStore.from_settings(settings)
+        embedder = Embedder(settings)
+        store_for_vectors = vectors or vector_store_for(settings, role="processor")
+        metrics = ProcessorMetrics(registry, settings.processor_concurrency)
+        pid = processor_id or new_processor_id()
+        pipeline = Pipeline(
+            settings=settings,
+            store=store,
+            embedder=embedder,
+            vectors=store_for_vectors,
+            extract=extractor or default_extractor(settings),
+            metrics=metrics,
+        )
+        worker = Worker(
+            settings=settings, db=db, heartbeat_db=heartbeat_db, pipeline=pipeline, processor_id=pid, metrics=metrics
+        )
+        state = ProcessorState(
+            settings=settings,
+            db=db,
+            heartbeat_db=heartbeat_db,
+            store=store,
+            embedder=embedder,
+            vectors=store_for_vectors,
+            worker=worker,
+            registry=Registry(db, pid, settings.processor_concurrency),
+            metrics=metrics,
+            warm_up=extractor_warm_up or warm_up,
+        )
+        app.state.processor = state
+        state.supervise(asyncio.create_task(state.start_up(), name="startup"))
+        state.supervise(asyncio.create_task(state.liveness_loop(), name="liveness"))
+        log.info("processor.started", processor_id=pid, port=settings.processor_port)
+        try:
+            yield
+        finally:
+            await worker.stop(SHUTDOWN_GRACE_S)
+            for task in state.tasks:
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+            if state.registry.registered:
+                try:
+                    await state.registry.mark_stopped()
+                except Exception as exc:  # shutting down anyway; the row then ages out
+                    log.warning("processor.mark_stopped_failed", error=str(exc))
+            await store_for_vectors.close()
+            await db.dispose()
+            await heartbeat_db.dispose()
+            log.info("processor.stopped", processor_id=pid)
+
+    app = FastAPI(title="kbingest processor", version="0.1.0", lifespan=lifespan)
+    registry = CollectorRegistry()
+    install_http_observability(app, registry, "processor")
+    app.include_router(events.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        state: ProcessorState = app.state.processor
+        body = {
+            "checks": state.checks,
+            "in_flight": state.worker.in_flight,
+            "processor_id": state.registry.processor_id,
+        }
+        if state.ready and state.worker.accepting and not state.fatal:
+            return JSONResponse({"status": "ready", **body})
+        return JSONResponse({"status": "unavailable", "reason": state.not_ready_reason(), **body}, status_code=503)
+
+    return app

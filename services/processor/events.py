@@ -1,0 +1,71 @@
+"""``POST /v1/events``: verify, dedup, claim, answer fast (202 / 200 / 429 / 401 / 503)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Final
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from services.processor.state import ProcessorState
+from shared.subscriber import SignatureError, verify
+
+log = structlog.get_logger("kbingest.processor.events")
+
+router = APIRouter(tags=["events"])
+
+WORK_TYPES: Final = frozenset({"document.uploaded", "document.requeued", "document.retry_scheduled"})
+DELETE_TYPES: Final = frozenset({"document.delete_requested"})
+BUSY_RETRY_AFTER_S: Final = "2"
+
+
+def _answer(status: int, result: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"result": result, **extra}, status_code=status)
+
+
+@router.post("/v1/events")
+async def receive_event(request: Request) -> JSONResponse:
+    state: ProcessorState = request.app.state.processor
+    body = await request.body()
+    try:
+        verify(state.settings.relay_secret.get_secret_value(), request.headers, body)
+    except SignatureError as exc:
+        state.metrics.events.labels("unauthorized").inc()
+        return JSONResponse({"error": {"code": "invalid_signature", "message": str(exc)}}, status_code=401)
+    if not state.ready or not state.worker.accepting:
+        state.metrics.events.labels("not_ready").inc()
+        return JSONResponse(
+            {"error": {"code": "not_ready", "message": state.not_ready_reason()}},
+            status_code=503,
+            headers={"Retry-After": BUSY_RETRY_AFTER_S},
+        )
+    try:
+        envelope = json.loads(body)
+        event_id = uuid.UUID(envelope["id"])
+        event_type = str(envelope["type"])
+        document_id = uuid.UUID(envelope["data"]["document_id"]) if "document_id" in envelope.get("data", {}) else None
+    except (ValueError, KeyError, TypeError) as exc:
+        state.metrics.events.labels("malformed").inc()
+        return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
+    bound = log.bind(event_id=str(event_id), event_type=event_type, document_id=str(document_id))
+    if document_id is None or (event_type not in WORK_TYPES and event_type not in DELETE_TYPES):
+        state.metrics.events.labels("ignored").inc()
+        return _answer(200, "ignored")
+    if event_type in DELETE_TYPES:
+        result = await state.purge(event_id, event_type, document_id)
+        state.metrics.events.labels(result).inc()
+        bound.info("event.delete", result=result)
+        return _answer(200, result)
+    outcome = await state.worker.accept(event_id=event_id, event_type=event_type, document_id=document_id)
+    state.metrics.events.labels(outcome).inc()
+    if outcome == "busy":
+        return JSONResponse(
+            {"error": {"code": "busy", "message": "all work slots are taken"}},
+            status_code=429,
+            headers={"Retry-After": BUSY_RETRY_AFTER_S},
+        )
+    bound.info("event.received", result=outcome)
+    return _answer(202 if outcome == "accepted" else 200, outcome)

@@ -1,0 +1,1 @@
+"""Text extraction: ``partition_file`` runs in a sandboxed child process driven by ``sandbox``."""

@@ -1,0 +1,27 @@
+"""The processor's Prometheus metrics (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class ProcessorMetrics:
+    def __init__(self, registry: CollectorRegistry, concurrency: int) -> None:
+        self.stage_duration = Histogram(
+            "kbingest_stage_duration_seconds",
+            "Time spent per processing stage",
+            ["stage"],
+            registry=registry,
+            buckets=STAGE_BUCKETS_S,
+        )
+        self.processed = Counter(
+            "kbingest_documents_processed_total", "Attempts finished, by outcome", ["outcome"], registry=registry
+        )
+        self.slots_in_use = Gauge("kbingest_processor_slots_in_use", "Work slots taken", registry=registry)
+        self.slots_total = Gauge("kbingest_processor_slots_total", "Work slots", registry=registry)
+        self.slots_total.set(concurrency)
+        self.events = Counter(
+            "kbingest_processor_events_total", "Events received, by result", ["result"], registry=registry
+        )
