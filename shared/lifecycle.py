@@ -113,6 +113,16 @@ RESCUE_STALE: Final = text(
     """
 )
 
+# Fails a queued/processing document whose object is gone (reconciler); bumps the epoch to fence any holder.
+FAIL_OBJECT_MISSING: Final = text(
+    f"""
+    UPDATE documents SET status = 'failed', stage = NULL, lease_owner = NULL, lease_epoch = lease_epoch + 1,
+        error = CAST(:error AS jsonb), processed_at = now(), updated_at = now()
+    WHERE id = :id AND lease_epoch = :epoch AND status IN ('queued', 'processing') AND deleted_at IS NULL
+    RETURNING {_COLS}
+    """
+)
+
 # Failed → queued with a fresh attempt budget (user retry).
 RETRY_FAILED: Final = text(
     f"""
@@ -425,6 +435,28 @@ async def requeue_event(
 ) -> dict[str, Any]:
     """Re-emit ``document.requeued`` for a queued document whose dispatch was lost."""
     return await _emit(conn, row, "document.requeued", source)
+
+
+async def fail_object_missing(
+    conn: AsyncConnection,
+    document_id: uuid.UUID,
+    *,
+    epoch: int,
+    key: str,
+    source: str = "kbingest/reconciler",
+) -> bool:
+    """Fail a queued/processing document whose stored object vanished (``object_missing``, permanent)."""
+    error = DocumentError(ErrorCode.OBJECT_MISSING, f"the stored original {key!r} no longer exists")
+    row = (
+        (await conn.execute(FAIL_OBJECT_MISSING, {"id": document_id, "epoch": epoch, "error": _error_json(error)}))
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        return False
+    await _close_attempt(conn, document_id, epoch, "failed", None, error)
+    await _emit(conn, row, "document.failed", source)
+    return True
 
 
 async def retry_failed(

@@ -181,6 +181,8 @@ class Outbox(Base):
         ),
         Index("ix_outbox_dead", "dead_at", postgresql_where=text("dead_at IS NOT NULL")),
         Index("ix_outbox_delivered", "delivered_at", postgresql_where=text("delivered_at IS NOT NULL")),
+        # Reconciler lost-dispatch check: any pending or recent event of one aggregate.
+        Index("ix_outbox_aggregate_created", "aggregate_id", "created_at"),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -197,12 +199,32 @@ class Outbox(Base):
     dead_reason: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     errors: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    # Relay lease: the claiming relay's id while available_at is pushed forward (NULL when free).
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboxDelivery(Base):
+    """Per-subscriber delivery state of an event routed to several subscribers."""
+
+    __tablename__ = "outbox_deliveries"
+
+    event_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox.seq", ondelete="CASCADE"), primary_key=True)
+    subscriber: Mapped[str] = mapped_column(Text, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    available_at: Mapped[datetime] = _ts(default_now=True)
+    delivered_at: Mapped[datetime | None] = _ts(nullable=True)
+    dead_at: Mapped[datetime | None] = _ts(nullable=True)
+    dead_reason: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    errors: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
 
 
 class ProcessorInbox(Base):
     """Event ids a processor accepted: the dedup key of at-least-once delivery."""
 
     __tablename__ = "processor_inbox"
+    # Reconciler: prune rows older than the retention in batches.
+    __table_args__ = (Index("ix_processor_inbox_received_at", "received_at"),)
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     event_type: Mapped[str] = mapped_column(Text)
@@ -249,3 +271,27 @@ class Processor(Base):
     ready_at: Mapped[datetime | None] = _ts(nullable=True)
     last_seen: Mapped[datetime] = _ts(default_now=True)
     stopped_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class ReconcilerState(Base):
+    """The acting reconciler's last completed pass, so any API replica can tell it runs."""
+
+    __tablename__ = "reconciler_state"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    leader_id: Mapped[str] = mapped_column(Text)
+    leader_since: Mapped[datetime] = _ts(default_now=True)
+    pass_started_at: Mapped[datetime | None] = _ts(nullable=True)
+    pass_finished_at: Mapped[datetime | None] = _ts(nullable=True)
+    passes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class PipelineAlert(Base):
+    """When each active pipeline alert was first seen (kept by the reconciler; cleared codes are deleted)."""
+
+    __tablename__ = "pipeline_alerts"
+
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    since: Mapped[datetime] = _ts(default_now=True)
+    last_seen_at: Mapped[datetime] = _ts(default_now=True)

@@ -94,7 +94,6 @@ class Settings(BaseSettings):
     # Subscriber URLs that accept application/cloudevents-batch+json with per-event results.
     relay_batch_subscribers: list[str] = Field(default_factory=list)
     relay_batch_max: int = Field(default=100, ge=1, le=1_000)
-    bind_host: str = "127.0.0.1"
 
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     max_batch_files: int = Field(default=100, ge=1)
@@ -106,6 +105,12 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_STAGE_TIMEOUTS_S)
     )
     processor_concurrency: int = Field(default=2, ge=1)
+    retry_base_s: float = Field(default=5.0, ge=0)
+    # Reconciler and pipeline health (docs/operations.md).
+    outbox_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    orphan_grace_s: float = Field(default=15 * 60.0, ge=0)
+    queue_stalled_after_s: float = Field(default=300.0, gt=0)
+    processor_ready_deadline_s: float = Field(default=120.0, gt=0)
 
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"

@@ -9,15 +9,29 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from services.api.broadcast import Broadcaster
 from services.api.errors import install_error_handlers
-from services.api.routes import batches, documents, health, knowledge_bases
+from services.api.routes import (
+    batches,
+    documents,
+    events,
+    health,
+    internal_vectors,
+    knowledge_bases,
+    outbox,
+    pipeline,
+    search,
+    ui,
+)
 from services.api.state import AppState
 from services.api.uploads.service import AfterStoreHook, UploadService
 from shared.apikeys import BOOTSTRAP_NAME, store_key
 from shared.db import DatabaseUnavailable, api_database
+from shared.embedding import Embedder
 from shared.http_metrics import install_http_observability
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
+from shared.vector_remote import vector_store_for
 
 log = structlog.get_logger("kbingest.api")
 
@@ -41,12 +55,19 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
             db=db,
             store=store,
             uploads=UploadService(settings=settings, db=db, store=store, after_store=after_store),
+            broadcaster=Broadcaster(settings.database_url),
+            vectors=vector_store_for(settings, role="api"),
+            embedder=Embedder(settings),
         )
+        # One LISTEN session per process feeds every SSE client (it reconnects by itself).
+        app.state.kb.broadcaster.start()
         await _bootstrap(settings, app.state.kb)
         log.info("api.started", port=settings.api_port)
         try:
             yield
         finally:
+            await app.state.kb.broadcaster.close()
+            await app.state.kb.vectors.close()
             await db.dispose()
             log.info("api.stopped")
 
@@ -59,7 +80,7 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
     registry = CollectorRegistry()
     install_http_observability(app, registry, "api")
     install_error_handlers(app)
-    for module in (health, knowledge_bases, documents, batches):
+    for module in (health, knowledge_bases, documents, batches, search, internal_vectors, outbox, ui, pipeline, events):
         app.include_router(module.router)
     return app
 

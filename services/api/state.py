@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.api.broadcast import Broadcaster
 from services.api.uploads.service import UploadService
 from shared.db import Database
+from shared.embedding import Embedder
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from shared.vectorstore import VectorStore
 
 
 @dataclass
@@ -16,3 +19,6 @@ class AppState:
     db: Database
     store: ObjectStore
     uploads: UploadService
+    broadcaster: Broadcaster
+    vectors: VectorStore
+    embedder: Embedder

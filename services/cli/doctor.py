@@ -22,6 +22,12 @@ class CheckResult:
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False
+
+    @property
+    def status(self) -> str:
+        """``FAIL`` (exit non-zero), ``WARN`` (worth a look, not fatal) or ``OK``."""
+        return "FAIL" if not self.ok else "WARN" if self.warn else "OK"
 
 
 def _alembic_head() -> str | None:
@@ -103,12 +109,32 @@ async def check_object_store(settings: Settings) -> list[CheckResult]:
 CHECKS: tuple[Callable[[Settings], Awaitable[list[CheckResult]]], ...] = (check_postgres, check_object_store)
 
 
-async def run_checks(settings: Settings) -> list[CheckResult]:
+def _all_checks(deep: bool) -> list[Callable[[Settings], Awaitable[list[CheckResult]]]]:
+    # Imported here: doctor_pipeline builds on CheckResult defined above.
+    from services.cli import doctor_pipeline as p
+
+    async def embedder(settings: Settings) -> list[CheckResult]:
+        return await p.check_embedder(settings, deep=deep)
+
+    return [
+        *CHECKS,
+        p.check_qdrant,
+        embedder,
+        p.check_routes,
+        p.check_processors,
+        p.check_reconciler,
+        p.check_connection_budget,
+    ]
+
+
+async def run_checks(settings: Settings, *, deep: bool = False) -> list[CheckResult]:
     results: list[CheckResult] = []
-    for check in CHECKS:
+    for check in _all_checks(deep):
         name = check.__name__.removeprefix("check_")
         try:
-            results += await asyncio.wait_for(check(settings), CHECK_TIMEOUT_S)
+            results += await asyncio.wait_for(check(settings), CHECK_TIMEOUT_S * (6 if deep else 1))
         except TimeoutError:
             results.append(CheckResult(name, False, f"no answer within {CHECK_TIMEOUT_S:g}s", "is it running?"))
+        except Exception as exc:  # one broken check must not hide the others: it becomes a FAIL line
+            results.append(CheckResult(name, False, f"{type(exc).__name__}: {exc}"[:300], "see the checks above"))
     return results

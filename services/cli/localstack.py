@@ -18,6 +18,7 @@ from shared.embedded.s3 import EmbeddedS3
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 READY_TIMEOUT_S = 120.0
+DOCTOR_TIMEOUT_S = 120.0
 STOP_GRACE_S = 40.0
 
 PROCESS_ENV = {
@@ -117,6 +118,26 @@ class LocalStack:
                         pass
                 time.sleep(0.3)
         return sorted(pending)
+
+    def doctor(self, env: dict[str, str]) -> int:
+        """Run ``kbingest doctor`` against the running stack and print its lines; never stops the stack."""
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "services.cli.main", "doctor"],
+                env={**env, "NO_COLOR": "1"},
+                capture_output=True,
+                text=True,
+                timeout=DOCTOR_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            print(f"  doctor    did not finish within {DOCTOR_TIMEOUT_S:g}s")
+            return 1
+        for line in result.stdout.splitlines():
+            print(f"  doctor    {line}")
+        if result.returncode != 0:
+            print("  doctor    found problems (FAIL lines above); the stack keeps running; re-check: kbingest doctor")
+        return result.returncode
 
     def stop(self) -> None:
         for svc in reversed(self.services):

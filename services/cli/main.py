@@ -13,15 +13,20 @@ from typing import Annotated
 import typer
 
 from services.cli import doctor as doctor_checks
+from services.cli import search as search_cmd
+from services.cli import status as status_cmd
+from services.cli import upload as upload_cmd
 from services.cli.localstack import LocalStack, bootstrap_key
+from services.cli.outbox import outbox_app
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(outbox_app, name="outbox")
 
 # Services ``up`` starts, in order (each answers /readyz on its port before the stack is 'ready').
-LOCAL_SERVICES = ("api",)
+LOCAL_SERVICES = ("api", "relay", "processor", "reconciler")
 
 
 def _settings() -> Settings:
@@ -75,10 +80,11 @@ def up(
             typer.secho(f"kbingest: not ready: {', '.join(failed)} (see the logs above)", fg=typer.colors.RED)
             raise typer.Exit(1)
         for name in LOCAL_SERVICES:
-            typer.echo(f"  {name:<10}http://127.0.0.1:{ports[name]}")
+            typer.echo(f"  {name:<9} http://127.0.0.1:{ports[name]}")
         api = f"http://127.0.0.1:{stack.settings.api_port}"
         typer.echo(f"  API key   {key}" + ("  (generated, saved in data dir)" if generated else ""))
         typer.secho(f"kbingest ready: {api}  (UI {api}/, docs {api}/docs)  Ctrl-C stops", fg=typer.colors.GREEN)
+        stack.doctor(env)
         while all(s.proc.poll() is None for s in stack.services):
             time.sleep(0.5)
         dead = [s.name for s in stack.services if s.proc.poll() is not None]
@@ -100,6 +106,30 @@ def api() -> None:
 
 
 @app.command()
+def relay() -> None:
+    """Run the outbox relay: deliver events to subscribers (exit 0 after SIGTERM, 1 if it dies)."""
+    from services.relay.main import run
+
+    raise typer.Exit(run(_settings()))
+
+
+@app.command()
+def processor() -> None:
+    """Run a processor: lease, heartbeat, extract, chunk, embed, index (its own process, never the API's)."""
+    from services.processor.main import run
+
+    run(_settings())
+
+
+@app.command()
+def reconciler() -> None:
+    """Run the reconciler: rescue stale work, re-emit lost events, sweep orphans (one leader at a time)."""
+    from services.reconciler.main import run
+
+    run(_settings())
+
+
+@app.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head)."""
     from alembic.config import Config
@@ -115,14 +145,19 @@ def migrate() -> None:
     typer.echo("migrations at head")
 
 
+_MARKS = {"OK": (" OK ", typer.colors.GREEN), "WARN": ("WARN", typer.colors.YELLOW), "FAIL": ("FAIL", typer.colors.RED)}
+
+
 @app.command()
-def doctor() -> None:
-    """Check every dependency; print OK/FAIL per check with how to fix it."""
-    results = asyncio.run(doctor_checks.run_checks(_settings()))
+def doctor(
+    deep: Annotated[bool, typer.Option("--deep", help="Also call the embedder (imports litellm).")] = False,
+) -> None:
+    """Check every dependency; print OK/WARN/FAIL per check with how to fix it (exit 1 on FAIL)."""
+    results = asyncio.run(doctor_checks.run_checks(_settings(), deep=deep))
     for result in results:
-        mark = typer.style(" OK ", fg=typer.colors.GREEN) if result.ok else typer.style("FAIL", fg=typer.colors.RED)
-        typer.echo(f"[{mark}] {result.name}: {result.detail}")
-        if not result.ok and result.fix:
+        label, color = _MARKS[result.status]
+        typer.echo(f"[{typer.style(label, fg=color)}] {result.name}: {result.detail}")
+        if result.status != "OK" and result.fix:
             typer.echo(f"       fix: {result.fix}")
     if not all(r.ok for r in results):
         raise typer.Exit(1)
@@ -158,6 +193,11 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or displayed 
         typer.secho(f"no live key matches {key_id}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {count} key(s)")
+
+
+app.command("upload")(upload_cmd.upload)
+app.command("status")(status_cmd.status)
+app.command("search")(search_cmd.search)
 
 
 def main() -> None:

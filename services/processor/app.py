@@ -98,7 +98,8 @@ def create_app(
                     await state.registry.mark_stopped()
                 except Exception as exc:  # shutting down anyway; the row then ages out
                     log.warning("processor.mark_stopped_failed", error=str(exc))
-            await store_for_vectors.close()
+            if vectors is None:  # only close what this app created
+                await store_for_vectors.close()
             await db.dispose()
             await heartbeat_db.dispose()
             log.info("processor.stopped", processor_id=pid)

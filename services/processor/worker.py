@@ -29,9 +29,9 @@ SHUTDOWN_GRACE_S: Final = 30.0
 Accepted = Literal["accepted", "duplicate", "noop", "busy"]
 
 
-def retry_delay_s(attempt: int) -> float:
+def retry_delay_s(attempt: int, base_s: float = RETRY_BASE_S) -> float:
     """Jittered exponential backoff between attempts."""
-    ceiling = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, attempt - 1))
+    ceiling = min(RETRY_MAX_S, base_s * 2 ** max(0, attempt - 1))
     return random.uniform(ceiling / 2, ceiling)  # jitter, not security
 
 
@@ -139,7 +139,7 @@ class Worker:
         try:
             async with self._db.transaction() as conn:
                 outcome = await lifecycle.fail_or_retry(
-                    conn, lease, error, stage=stage, retry_delay_s=retry_delay_s(lease.attempt)
+                    conn, lease, error, stage=stage, retry_delay_s=retry_delay_s(lease.attempt, self._settings.retry_base_s)
                 )
         except DatabaseUnavailable as exc:
             # The heartbeat stops with us, so the reconciler rescues the document after STALE_AFTER.

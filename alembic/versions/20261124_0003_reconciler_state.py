@@ -1,0 +1,52 @@
+"""reconciler state, pipeline alert first-seen times, retention indexes
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-24 18:00:00.000000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "reconciler_state",
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("leader_id", sa.Text(), nullable=False),
+        sa.Column("leader_since", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("pass_started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("pass_finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("passes", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column(
+            "counts", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_reconciler_state")),
+    )
+    op.create_table(
+        "pipeline_alerts",
+        sa.Column("code", sa.Text(), nullable=False),
+        sa.Column("since", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.PrimaryKeyConstraint("code", name=op.f("pk_pipeline_alerts")),
+    )
+    op.create_index("ix_outbox_aggregate_created", "outbox", ["aggregate_id", "created_at"], unique=False)
+    op.create_index("ix_processor_inbox_received_at", "processor_inbox", ["received_at"], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_processor_inbox_received_at", table_name="processor_inbox")
+    op.drop_index("ix_outbox_aggregate_created", table_name="outbox")
+    op.drop_table("pipeline_alerts")
+    op.drop_table("reconciler_state")

@@ -1,0 +1,197 @@
+"""Server-Sent Events: every status/stage change of a knowledge base's documents, resumable by Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Header
+from sqlalchemy import text
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from services.api import queries
+from services.api.broadcast import Broadcaster, Resync
+from services.api.deps import CurrentKey, StateDep, require_kb_access
+from services.api.routes.responses import error_responses
+from shared.db import Database
+from shared.errors import ApiError
+
+router = APIRouter(tags=["events"])
+
+# Comment lines keep proxies from closing an idle stream; module-level so tests can shorten them.
+HEARTBEAT_S: float = 15.0
+# A client that cannot take a frame within this long is dropped (the queue bound covers memory).
+SEND_TIMEOUT_S: Final = 30.0
+REPLAY_PAGE: Final = 500
+# Further behind than this and the client is told to refetch state instead (event ``reset``).
+REPLAY_MAX: Final = 10_000
+# Event ids already sent, to drop a live duplicate of a replayed event.
+SENT_REMEMBERED: Final = 20_000
+
+SEQ_OF: Final = text("SELECT seq FROM outbox WHERE id = :id")
+MAX_SEQ: Final = text("SELECT coalesce(max(seq), 0) FROM outbox")
+# Document events of one KB after a cursor, in outbox order (the order transitions committed per document).
+REPLAY: Final = text(
+    """
+    SELECT seq, payload FROM outbox
+    WHERE seq > :after AND aggregate_type = 'document' AND payload -> 'data' ->> 'knowledge_base_id' = :kb
+    ORDER BY seq LIMIT :limit
+    """
+)
+
+
+def _event(notice: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(notice), event="document", id=notice["event_id"])
+
+
+def _notice_from_envelope(payload: dict[str, Any]) -> dict[str, Any]:
+    """The live NOTIFY shape, rebuilt from a stored CloudEvents envelope."""
+    data = payload["data"]
+    return {
+        "event_id": payload["id"],
+        "type": payload["type"],
+        "document_id": data["document_id"],
+        "knowledge_base_id": data["knowledge_base_id"],
+        "status": data["status"],
+        "stage": data.get("stage"),
+        "version": data["version"],
+        "updated_at": payload["time"],
+    }
+
+
+@dataclass
+class Cursor:
+    """Where a client is: the last event id sent, and its outbox seq when known."""
+
+    event_id: str | None
+    seq: int | None
+
+
+class Stream:
+    """One client's stream: replay from the cursor, then live notices, deduplicated, in order per document."""
+
+    def __init__(self, db: Database, broadcaster: Broadcaster, kb_id: str) -> None:
+        self._db = db
+        self._broadcaster = broadcaster
+        self._kb_id = kb_id
+        self._sent: OrderedDict[str, None] = OrderedDict()
+
+    def _remember(self, event_id: str) -> bool:
+        """False when this event was already sent."""
+        if event_id in self._sent:
+            return False
+        self._sent[event_id] = None
+        if len(self._sent) > SENT_REMEMBERED:
+            self._sent.popitem(last=False)
+        return True
+
+    async def _seq_of(self, event_id: str) -> int | None:
+        async with self._db.transaction() as conn:
+            seq = (await conn.execute(SEQ_OF, {"id": uuid.UUID(event_id)})).scalar_one_or_none()
+        return int(seq) if seq is not None else None
+
+    async def _max_seq(self) -> int:
+        async with self._db.transaction() as conn:
+            return int((await conn.execute(MAX_SEQ)).scalar_one())
+
+    async def _replay(self, cursor: Cursor) -> AsyncIterator[ServerSentEvent]:
+        after = cursor.seq if cursor.seq is not None else await self._seq_of(cursor.event_id or "")
+        if after is None:
+            yield _reset("unknown_last_event_id", cursor.event_id)
+            cursor.seq = await self._max_seq()
+            return
+        replayed = 0
+        while True:
+            async with self._db.transaction() as conn:
+                rows = (await conn.execute(REPLAY, {"after": after, "kb": self._kb_id, "limit": REPLAY_PAGE})).all()
+            for seq, payload in rows:
+                after = cursor.seq = int(seq)
+                notice = _notice_from_envelope(payload)
+                if self._remember(notice["event_id"]):
+                    cursor.event_id = notice["event_id"]
+                    yield _event(notice)
+            replayed += len(rows)
+            if len(rows) < REPLAY_PAGE:
+                return
+            if replayed >= REPLAY_MAX:
+                yield _reset("too_far_behind", cursor.event_id)
+                cursor.seq = await self._max_seq()
+                return
+
+    async def events(self, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
+        """The whole stream; subscribing before reading the cursor means nothing falls in between."""
+        subscription = self._broadcaster.subscribe(self._kb_id)
+        try:
+            if last_event_id:
+                cursor = Cursor(last_event_id, None)
+                async for event in self._replay(cursor):
+                    yield event
+            else:
+                cursor = Cursor(None, await self._max_seq())
+            while True:
+                if subscription.overflowed:
+                    yield ServerSentEvent(
+                        event="overflow",
+                        data=json.dumps(
+                            {
+                                "reason": "slow_consumer",
+                                "message": "the client fell behind; reconnect with Last-Event-ID to resume",
+                                "last_event_id": cursor.event_id,
+                            }
+                        ),
+                    )
+                    return
+                item = await subscription.queue.get()
+                if isinstance(item, Resync):
+                    async for event in self._replay(cursor):
+                        yield event
+                    continue
+                if self._remember(item["event_id"]):
+                    cursor.event_id, cursor.seq = item["event_id"], None
+                    yield _event(item)
+        finally:
+            self._broadcaster.unsubscribe(subscription)
+
+
+def _reset(reason: str, last_event_id: str | None) -> ServerSentEvent:
+    message = "events since Last-Event-ID are no longer available; refetch the documents, then keep listening"
+    body = {"reason": reason, "message": message, "last_event_id": last_event_id}
+    return ServerSentEvent(event="reset", data=json.dumps(body))
+
+
+def _valid_event_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        return "00000000-0000-0000-0000-000000000000"
+
+
+@router.get(
+    "/v1/knowledge-bases/{kb_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses()},
+)
+async def kb_events(
+    kb_id: uuid.UUID,
+    key: CurrentKey,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+) -> EventSourceResponse:
+    """``event: document`` per status/stage change; ``id`` is the outbox event id (see docs/operations.md)."""
+    require_kb_access(key, kb_id)
+    async with state.db.transaction() as conn:
+        if await queries.get_kb(conn, kb_id) is None:
+            raise ApiError(404, "not_found", "knowledge base not found")
+    stream = Stream(state.db, state.broadcaster, str(kb_id))
+    return EventSourceResponse(
+        stream.events(_valid_event_id(last_event_id)),
+        ping=HEARTBEAT_S,
+        send_timeout=SEND_TIMEOUT_S,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

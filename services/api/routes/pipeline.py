@@ -1,0 +1,77 @@
+"""Pipeline health: the same answer from every API replica, computed from the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from services.api.deps import CurrentKey, StateDep
+from services.api.routes.responses import error_responses
+from shared.pipeline import pipeline_report
+
+router = APIRouter(tags=["pipeline"])
+
+
+class PipelineAlert(BaseModel):
+    code: str
+    message: str
+    since: datetime
+
+
+class OutboxHealth(BaseModel):
+    pending: int
+    dead: int
+    unroutable: int
+    oldest_pending_age_s: float | None
+
+
+class ProcessorSeen(BaseModel):
+    id: str
+    hostname: str
+    pid: int
+    concurrency: int
+    started_at: datetime
+    ready_at: datetime | None
+    last_heartbeat: datetime
+    stopped_at: datetime | None
+    alive: bool
+
+
+class ReconcilerHealth(BaseModel):
+    leader_id: str | None
+    leader_since: datetime | None
+    last_pass_started_at: datetime | None
+    last_pass_finished_at: datetime | None
+    last_pass_age_s: float | None
+    passes: int
+    last_pass_counts: dict[str, int]
+
+
+class DatabaseHealth(BaseModel):
+    connections_in_use: int
+    max_connections: int
+
+
+class Pipeline(BaseModel):
+    generated_at: datetime
+    counts_by_status: dict[str, int]
+    counts_by_stage: dict[str, int]
+    queued_due: int
+    oldest_queued_age_s: float | None
+    outbox: OutboxHealth
+    processors: list[ProcessorSeen]
+    processors_alive: int
+    processors_ready: int
+    reconciler: ReconcilerHealth
+    database: DatabaseHealth
+    alerts: list[PipelineAlert]
+
+
+@router.get("/v1/pipeline", response_model=Pipeline, responses=error_responses(503))
+async def pipeline(key: CurrentKey, state: StateDep) -> dict[str, Any]:
+    """Counts, queue age, outbox, processors, the reconciler's last pass and active alerts (docs/operations.md)."""
+    async with state.db.transaction() as conn:
+        return await pipeline_report(conn, state.settings)

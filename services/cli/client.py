@@ -1,0 +1,288 @@
+"""The user commands' HTTP client: the public API only (CONTRACT.md), its errors in plain words."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, BinaryIO
+
+import httpx
+import typer
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+KEY_FILE = Path(".kbingest") / "api_key"
+TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+PAGE_SIZE = 200
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="KBINGEST_URL", help="The kbingest API.", show_default=True)]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="KBINGEST_API_KEY",
+        help="API key (default: KBINGEST_API_KEY, else .kbingest/api_key of the local stack).",
+        show_default=False,
+    ),
+]
+KbOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
+
+# What an API error code means, for people; "{message}" is the server's own text.
+REQUEST_WORDS: dict[str, str] = {
+    "unauthorized": "no API key was sent: pass --api-key or set KBINGEST_API_KEY",
+    "invalid_api_key": "the API key was refused (unknown or revoked)",
+    "forbidden": "this API key may not access that knowledge base",
+    "not_found": "not found: {message}",
+    "duplicate_name": "a knowledge base with that name already exists",
+    "duplicate_document": "already uploaded: a document with this name is in the knowledge base ({status})",
+    "duplicate_content": "already uploaded: the same content is in the knowledge base ({status})",
+    "not_retryable": "only failed documents can be retried",
+    "file_too_large": "too large: the server accepts files up to {max_size}",
+    "too_many_files": "too many files in one request: {message}",
+    "unsupported_media_type": "not a file type kbingest can read (PDF, Word, PowerPoint, Excel, CSV, HTML, "
+    "Markdown, text, e-mail)",
+    "empty_file": "the file is empty (0 bytes)",
+    "validation_error": "the request was refused: {message}",
+    "idempotency_key_reused": "{message}",
+    "database_unavailable": "the server's database is unavailable; try again shortly",
+    "storage_unavailable": "the server's file storage is unavailable; nothing was stored; try again shortly",
+    "embedder_unavailable": "search is unavailable: the embedding model does not answer; try again shortly",
+    "rate_limited": "the server is busy; try again shortly",
+    "internal_error": "unexpected server error (logged on the server)",
+}
+
+# Why a document failed (its ``error.code``), for people.
+FAILURE_WORDS: dict[str, str] = {
+    "unsupported_media_type": "this file type cannot be extracted",
+    "file_too_large": "the file is over the size limit",
+    "empty_file": "the file is empty",
+    "empty_text": "no text could be extracted (a scan without text, or an empty document)",
+    "pdf_encrypted": "the PDF is password-protected",
+    "corrupt_file": "the file is damaged or not what its type says",
+    "extract_timeout": "extracting the text took too long",
+    "extract_crashed": "the extractor crashed or ran out of memory on this file",
+    "storage_unavailable": "the file storage was unavailable",
+    "object_missing": "the stored file is missing",
+    "embedder_unavailable": "the embedding model was unavailable",
+    "embedder_rate_limited": "the embedding provider refused more requests (rate limit)",
+    "embed_timeout": "embedding took too long",
+    "index_unavailable": "the search index was unavailable",
+    "stage_timeout": "a processing stage took too long",
+    "stalled": "the processor stopped reporting progress",
+    "max_attempts_exceeded": "every attempt failed",
+    "internal_error": "an unexpected error in the processor",
+    "cancelled": "the batch was cancelled before this document was processed",
+}
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def plain_words(code: str, message: str, extra: dict[str, Any] | None = None) -> str:
+    """One API error as a sentence a user understands; unknown codes keep the server's message."""
+    extra = extra or {}
+    template = REQUEST_WORDS.get(code)
+    if template is None:
+        return message or code
+    max_bytes = extra.get("max_bytes")
+    return template.format(
+        message=message,
+        status=extra.get("status", "existing"),
+        max_size=human_size(max_bytes) if isinstance(max_bytes, int) else "its limit",
+    )
+
+
+def failure_words(code: str) -> str:
+    return FAILURE_WORDS.get(code, "")
+
+
+class CliError(Exception):
+    """Something the user must fix or know; printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class ApiProblem(Exception):
+    """An ``{"error": {...}}`` answer of the API."""
+
+    status: int
+    code: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiProblem:
+        try:
+            error = response.json().get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+            return cls(response.status_code, f"http_{response.status_code}", response.reason_phrase or "error")
+        extra = {k: v for k, v in error.items() if k not in ("code", "message")}
+        return cls(response.status_code, error["code"], str(error.get("message", "")), extra)
+
+    @property
+    def route_missing(self) -> bool:
+        """The server has no such route (an older server), as opposed to a missing entity."""
+        return (self.status == 404 and self.message == "Not Found") or self.status == 405
+
+    def plain(self) -> str:
+        return plain_words(self.code, self.message, self.extra)
+
+
+def resolve_api_key(explicit: str | None, *, cwd: Path | None = None) -> str:
+    """--api-key / KBINGEST_API_KEY, else the local stack's key file; an error says where to get one."""
+    if explicit and explicit.strip():
+        return explicit.strip()
+    candidates = [(cwd or Path.cwd()) / KEY_FILE]
+    if os.environ.get("KBINGEST_DATA_DIR"):
+        candidates.insert(0, Path(os.environ["KBINGEST_DATA_DIR"]) / "api_key")
+    for path in candidates:
+        if path.is_file():
+            key = path.read_text().strip()
+            if key:
+                return key
+    raise CliError(
+        "no API key: pass --api-key, set KBINGEST_API_KEY, or run from the checkout whose "
+        f"{KEY_FILE} the local stack wrote (`kbingest keys create` makes keys)",
+        exit_code=2,
+    )
+
+
+class _CountingReader:
+    """A binary file that reports how many bytes were read, for upload progress bars."""
+
+    def __init__(self, file: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self._file = file
+        self._on_bytes = on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._on_bytes(len(chunk))
+        return chunk
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+class Client:
+    """A small synchronous client of the public API; errors raise ``ApiProblem`` or ``CliError``."""
+
+    def __init__(self, base_url: str, api_key: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=TIMEOUT,
+            limits=LIMITS,
+            transport=transport,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise CliError(f"the kbingest API at {self.base_url} did not answer in time ({exc})") from exc
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"can't reach the kbingest API at {self.base_url} ({exc}); is `kbingest up` running? "
+                "(set --url or KBINGEST_URL)"
+            ) from exc
+        if response.status_code >= 400:
+            raise ApiProblem.from_response(response)
+        return response.json() if response.content else None
+
+    def list_kbs(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/knowledge-bases")["items"])
+
+    def get_kb(self, kb_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/knowledge-bases/{kb_id}"))
+
+    def resolve_kb(self, name: str, *, create: bool = False) -> dict[str, Any]:
+        """The KB called ``name`` (made first with ``create``); an error lists the names there are."""
+        kbs = self.list_kbs()
+        for kb in kbs:
+            if kb["name"] == name:
+                return kb
+        if not create:
+            known = ", ".join(sorted(kb["name"] for kb in kbs)) or "none yet"
+            raise CliError(f"no knowledge base named '{name}' (there are: {known}); --create makes it")
+        try:
+            return dict(self.request("POST", "/v1/knowledge-bases", json={"name": name}))
+        except ApiProblem as problem:
+            if problem.code == "duplicate_name" and problem.extra.get("knowledge_base_id"):
+                return self.get_kb(str(problem.extra["knowledge_base_id"]))
+            raise
+
+    def iter_documents(self, kb_id: str, *, status: str | None = None) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": PAGE_SIZE}
+            if status:
+                params["status"] = status
+            if cursor:
+                params["cursor"] = cursor
+            page = self.request("GET", f"/v1/knowledge-bases/{kb_id}/documents", params=params)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_document(self, document_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/documents/{document_id}"))
+
+    def upload(self, kb_id: str, path: Path, on_bytes: Callable[[int], None]) -> dict[str, Any]:
+        with path.open("rb") as file:
+            body = _CountingReader(file, on_bytes)
+            files = {"file": (path.name, body, "application/octet-stream")}
+            return dict(self.request("POST", f"/v1/knowledge-bases/{kb_id}/documents", files=files))
+
+    def search(self, kb_id: str, query: str, limit: int) -> list[dict[str, Any]]:
+        body = self.request("POST", f"/v1/knowledge-bases/{kb_id}/search", json={"query": query, "limit": limit})
+        return list(body["items"])
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn API and usage problems into one red line on stderr and an exit code, not a traceback."""
+    try:
+        yield
+    except ApiProblem as problem:
+        typer.secho(f"kbingest: {problem.plain()} [{problem.code}]", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from problem
+    except CliError as error:
+        typer.secho(f"kbingest: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(error.exit_code) from error
+
+
+def connect(url: str, api_key: str | None) -> Client:
+    return Client(url, resolve_api_key(api_key))

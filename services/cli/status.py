@@ -1,0 +1,74 @@
+"""``kbingest status [--kb NAME]``: knowledge bases with document counts, or one KB's documents."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from services.cli.client import DEFAULT_URL, ApiKeyOption, Client, UrlOption, connect, user_errors
+
+STATUSES = ("queued", "processing", "ready", "failed", "deleting")
+
+
+def kbs_table(client: Client) -> Table:
+    table = Table(title="knowledge bases", title_justify="left")
+    table.add_column("name", overflow="fold")
+    table.add_column("id", overflow="fold")
+    for status in (*STATUSES, "total"):
+        table.add_column(status, justify="right")
+    for kb in client.list_kbs():
+        counts: dict[str, int] = client.get_kb(str(kb["id"])).get("counts") or {}
+        table.add_row(
+            Text(kb["name"]), str(kb["id"]), *(str(counts.get(s, 0)) for s in STATUSES), str(sum(counts.values()))
+        )
+    return table
+
+
+def documents_table(kb: dict[str, Any], documents: list[dict[str, Any]]) -> Table:
+    counts = kb.get("counts") or {}
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s)) or "empty"
+    table = Table(title=Text(f"knowledge base {kb['name']} ({summary})"), title_justify="left")
+    for name in ("file", "status", "stage", "chunks", "error", "updated", "id"):
+        table.add_column(name, overflow="fold")
+    colours = {"ready": "green", "failed": "red", "processing": "cyan"}
+    for doc in documents:
+        colour = colours.get(doc["status"])
+        error = doc.get("error") or {}
+        table.add_row(
+            Text(doc["filename"]),
+            f"[{colour}]{doc['status']}[/]" if colour else doc["status"],
+            doc.get("stage") or "",
+            "" if doc.get("chunk_count") is None else str(doc["chunk_count"]),
+            Text(f"{error['code']}: {error.get('message', '')}" if error else ""),
+            str(doc.get("updated_at", ""))[:19].replace("T", " "),
+            str(doc["id"]),
+        )
+    return table
+
+
+def status(
+    kb: Annotated[str | None, typer.Option("--kb", help="Show this knowledge base's documents.")] = None,
+    only: Annotated[str | None, typer.Option("--status", help="Only documents with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many documents.")] = 500,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Knowledge bases with document counts by status; with --kb, that knowledge base's documents."""
+    console = Console()
+    with user_errors(), connect(url, api_key) as client:
+        if kb is None:
+            console.print(kbs_table(client))
+            return
+        found = client.resolve_kb(kb)
+        documents: list[dict[str, Any]] = []
+        for doc in client.iter_documents(str(found["id"]), status=only):
+            documents.append(doc)
+            if len(documents) >= limit:
+                break
+        console.print(documents_table(client.get_kb(str(found["id"])), documents))
+        if len(documents) >= limit:
+            console.print(f"(first {limit} shown; --limit shows more)")

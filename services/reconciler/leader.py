@@ -1,0 +1,98 @@
+"""Leader election: a session advisory lock held on one dedicated connection."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import asyncpg
+import structlog
+from sqlalchemy.engine import make_url
+
+# "kbingest" as a big-endian int64: the one lock every reconciler replica competes for.
+LOCK_KEY: Final = int.from_bytes(b"kbingest", "big")
+CONNECT_TIMEOUT_S: Final = 5.0
+PING_TIMEOUT_S: Final = 5.0
+CLOSE_TIMEOUT_S: Final = 2.0
+
+TRY_LOCK: Final = "SELECT pg_try_advisory_lock($1)"
+UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
+
+# What a lost or unreachable session raises; anything else is a bug and propagates.
+_CONNECTION_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+log = structlog.get_logger("kbingest.reconciler")
+
+
+def asyncpg_dsn(url: str) -> str:
+    """``postgresql+asyncpg://…`` (SQLAlchemy) → ``postgresql://…`` (asyncpg)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Leadership:
+    """Holds the lock while its session lives; when the session dies, Postgres frees the lock for a standby."""
+
+    def __init__(self, database_url: str, *, identity: str, server_settings: dict[str, str]) -> None:
+        self._dsn = asyncpg_dsn(database_url)
+        self._server_settings = server_settings
+        self.identity = identity
+        self._conn: Any = None
+        self.is_leader = False
+        self.last_error: str | None = None
+
+    async def ensure(self) -> bool:
+        """Keep the lock if this session still holds it, else try to take it; False when another holds it."""
+        if self._conn is not None and not await self._alive():
+            if self.is_leader:
+                log.warning("reconciler.leadership_lost", reconciler_id=self.identity, error=self.last_error)
+            await self._drop()
+        if self._conn is None:
+            try:
+                self._conn = await asyncpg.connect(
+                    self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings
+                )
+            except _CONNECTION_ERRORS as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                return False
+        if self.is_leader:
+            return True
+        try:
+            self.is_leader = bool(await asyncio.wait_for(self._conn.fetchval(TRY_LOCK, LOCK_KEY), PING_TIMEOUT_S))
+        except _CONNECTION_ERRORS as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            await self._drop()
+            return False
+        self.last_error = None
+        if self.is_leader:
+            log.info("reconciler.leader_elected", reconciler_id=self.identity)
+        return self.is_leader
+
+    async def _alive(self) -> bool:
+        if self._conn.is_closed():
+            self.last_error = "the lock connection was closed"
+            return False
+        try:
+            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), PING_TIMEOUT_S)
+        except _CONNECTION_ERRORS as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            return False
+        return True
+
+    async def _drop(self) -> None:
+        conn, self._conn, self.is_leader = self._conn, None, False
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
+        except _CONNECTION_ERRORS:
+            conn.terminate()
+
+    async def release(self) -> None:
+        """Give the lock back at once (clean shutdown), so a standby need not wait for a dead session."""
+        if self._conn is not None and self.is_leader and not self._conn.is_closed():
+            try:
+                await asyncio.wait_for(self._conn.fetchval(UNLOCK, LOCK_KEY), PING_TIMEOUT_S)
+                log.info("reconciler.leadership_released", reconciler_id=self.identity)
+            except _CONNECTION_ERRORS as exc:
+                log.warning("reconciler.release_failed", error=str(exc))
+        await self._drop()

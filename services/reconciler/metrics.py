@@ -1,0 +1,62 @@
+"""The reconciler's Prometheus metrics (a per-process registry) and the pipeline gauges it exports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.pipeline import ALERT_CODES
+
+
+class ReconcilerMetrics:
+    """Repairs, passes and leadership, plus the pipeline report as gauges (same numbers as /v1/pipeline)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.repairs = Counter(
+            "kbingest_reconciler_repairs_total", "Repairs made, by kind", ["kind"], registry=registry
+        )
+        self.errors = Counter(
+            "kbingest_reconciler_errors_total", "Repair steps that failed, by kind", ["kind"], registry=registry
+        )
+        self.passes = Counter("kbingest_reconciler_passes_total", "Passes completed as leader", registry=registry)
+        self.pass_duration = Histogram(
+            "kbingest_reconciler_pass_duration_seconds",
+            "Duration of a leader pass",
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.is_leader = Gauge(
+            "kbingest_reconciler_is_leader", "1 while this replica holds the lock", registry=registry
+        )
+        self.last_pass = Gauge(
+            "kbingest_reconciler_last_pass_timestamp_seconds",
+            "Unix time of the last completed pass of any replica",
+            registry=registry,
+        )
+        self.documents = Gauge("kbingest_documents", "Live documents by status", ["status"], registry=registry)
+        self.oldest_queued = Gauge(
+            "kbingest_queue_oldest_queued_age_seconds", "Age of the oldest due queued document", registry=registry
+        )
+        self.alert = Gauge("kbingest_pipeline_alert", "1 while a pipeline alert is active", ["code"], registry=registry)
+        self.db_in_use = Gauge(
+            "kbingest_db_connections_in_use", "Client connections open on the PostgreSQL server", registry=registry
+        )
+        self.db_max = Gauge("kbingest_db_max_connections", "PostgreSQL max_connections", registry=registry)
+        for code in ALERT_CODES:
+            self.alert.labels(code).set(0)
+
+    def observe_report(self, report: dict[str, Any]) -> None:
+        """Copy a ``pipeline_report`` into the gauges."""
+        for status, count in report["counts_by_status"].items():
+            self.documents.labels(status).set(count)
+        self.oldest_queued.set(report["oldest_queued_age_s"] or 0.0)
+        active = {alert["code"] for alert in report["alerts"]}
+        for code in ALERT_CODES:
+            self.alert.labels(code).set(1 if code in active else 0)
+        self.db_in_use.set(report["database"]["connections_in_use"])
+        self.db_max.set(report["database"]["max_connections"])
+        finished = report["reconciler"]["last_pass_finished_at"]
+        if finished is not None:
+            self.last_pass.set(finished.timestamp())

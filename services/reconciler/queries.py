@@ -1,0 +1,118 @@
+"""The reconciler's named SQL: scans (each locks one row, SKIP LOCKED), prunes and its own state."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import text
+
+from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
+
+# An event of this aggregate is still on its way, or was written within the grace period.
+_EVENT_IN_FLIGHT: Final = """
+    EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = d.id
+            AND ((o.delivered_at IS NULL AND o.dead_at IS NULL)
+                 OR o.created_at > now() - make_interval(secs => :grace_s)))
+"""
+
+# Re-emitting this type already hit "no route": repeating it would only add dead letters (seed 002).
+_REEMIT_UNROUTABLE: Final = """
+    EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = d.id AND o.type = :event_type
+            AND o.dead_at IS NOT NULL AND o.dead_reason = 'unroutable')
+"""
+
+# The stalest processing document whose heartbeat is older than STALE_AFTER; a row a holder is updating is skipped.
+STALE_PROCESSING: Final = text(
+    """
+    SELECT id, lease_epoch, lease_owner FROM documents
+    WHERE status = 'processing' AND heartbeat_at < now() - make_interval(secs => :stale_s)
+    ORDER BY heartbeat_at LIMIT 1
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# A due queued document with no event in flight for longer than the grace: its dispatch was lost.
+LOST_DISPATCH: Final = text(
+    f"""
+    SELECT {DOCUMENT_COLUMNS} FROM documents d
+    WHERE d.status = 'queued' AND d.deleted_at IS NULL AND d.available_at <= now()
+      AND d.updated_at < now() - make_interval(secs => :grace_s)
+      AND NOT {_EVENT_IN_FLIGHT} AND NOT {_REEMIT_UNROUTABLE}
+    ORDER BY d.available_at LIMIT 1
+    FOR UPDATE OF d SKIP LOCKED
+    """
+)
+
+# A deletion with no delete event in flight for longer than the grace: the purge never ran or died.
+STUCK_DELETE: Final = text(
+    f"""
+    SELECT d.id FROM documents d
+    WHERE d.status = 'deleting' AND d.deleted_at IS NULL
+      AND d.updated_at < now() - make_interval(secs => :grace_s)
+      AND NOT {_EVENT_IN_FLIGHT} AND NOT {_REEMIT_UNROUTABLE}
+    ORDER BY d.updated_at LIMIT 1
+    FOR UPDATE OF d SKIP LOCKED
+    """
+)
+
+DB_NOW: Final = text("SELECT now()")
+
+# Of these keys, the ones a live row (or one tombstoned within the grace) still owns.
+OWNED_KEYS: Final = text(
+    """
+    SELECT object_key FROM documents
+    WHERE object_key = ANY(:keys) AND (deleted_at IS NULL OR deleted_at > now() - make_interval(secs => :grace_s))
+    """
+)
+
+# Documents that will still read their object, created before the listing started.
+ACTIVE_OBJECTS: Final = text(
+    """
+    SELECT id, object_key, lease_epoch FROM documents
+    WHERE status IN ('queued', 'processing') AND deleted_at IS NULL AND created_at < :listed_at
+    ORDER BY created_at LIMIT :limit
+    """
+)
+
+# One batch of delivered events past the retention (ix_outbox_delivered); deliveries cascade.
+PRUNE_OUTBOX: Final = text(
+    """
+    DELETE FROM outbox WHERE seq IN (
+      SELECT seq FROM outbox WHERE delivered_at < now() - make_interval(secs => :retention_s)
+      ORDER BY delivered_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+)
+
+# One batch of processor inbox rows past the retention (their events can no longer be redelivered).
+PRUNE_INBOX: Final = text(
+    """
+    DELETE FROM processor_inbox WHERE event_id IN (
+      SELECT event_id FROM processor_inbox WHERE received_at < now() - make_interval(secs => :retention_s)
+      ORDER BY received_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+)
+
+# Records a completed pass; leader_since restarts when another replica took over.
+RECORD_PASS: Final = text(
+    """
+    INSERT INTO reconciler_state (name, leader_id, leader_since, pass_started_at, pass_finished_at, passes, counts)
+    VALUES (:name, :leader_id, now(), now() - make_interval(secs => :duration_s), now(), 1, CAST(:counts AS jsonb))
+    ON CONFLICT (name) DO UPDATE SET
+      leader_id = EXCLUDED.leader_id,
+      leader_since = CASE WHEN reconciler_state.leader_id = EXCLUDED.leader_id
+                          THEN reconciler_state.leader_since ELSE now() END,
+      pass_started_at = EXCLUDED.pass_started_at,
+      pass_finished_at = EXCLUDED.pass_finished_at,
+      passes = reconciler_state.passes + 1,
+      counts = EXCLUDED.counts
+    """
+)
+
+# Keeps the first-seen time of each active alert; cleared alerts are forgotten.
+UPSERT_ALERT: Final = text(
+    """
+    INSERT INTO pipeline_alerts (code, since, last_seen_at) VALUES (:code, :since, now())
+    ON CONFLICT (code) DO UPDATE SET last_seen_at = now()
+    """
+)
+CLEAR_ALERTS: Final = text("DELETE FROM pipeline_alerts WHERE NOT (code = ANY(:codes))")

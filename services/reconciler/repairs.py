@@ -1,0 +1,74 @@
+"""Document repairs: stale leases, lost dispatches, stuck deletions. One short transaction per document."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Final
+
+import structlog
+
+from services.reconciler import queries
+from shared import lifecycle
+from shared.db import Database
+
+# Per pass and repair kind; a backlog larger than this is worked off over the next passes.
+MAX_PER_PASS: Final = 500
+SOURCE: Final = "kbingest/reconciler"
+
+log = structlog.get_logger("kbingest.reconciler")
+
+
+async def rescue_stale(db: Database, *, stale_after_s: float, limit: int = MAX_PER_PASS) -> Counter[str]:
+    """Requeue (or fail, when out of attempts) processing documents whose heartbeat went stale."""
+    counts: Counter[str] = Counter()
+    for _ in range(limit):
+        async with db.transaction() as conn:
+            row = (await conn.execute(queries.STALE_PROCESSING, {"stale_s": stale_after_s})).mappings().first()
+            if row is None:
+                break
+            outcome = await lifecycle.rescue_stale(
+                conn, row["id"], epoch=row["lease_epoch"], stale_after_s=stale_after_s, source=SOURCE
+            )
+        if outcome == "skipped":
+            break
+        counts[f"stale_{outcome}"] += 1
+        log.warning(
+            "document.rescued",
+            document_id=str(row["id"]),
+            outcome=outcome,
+            lease_owner=row["lease_owner"],
+            epoch=row["lease_epoch"],
+        )
+    return counts
+
+
+async def reemit_lost(db: Database, *, grace_s: float, limit: int = MAX_PER_PASS) -> Counter[str]:
+    """Re-emit ``document.requeued`` for due queued documents that have no event in flight."""
+    counts: Counter[str] = Counter()
+    params = {"grace_s": grace_s, "event_type": "document.requeued"}
+    for _ in range(limit):
+        async with db.transaction() as conn:
+            row = (await conn.execute(queries.LOST_DISPATCH, params)).mappings().first()
+            if row is None:
+                break
+            body = await lifecycle.requeue_event(conn, row, source=SOURCE)
+        counts["lost_event"] += 1
+        log.warning("document.dispatch_reemitted", document_id=str(row["id"]), event_id=body["id"])
+    return counts
+
+
+async def finish_stuck_deletes(db: Database, *, grace_s: float, limit: int = MAX_PER_PASS) -> Counter[str]:
+    """Re-emit ``document.delete_requested`` for deletions with no event in flight."""
+    counts: Counter[str] = Counter()
+    params = {"grace_s": grace_s, "event_type": "document.delete_requested"}
+    for _ in range(limit):
+        async with db.transaction() as conn:
+            document_id = (await conn.execute(queries.STUCK_DELETE, params)).scalar_one_or_none()
+            if document_id is None:
+                break
+            row = await lifecycle.request_delete(conn, document_id, source=SOURCE)
+        if row is None:
+            break
+        counts["stuck_delete"] += 1
+        log.warning("document.delete_reemitted", document_id=str(document_id))
+    return counts

@@ -1,0 +1,44 @@
+"""Composition of one relay: pool, HTTP client, deliverer, worker (used by the app, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+from services.relay.delivery import Deliverer, build_client
+from services.relay.metrics import RelayMetrics
+from services.relay.pool import create_pool
+from services.relay.routes import Router
+from services.relay.worker import Relay
+from shared.settings import Settings
+
+POOL_CLOSE_TIMEOUT_S: Final = 5.0
+
+
+@asynccontextmanager
+async def open_relay(settings: Settings, metrics: RelayMetrics, **options: Any) -> AsyncIterator[Relay]:
+    """A ready ``Relay``; on exit its HTTP client and pool are closed (connections terminated if stuck)."""
+    subscribers = max(1, len(Router(settings.effective_routes()).subscribers))
+    client = build_client(
+        connect_timeout_s=settings.relay_connect_timeout_s,
+        timeout_s=settings.relay_timeout_s,
+        max_connections=settings.relay_concurrency * subscribers,
+    )
+    pool = await create_pool(settings)
+    try:
+        deliverer = Deliverer(
+            client,
+            secret=settings.relay_secret.get_secret_value(),
+            concurrency=settings.relay_concurrency,
+            batch_subscribers=settings.relay_batch_subscribers,
+            request_timeout_s=settings.relay_connect_timeout_s + settings.relay_timeout_s,
+        )
+        yield Relay(settings=settings, pool=pool, deliverer=deliverer, metrics=metrics, **options)
+    finally:
+        await client.aclose()
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            pool.terminate()

@@ -1,0 +1,231 @@
+"""The relay's named SQL (asyncpg, ``$n`` parameters) and the thin functions that run it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import asyncpg
+
+from shared.deadletters import OUTBOX_HEALTH, OutboxHealth
+
+Action = Literal["delivered", "retry", "dead", "release"]
+
+# Leases up to $2 due events, oldest first, and only the head of each aggregate: an event is
+# skipped while an earlier undelivered, non-dead event of its aggregate exists (that one may be
+# leased by another relay: it is still undelivered, so the rule holds across replicas).
+# SKIP LOCKED lets replicas claim disjoint rows at once; pushing available_at forward by the
+# lease ($3 s) hides claimed rows from every later claim until settled, released or expired.
+# The head test is a scalar min() so it stays a per-row probe of ix_outbox_pending_aggregate
+# (as NOT EXISTS, a table without statistics yet was planned as an anti-join scanning the whole
+# index per row). It says <= where = is meant (o is pending, so min <= o.seq): the planner then
+# guesses a third of the rows match, not 0.5 %, and keeps the ordered index scan that stops at
+# LIMIT instead of a seq scan + sort of the whole backlog. The UPDATE takes the leased rows by
+# primary key (= ANY(ARRAY(…))): joined to the CTE, small tables got a seq scan of the outbox.
+# tests/integration/relay/test_relay_resilience.py guards both plans with EXPLAIN.
+CLAIM: Final = """
+WITH due AS (
+    SELECT o.seq
+    FROM outbox AS o
+    WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
+      AND o.seq <= (
+          SELECT min(e.seq) FROM outbox AS e
+          WHERE e.aggregate_id = o.aggregate_id AND e.delivered_at IS NULL AND e.dead_at IS NULL
+      )
+    ORDER BY o.available_at, o.seq
+    LIMIT $2
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE outbox AS o
+SET available_at = now() + make_interval(secs => $3::float8), claimed_by = $1
+WHERE o.seq = ANY(ARRAY(SELECT seq FROM due))
+RETURNING o.seq, o.id, o.type, o.aggregate_id, o.payload::text AS body, o.attempts,
+          extract(epoch FROM o.created_at)::float8 AS created_at
+"""
+
+# Applies each claimed event's outcome in one statement; fenced by claimed_by, so a relay whose
+# lease expired and was taken over by another changes nothing.
+SETTLE: Final = """
+UPDATE outbox AS o SET
+    delivered_at = CASE WHEN u.action = 'delivered' THEN now() END,
+    dead_at = CASE WHEN u.action = 'dead' THEN now() END,
+    dead_reason = CASE WHEN u.action = 'dead' THEN u.reason END,
+    attempts = u.attempts,
+    available_at = now() + make_interval(secs => u.delay_s),
+    last_error = COALESCE(u.error::jsonb ->> 'error', o.last_error),
+    errors = CASE WHEN u.error IS NULL THEN o.errors ELSE o.errors || jsonb_build_array(u.error::jsonb) END,
+    claimed_by = NULL
+FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::text[], $7::text[])
+    AS u(seq, action, attempts, delay_s, reason, error)
+WHERE o.seq = u.seq AND o.claimed_by = $1
+RETURNING o.seq
+"""
+
+# Hands leases back (shutdown): the events are due again at once for any relay.
+RELEASE: Final = """
+UPDATE outbox SET claimed_by = NULL, available_at = now()
+WHERE seq = ANY($2::bigint[]) AND claimed_by = $1 AND delivered_at IS NULL AND dead_at IS NULL
+"""
+
+# Per-subscriber state of multi-route events (absent rows mean: not attempted yet, due now).
+LOAD_DELIVERIES: Final = """
+SELECT event_seq, subscriber, attempts, delivered_at IS NOT NULL AS delivered, dead_at IS NOT NULL AS dead,
+       dead_reason, greatest(0, extract(epoch FROM available_at - now()))::float8 AS wait_s
+FROM outbox_deliveries
+WHERE event_seq = ANY($1::bigint[])
+"""
+
+# Creates the rows lazily at the first attempt and keeps every error per subscriber.
+UPSERT_DELIVERIES: Final = """
+INSERT INTO outbox_deliveries AS d
+    (event_seq, subscriber, attempts, available_at, delivered_at, dead_at, dead_reason, last_error, errors)
+SELECT u.seq, u.subscriber, u.attempts, now() + make_interval(secs => u.delay_s),
+       CASE WHEN u.state = 'delivered' THEN now() END,
+       CASE WHEN u.state = 'dead' THEN now() END,
+       u.reason, u.error::jsonb ->> 'error',
+       CASE WHEN u.error IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(u.error::jsonb) END
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::text[], $7::text[])
+    AS u(seq, subscriber, state, attempts, delay_s, reason, error)
+ON CONFLICT (event_seq, subscriber) DO UPDATE SET
+    attempts = EXCLUDED.attempts,
+    available_at = EXCLUDED.available_at,
+    delivered_at = EXCLUDED.delivered_at,
+    dead_at = EXCLUDED.dead_at,
+    dead_reason = EXCLUDED.dead_reason,
+    last_error = COALESCE(EXCLUDED.last_error, d.last_error),
+    errors = d.errors || EXCLUDED.errors
+"""
+
+HEALTH: Final = str(OUTBOX_HEALTH.text)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    """One leased event: ``body`` is the envelope exactly as it is sent and signed."""
+
+    seq: int
+    id: str
+    type: str
+    aggregate_id: str
+    body: bytes
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What happens to one claimed outbox row (``attempts`` is the new absolute count)."""
+
+    seq: int
+    action: Action
+    attempts: int
+    delay_s: float = 0.0
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """One subscriber's state for one multi-route event."""
+
+    subscriber: str
+    attempts: int = 0
+    delivered: bool = False
+    dead: bool = False
+    dead_reason: str | None = None
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """A subscriber's new state after an attempt (``state`` is delivered, retry or dead)."""
+
+    seq: int
+    subscriber: str
+    state: Literal["delivered", "retry", "dead"]
+    attempts: int
+    delay_s: float = 0.0
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+
+
+async def claim(conn: asyncpg.Connection, relay_id: str, limit: int, lease_s: float) -> list[ClaimedEvent]:
+    """Lease up to ``limit`` due events for ``relay_id`` (one short transaction)."""
+    rows = await conn.fetch(CLAIM, relay_id, limit, lease_s)
+    return [
+        ClaimedEvent(
+            seq=r["seq"],
+            id=str(r["id"]),
+            type=r["type"],
+            aggregate_id=str(r["aggregate_id"]),
+            body=r["body"].encode(),
+            attempts=r["attempts"],
+            created_at=r["created_at"],
+        )
+        for r in rows
+    ]
+
+
+def _error_json(error: dict[str, Any] | None) -> str | None:
+    return json.dumps(error) if error is not None else None
+
+
+async def settle(conn: asyncpg.Connection, relay_id: str, settlements: Sequence[Settlement]) -> set[int]:
+    """Apply outcomes; returns the seqs actually updated (others lost their lease)."""
+    rows = await conn.fetch(
+        SETTLE,
+        relay_id,
+        [s.seq for s in settlements],
+        [s.action for s in settlements],
+        [s.attempts for s in settlements],
+        [s.delay_s for s in settlements],
+        [s.reason for s in settlements],
+        [_error_json(s.error) for s in settlements],
+    )
+    return {r["seq"] for r in rows}
+
+
+async def release(conn: asyncpg.Connection, relay_id: str, seqs: Sequence[int]) -> int:
+    """Give leases back so other relays can deliver at once; returns how many were released."""
+    status: str = await conn.execute(RELEASE, relay_id, list(seqs))
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def load_deliveries(conn: asyncpg.Connection, seqs: Sequence[int]) -> dict[int, dict[str, DeliveryState]]:
+    """Stored per-subscriber states of multi-route events, by seq then subscriber."""
+    states: dict[int, dict[str, DeliveryState]] = {}
+    for r in await conn.fetch(LOAD_DELIVERIES, list(seqs)):
+        states.setdefault(r["event_seq"], {})[r["subscriber"]] = DeliveryState(
+            subscriber=r["subscriber"],
+            attempts=r["attempts"],
+            delivered=r["delivered"],
+            dead=r["dead"],
+            dead_reason=r["dead_reason"],
+            wait_s=r["wait_s"],
+        )
+    return states
+
+
+async def upsert_deliveries(conn: asyncpg.Connection, updates: Sequence[DeliveryUpdate]) -> None:
+    await conn.execute(
+        UPSERT_DELIVERIES,
+        [u.seq for u in updates],
+        [u.subscriber for u in updates],
+        [u.state for u in updates],
+        [u.attempts for u in updates],
+        [u.delay_s for u in updates],
+        [u.reason for u in updates],
+        [_error_json(u.error) for u in updates],
+    )
+
+
+async def health(conn: asyncpg.Connection) -> OutboxHealth:
+    row = await conn.fetchrow(HEALTH)
+    return OutboxHealth(
+        pending=int(row["pending"]),
+        oldest_pending_age_s=float(row["oldest_pending_age_s"] or 0.0),
+        dead=int(row["dead"]),
+        unroutable=int(row["unroutable"]),
+    )

@@ -1,0 +1,177 @@
+"""One claimed batch: route each event, deliver concurrently, turn outcomes into row updates."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from services.relay import outcomes
+from services.relay.claim import ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
+from services.relay.delivery import Outcome
+from services.relay.metrics import RelayMetrics
+from services.relay.outcomes import RetryPolicy, Step
+from services.relay.routes import Router
+
+log = structlog.get_logger("kbingest.relay")
+
+LoadDeliveries = Callable[[Sequence[int]], Awaitable[dict[int, dict[str, DeliveryState]]]]
+
+
+@dataclass
+class Result:
+    """Row updates ready to settle in one transaction."""
+
+    settlements: list[Settlement] = field(default_factory=list)
+    updates: list[DeliveryUpdate] = field(default_factory=list)
+
+    def extend(self, other: Result) -> None:
+        self.settlements.extend(other.settlements)
+        self.updates.extend(other.updates)
+
+    def __len__(self) -> int:
+        return len(self.settlements)
+
+
+@dataclass
+class Fanout:
+    """A multi-route event waiting for the outcomes of the subscribers it was sent to."""
+
+    event: ClaimedEvent
+    targets: tuple[str, ...]
+    stored: dict[str, DeliveryState]
+    expected: set[str]
+    received: dict[str, Outcome] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What to send: request units (a subscriber URL and the events of one request), plus rows already decided."""
+
+    units: list[tuple[str, list[ClaimedEvent]]]
+    decided: Result
+    fanout: dict[int, Fanout]
+
+
+class Dispatcher:
+    """Plans a claimed batch and turns each finished request into row updates at once.
+
+    Single-route events keep their state on the outbox row (the fast path); multi-route events
+    keep one row per subscriber in outbox_deliveries, read here before sending.
+    """
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        batch_subscribers: Sequence[str],
+        batch_max: int,
+        policy: RetryPolicy,
+        metrics: RelayMetrics,
+        load_deliveries: LoadDeliveries,
+    ) -> None:
+        self._router = router
+        self._batch_subscribers = frozenset(batch_subscribers)
+        self._batch_max = batch_max
+        self._policy = policy
+        self._metrics = metrics
+        self._load_deliveries = load_deliveries
+
+    async def plan(self, events: Sequence[ClaimedEvent]) -> Plan:
+        """Route every event; unroutable and subscriber-less ones are decided without a request."""
+        decided = Result()
+        per_url: dict[str, list[ClaimedEvent]] = defaultdict(list)
+        fanout: dict[int, Fanout] = {}
+        for event in events:
+            targets = self._router.targets(event.type)
+            if targets is None:
+                decided.settlements.append(outcomes.unroutable(event))
+                log.warning(
+                    "outbox.unroutable", event_id=event.id, event_type=event.type, document_id=event.aggregate_id
+                )
+            elif not targets:
+                decided.settlements.append(Settlement(event.seq, "delivered", event.attempts))
+            elif len(targets) == 1:
+                per_url[targets[0]].append(event)
+            else:
+                fanout[event.seq] = Fanout(event, targets, {}, set())
+        if fanout:
+            stored = await self._load_deliveries(list(fanout))
+            for seq, waiting in list(fanout.items()):
+                waiting.stored = stored.get(seq, {})
+                for url in waiting.targets:
+                    state = waiting.stored.get(url)
+                    if state is None or (not state.delivered and not state.dead and state.wait_s <= 0):
+                        waiting.expected.add(url)
+                        per_url[url].append(waiting.event)
+                if not waiting.expected:
+                    decided.extend(self._settle_fanout(fanout.pop(seq)))
+        units: list[tuple[str, list[ClaimedEvent]]] = []
+        for url, url_events in per_url.items():
+            size = self._batch_max if url in self._batch_subscribers else 1
+            units.extend((url, url_events[i : i + size]) for i in range(0, len(url_events), size))
+        return Plan(units, decided, fanout)
+
+    def resolve(self, plan: Plan, url: str, events: Sequence[ClaimedEvent], answers: Sequence[Outcome]) -> Result:
+        """Row updates for the events of one finished request (multi-route ones once all their requests end)."""
+        result = Result()
+        acked_at = time.time()
+        for event, outcome in zip(events, answers, strict=True):
+            waiting = plan.fanout.get(event.seq)
+            if waiting is None:
+                settlement, step = outcomes.single(event, url, outcome, self._policy)
+                result.settlements.append(settlement)
+                self._observe(event, settlement, {url: step}, acked_at)
+                continue
+            waiting.received[url] = outcome
+            if set(waiting.received) >= waiting.expected:
+                result.extend(self._settle_fanout(plan.fanout.pop(event.seq)))
+        return result
+
+    def _settle_fanout(self, waiting: Fanout) -> Result:
+        settlement, updates, steps = outcomes.multi(
+            waiting.event, waiting.targets, waiting.stored, waiting.received, self._policy
+        )
+        self._observe(waiting.event, settlement, steps, time.time())
+        return Result([settlement], updates)
+
+    def _observe(self, event: ClaimedEvent, settlement: Settlement, steps: dict[str, Step], acked_at: float) -> None:
+        """Metrics and the stable log events for one event's attempt(s)."""
+        for url, step in steps.items():
+            if step.state == "delivered":
+                self._metrics.delivered.labels(url).inc()
+            elif step.state == "retry":
+                self._metrics.retries.inc()
+                log.info(
+                    "outbox.retry_scheduled",
+                    event_id=event.id,
+                    document_id=event.aggregate_id,
+                    event_type=event.type,
+                    subscriber=url,
+                    attempt=step.attempts,
+                    retry_in_s=round(step.delay_s, 3),
+                    error=step.error["error"] if step.error else None,
+                )
+        if settlement.action == "delivered":
+            self._metrics.latency.observe(max(0.0, acked_at - event.created_at))
+            log.debug(
+                "outbox.delivered",
+                event_id=event.id,
+                document_id=event.aggregate_id,
+                event_type=event.type,
+                attempt=settlement.attempts,
+                latency_ms=round((acked_at - event.created_at) * 1000, 1),
+            )
+        elif settlement.action == "dead" and settlement.reason != outcomes.UNROUTABLE:
+            log.warning(
+                "outbox.dead_lettered",
+                event_id=event.id,
+                document_id=event.aggregate_id,
+                event_type=event.type,
+                reason=settlement.reason,
+                attempts=settlement.attempts,
+                error=settlement.error["error"] if settlement.error else None,
+            )

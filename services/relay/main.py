@@ -1,0 +1,49 @@
+"""Run the relay: one process, one event loop shared by the worker and its health/metrics app."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import structlog
+import uvicorn
+
+from services.relay.app import create_app
+from services.relay.worker import SHUTDOWN_GRACE_S
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+log = structlog.get_logger("kbingest.relay")
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0 after a clean drain) or until the worker dies (exit 1)."""
+    configure_logging(service="relay", log_format=settings.log_format, level=settings.log_level)
+    failures: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    config = uvicorn.Config(
+        create_app(settings, on_fatal=on_fatal),
+        host=settings.bind_host,
+        port=settings.relay_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+    )
+    server = uvicorn.Server(config)
+
+    def _handled(signum: int, _frame: FrameType | None) -> None:
+        log.info("relay.signal", signal=signal.Signals(signum).name)
+
+    # uvicorn re-raises the signal it caught once it has shut down gracefully; with these handlers
+    # in place that re-raise only logs, so a clean drain exits 0 instead of dying by SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _handled)
+    server.run()
+    if failures:
+        return 1
+    return 0 if server.started else 1

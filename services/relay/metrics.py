@@ -1,0 +1,56 @@
+"""The relay's Prometheus metrics, on a registry the process owns (no globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.deadletters import OutboxHealth
+
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class RelayMetrics:
+    """Outbox gauges (refreshed from Postgres) and delivery counters (updated as deliveries settle)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.pending = Gauge("kbingest_outbox_pending", "Events not yet delivered nor dead", registry=registry)
+        self.oldest_pending_age = Gauge(
+            "kbingest_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered event", registry=registry
+        )
+        self.delivered = Counter(
+            "kbingest_outbox_delivered",
+            "Deliveries acknowledged with 2xx, per subscriber",
+            ["subscriber"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "kbingest_outbox_delivery_latency_seconds",
+            "From the event's creation to the subscriber's 2xx",
+            registry=registry,
+            buckets=LATENCY_BUCKETS_S,
+        )
+        self.retries = Counter("kbingest_outbox_retries", "Deliveries scheduled for a retry", registry=registry)
+        self.dead_letters = Gauge("kbingest_outbox_dead_letters", "Events in the dead-letter state", registry=registry)
+        self.unroutable = Gauge(
+            "kbingest_outbox_unroutable", "Dead letters parked because no route matched", registry=registry
+        )
+        self.db_connections_in_use = Gauge(
+            "kbingest_db_connections_in_use", "Postgres connections this process holds", registry=registry
+        )
+        self.db_max_connections = Gauge(
+            "kbingest_db_max_connections", "This process's connection ceiling (pool + LISTEN)", registry=registry
+        )
+
+    def track_connections(self, in_use: Callable[[], float], ceiling: int) -> None:
+        """Report connections held, read at scrape time."""
+        self.db_connections_in_use.set_function(in_use)
+        self.db_max_connections.set(ceiling)
+
+    def observe_health(self, health: OutboxHealth) -> None:
+        self.pending.set(health.pending)
+        self.oldest_pending_age.set(health.oldest_pending_age_s)
+        self.dead_letters.set(health.dead)
+        self.unroutable.set(health.unroutable)

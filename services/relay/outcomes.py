@@ -1,0 +1,129 @@
+"""From delivery outcomes to row updates: retry with backoff, dead letters, multi-subscriber state."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from services.relay.backoff import retry_delay_s
+from services.relay.claim import ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
+from services.relay.delivery import Outcome
+
+UNROUTABLE: Final = "unroutable"
+REJECTED: Final = "rejected"
+MAX_ATTEMPTS: Final = "max_attempts"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempt budget and backoff shape (RELAY_MAX_ATTEMPTS, RELAY_BACKOFF_BASE_S, RELAY_BACKOFF_MAX_S)."""
+
+    max_attempts: int
+    base_s: float
+    max_s: float
+    rng: random.Random | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One subscriber's state after one attempt outcome."""
+
+    state: Literal["delivered", "retry", "dead", "release"]
+    attempts: int
+    delay_s: float = 0.0
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+
+
+def _error(subscriber: str, attempt: int, outcome: Outcome, delay_s: float | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "attempt": attempt,
+        "subscriber": subscriber,
+        "status": outcome.status,
+        "error": outcome.error or outcome.kind,
+    }
+    if delay_s is not None:
+        record["retry_in_s"] = round(delay_s, 3)
+    return record
+
+
+def step(subscriber: str, attempts: int, outcome: Outcome, policy: RetryPolicy) -> Step:
+    """Apply one outcome to a subscriber that had ``attempts`` attempts before this one."""
+    attempt = attempts + 1
+    if outcome.kind == "release":
+        return Step("release", attempts)
+    if outcome.kind == "delivered":
+        return Step("delivered", attempt)
+    if outcome.kind == "rejected":
+        return Step("dead", attempt, reason=REJECTED, error=_error(subscriber, attempt, outcome, None))
+    if attempt >= policy.max_attempts:
+        return Step("dead", attempt, reason=MAX_ATTEMPTS, error=_error(subscriber, attempt, outcome, None))
+    delay = retry_delay_s(attempt, outcome.retry_after_s, base_s=policy.base_s, max_s=policy.max_s, rng=policy.rng)
+    return Step("retry", attempt, delay, error=_error(subscriber, attempt, outcome, delay))
+
+
+def unroutable(event: ClaimedEvent) -> Settlement:
+    """Parked, not dropped: visible as a dead letter until a route exists and it is replayed."""
+    error = {
+        "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "attempt": event.attempts,
+        "subscriber": None,
+        "status": None,
+        "error": f"no route for event type {event.type!r} (set KBINGEST_RELAY_ROUTES, then replay)",
+    }
+    return Settlement(event.seq, "dead", event.attempts, reason=UNROUTABLE, error=error)
+
+
+def single(event: ClaimedEvent, subscriber: str, outcome: Outcome, policy: RetryPolicy) -> tuple[Settlement, Step]:
+    """Single-route fast path: the outbox row carries the delivery state."""
+    result = step(subscriber, event.attempts, outcome, policy)
+    return Settlement(event.seq, result.state, result.attempts, result.delay_s, result.reason, result.error), result
+
+
+def multi(
+    event: ClaimedEvent,
+    subscribers: Sequence[str],
+    stored: Mapping[str, DeliveryState],
+    outcomes: Mapping[str, Outcome],
+    policy: RetryPolicy,
+) -> tuple[Settlement, list[DeliveryUpdate], dict[str, Step]]:
+    """Several routes: each subscriber keeps its own state; the row is done when every one is done."""
+    updates: list[DeliveryUpdate] = []
+    steps: dict[str, Step] = {}
+    finals: list[DeliveryState] = []
+    first_error: dict[str, Any] | None = None
+    for url in subscribers:
+        state = stored.get(url, DeliveryState(url))
+        outcome = outcomes.get(url)
+        if outcome is None or outcome.kind == "release":
+            finals.append(state)
+            continue
+        result = steps[url] = step(url, state.attempts, outcome, policy)
+        assert result.state != "release"
+        updates.append(
+            DeliveryUpdate(event.seq, url, result.state, result.attempts, result.delay_s, result.reason, result.error)
+        )
+        first_error = first_error or result.error
+        finals.append(
+            DeliveryState(
+                url,
+                result.attempts,
+                delivered=result.state == "delivered",
+                dead=result.state == "dead",
+                dead_reason=result.reason,
+                wait_s=result.delay_s,
+            )
+        )
+    attempts = max((s.attempts for s in finals), default=event.attempts)
+    if all(s.delivered for s in finals):
+        return Settlement(event.seq, "delivered", attempts), updates, steps
+    waiting = [s for s in finals if not s.delivered and not s.dead]
+    if waiting:
+        delay = min(s.wait_s for s in waiting)
+        return Settlement(event.seq, "retry", attempts, delay, error=first_error), updates, steps
+    reason = next(s.dead_reason for s in finals if s.dead) or MAX_ATTEMPTS
+    return Settlement(event.seq, "dead", attempts, reason=reason, error=first_error), updates, steps

@@ -1,0 +1,128 @@
+"""Fencing, heartbeats under a blocked stage, backpressure, hand-back on shutdown, embedder outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from shared.settings import Settings
+from shared.vectorstore import QdrantVectorStore
+from tests.integration.processor_service.conftest import GatedExtractor
+from tests.support import servers
+from tests.support.api_helpers import create_kb, upload
+from tests.support.processor_harness import deliver_due, document, processor_client, sql, wait_for
+
+TEXT = b"Some plain text about tide pools and the animals that live in them.\n"
+
+
+async def _stage_events(settings: Settings, doc_id: str) -> list[str]:
+    rows = await sql(settings, "SELECT payload FROM outbox WHERE aggregate_id = :id AND type = "
+                               "'document.stage_changed' ORDER BY seq", id=doc_id)
+    return [r["payload"]["data"]["stage"] for r in rows]
+
+
+async def test_blocked_stage_keeps_heartbeating_and_is_not_rescued(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+) -> None:
+    kb = await create_kb(api)
+    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
+    async with processor_client(fast_settings, extractor=gated, vectors=vectors) as (client, _state):
+        await deliver_due(client, fast_settings)
+        await asyncio.wait_for(gated.entered.wait(), 30)
+        beats = set()
+        blocked_until = time.monotonic() + 5 * fast_settings.heartbeat_interval_s + 0.5
+        while time.monotonic() < blocked_until:
+            beats.add((await document(fast_settings, doc_id))["heartbeat_at"])
+            await asyncio.sleep(fast_settings.heartbeat_interval_s / 2)
+        doc = await document(fast_settings, doc_id)
+        assert doc["status"] == "processing" and doc["stage"] == "extracting"
+        assert len(beats) >= 3, "the heartbeat must keep moving while a stage is blocked"
+        gated.gate.set()
+        doc = await wait_for(fast_settings, doc_id, {"ready", "failed"}, client=client)
+    assert doc["status"] == "ready" and doc["attempts"] == 1
+
+
+async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+) -> None:
+    kb = await create_kb(api)
+    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
+    async with processor_client(fast_settings, extractor=gated, vectors=vectors) as (client, state):
+        await deliver_due(client, fast_settings)
+        await asyncio.wait_for(gated.entered.wait(), 30)
+        # Someone else (a rescuer) takes the document: the epoch moves behind the worker's back.
+        await sql(fast_settings, "UPDATE documents SET lease_epoch = lease_epoch + 1, lease_owner = 'rescuer' "
+                                 "WHERE id = :id", id=doc_id)
+        deadline = time.monotonic() + 30
+        while state.worker.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert state.worker.in_flight == 0, "the heartbeat must cancel work whose lease is gone"
+        gated.gate.set()
+        await asyncio.sleep(5 * fast_settings.heartbeat_interval_s)
+    doc = await document(fast_settings, doc_id)
+    assert doc["status"] == "processing" and doc["stage"] == "extracting" and doc["lease_owner"] == "rescuer"
+    assert await _stage_events(fast_settings, doc_id) == ["downloading", "extracting"]
+    assert await vectors.count(doc_id) == 0
+    events = await sql(fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id AND type IN "
+                                      "('document.indexed', 'document.failed')", id=doc_id)
+    assert events == []
+
+
+async def test_saturated_processor_answers_429_and_hands_back_on_shutdown(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+) -> None:
+    one_slot = fast_settings.model_copy(update={"processor_concurrency": 1})
+    kb = await create_kb(api)
+    first = (await upload(api, kb, "a.txt", TEXT)).json()["id"]
+    second = (await upload(api, kb, "b.txt", TEXT + b"more")).json()["id"]
+    async with processor_client(one_slot, extractor=gated, vectors=vectors) as (client, _state):
+        statuses = await deliver_due(client, one_slot)
+        assert statuses == [202, 429]
+        await asyncio.wait_for(gated.entered.wait(), 30)
+        assert (await document(one_slot, first))["status"] == "processing"
+        assert (await document(one_slot, second))["status"] == "queued"
+        # Leaving the block shuts the processor down (SIGTERM path) while extraction is blocked.
+    doc = await document(one_slot, first)
+    assert doc["status"] == "queued" and doc["lease_owner"] is None and doc["attempts"] == 0
+    types = [r["type"] for r in await sql(one_slot, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq",
+                                          id=first)]
+    assert types[-1] == "document.requeued"
+    [attempt] = await sql(one_slot, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=first)
+    assert attempt["outcome"] == "handed_back"
+    processors = await sql(one_slot, "SELECT stopped_at, ready_at FROM processors")
+    assert processors and all(p["stopped_at"] is not None and p["ready_at"] is not None for p in processors)
+
+
+async def test_embedder_down_retries_then_fails_and_retry_works_when_back(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+) -> None:
+    # A fake remote provider: nothing listens on this port, like an outage of an embedding API.
+    down = fast_settings.model_copy(
+        update={"embedding_model": "openai/text-embedding-3-small", "embedding_dim": 384,
+                "embedding_api_base": f"http://127.0.0.1:{servers.free_port()}/v1"}
+    )
+    kb = await create_kb(api)
+    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
+    async with processor_client(down, extractor=_plain_text_extractor, vectors=vectors) as (client, _state):
+        doc = await wait_for(down, doc_id, {"failed", "ready"}, client=client)
+    assert doc["status"] == "failed" and doc["attempts"] == down.max_attempts
+    assert doc["error"]["code"] == "max_attempts_exceeded"
+    assert doc["error"]["cause"]["code"] == "embedder_unavailable"
+    attempts = await sql(down, "SELECT outcome, error FROM document_attempts WHERE document_id = :id ORDER BY id",
+                         id=doc_id)
+    assert [a["outcome"] for a in attempts] == ["retry_scheduled", "failed"]
+    assert all(a["error"]["code"] == "embedder_unavailable" for a in attempts)
+
+    assert (await api.post(f"/v1/documents/{doc_id}/retry")).status_code == 202
+    async with processor_client(fast_settings, extractor=_plain_text_extractor, vectors=vectors) as (client, _s):
+        doc = await wait_for(fast_settings, doc_id, {"failed", "ready"}, client=client)
+    assert doc["status"] == "ready" and doc["error"] is None
+
+
+async def _plain_text_extractor(path: str, media_type: str) -> list:  # type: ignore[type-arg]
+    from services.processor.extraction.elements import Element
+
+    with open(path, encoding="utf-8") as handle:
+        return [Element(text=handle.read(), kind="NarrativeText", page=None, heading=None)]

@@ -1,0 +1,251 @@
+"""Helpers for reconciler / pipeline tests: documents straight through lifecycle, SQL pokes, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from sqlalchemy import text
+
+from shared import lifecycle
+from shared.db import Database, worker_database
+from shared.settings import Settings
+from shared.storage import ObjectStore, object_key
+from tests.support import servers
+
+T = TypeVar("T")
+
+
+def open_db(settings: Settings, max_connections: int = 2) -> Database:
+    return worker_database(settings.database_url, service="test", max_connections=max_connections)
+
+
+async def execute(db: Database, sql: str, **params: Any) -> int:
+    async with db.transaction() as conn:
+        result = await conn.execute(text(sql), params)
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def fetch(db: Database, sql: str, **params: Any) -> list[dict[str, Any]]:
+    async with db.transaction() as conn:
+        return [dict(r) for r in (await conn.execute(text(sql), params)).mappings()]
+
+
+async def fetch_one(db: Database, sql: str, **params: Any) -> dict[str, Any]:
+    rows = await fetch(db, sql, **params)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def create_kb(db: Database, name: str | None = None) -> uuid.UUID:
+    kb_id = uuid.uuid4()
+    await execute(
+        db, "INSERT INTO knowledge_bases (id, name) VALUES (:id, :name)", id=kb_id, name=name or f"kb-{kb_id.hex[:8]}"
+    )
+    return kb_id
+
+
+async def create_document(
+    db: Database,
+    store: ObjectStore | None,
+    kb_id: uuid.UUID,
+    *,
+    content: bytes | None = None,
+    max_attempts: int = 3,
+) -> uuid.UUID:
+    """A queued document with its ``document.uploaded`` event, as the API makes it (object first)."""
+    doc_id = uuid.uuid4()
+    body = content if content is not None else f"hello {doc_id}".encode()
+    key = object_key(kb_id, doc_id)
+    if store is not None:
+        await store.ensure_bucket()
+        await store.put_bytes(key, body, content_type="text/plain")
+    values = {
+        "id": doc_id,
+        "knowledge_base_id": kb_id,
+        "batch_id": None,
+        "filename": f"{doc_id.hex}.txt",
+        "original_filename": f"{doc_id.hex}.txt",
+        "media_type": "text/plain",
+        "size_bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "object_key": key,
+        "priority": "normal",
+        "max_attempts": max_attempts,
+    }
+    async with db.transaction() as conn:
+        await lifecycle.create_document(conn, values=values)
+    return doc_id
+
+
+async def claim(db: Database, doc_id: uuid.UUID, owner: str = "test-processor") -> lifecycle.Lease:
+    async with db.transaction() as conn:
+        lease = await lifecycle.claim(conn, doc_id, owner=owner)
+    assert lease is not None
+    return lease
+
+
+async def deliver_all(db: Database) -> None:
+    """What the relay does once subscribers answered 2xx."""
+    await execute(db, "UPDATE outbox SET delivered_at = now() WHERE delivered_at IS NULL AND dead_at IS NULL")
+
+
+async def age_document(db: Database, doc_id: uuid.UUID, seconds: float) -> None:
+    """Move a document's clocks (and its events') into the past."""
+    await execute(
+        db,
+        "UPDATE documents SET updated_at = updated_at - make_interval(secs => :s), "
+        "available_at = available_at - make_interval(secs => :s), "
+        "heartbeat_at = heartbeat_at - make_interval(secs => :s) WHERE id = :id",
+        id=doc_id,
+        s=seconds,
+    )
+    await execute(
+        db,
+        "UPDATE outbox SET created_at = created_at - make_interval(secs => :s) WHERE aggregate_id = :id",
+        id=doc_id,
+        s=seconds,
+    )
+
+
+async def events_of(db: Database, doc_id: uuid.UUID) -> list[dict[str, Any]]:
+    return await fetch(
+        db,
+        "SELECT type, payload, delivered_at, dead_at, dead_reason FROM outbox WHERE aggregate_id = :id ORDER BY seq",
+        id=doc_id,
+    )
+
+
+async def register_processor(db: Database, *, ready: bool, started_ago_s: float = 0.0) -> str:
+    """The processors row a processor writes at start-up (services/processor/registry.py), seen from outside."""
+    pid = f"test-host:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    await execute(
+        db,
+        "INSERT INTO processors (id, hostname, pid, concurrency, started_at, ready_at, last_seen) "
+        "VALUES (:id, 'test-host', 1, 2, now() - make_interval(secs => :ago), "
+        "CASE WHEN :ready THEN now() END, now())",
+        id=pid,
+        ago=started_ago_s,
+        ready=ready,
+    )
+    return pid
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout_s: float = 60.0, every_s: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; generous deadlines, no tight timing."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s:g}s (last: {last!r})")
+
+
+async def alert_codes(api: httpx.AsyncClient) -> set[str]:
+    response = await api.get("/v1/pipeline")
+    assert response.status_code == 200, response.text
+    return {alert["code"] for alert in response.json()["alerts"]}
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a ``kbingest`` subprocess against the test database and bucket."""
+    env = {
+        **os.environ,
+        "KBINGEST_DATABASE_URL": settings.database_url,
+        "KBINGEST_S3_ENDPOINT": settings.s3_endpoint,
+        "KBINGEST_S3_ACCESS_KEY": settings.s3_access_key,
+        "KBINGEST_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+        "KBINGEST_S3_BUCKET": settings.s3_bucket,
+        "KBINGEST_DATA_DIR": str(settings.data_dir),
+        "KBINGEST_LOG_LEVEL": "INFO",
+    }
+    if settings.api_key is not None:
+        env["KBINGEST_API_KEY"] = settings.api_key.get_secret_value()
+    env.update(extra)
+    return env
+
+
+def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", *args],
+            cwd=servers.ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not 200 within {timeout_s:g}s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def http_sink(port: int) -> AsyncIterator[list[dict[str, Any]]]:
+    """A subscriber on 127.0.0.1:``port`` answering 200 to everything; yields the JSON bodies it got."""
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "POST" and body:
+            received.append(json.loads(body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server), timeout_s=20, every_s=0.05)
+    try:
+        yield received
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return bool(server.started)

@@ -1,0 +1,232 @@
+"""Relay test helpers: a real subscriber process, bulk outbox fill, polling, delivery analysis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+from prometheus_client import CollectorRegistry
+
+from services.relay.metrics import RelayMetrics
+from services.relay.pool import asyncpg_dsn
+from shared.settings import Settings
+from tests.support.servers import ROOT, free_port
+
+SECRET = "relay-test-secret"
+START_TIMEOUT_S = 30.0
+
+# Bulk insert: event i belongs to aggregate i % $3 and is that aggregate's n-th event (n = i / $3),
+# inserted in i order so seq follows n within every aggregate.
+FILL = """
+INSERT INTO outbox (id, type, aggregate_type, aggregate_id, payload)
+SELECT e.id, $1::text, 'document', e.agg, jsonb_build_object(
+    'specversion', '1.0', 'id', e.id, 'type', $1::text, 'source', 'kbingest/test', 'subject', e.agg,
+    'time', now(), 'datacontenttype', 'application/json',
+    'data', jsonb_build_object('document_id', e.agg, 'n', e.i / $3::int, 'status', 'queued',
+                               'knowledge_base_id', e.agg, 'version', e.i / $3::int))
+FROM (
+    SELECT g.i, gen_random_uuid() AS id, md5($4::text || (g.i % $3::int)::text)::uuid AS agg
+    FROM generate_series($5::bigint, $5::bigint + $2 - 1) AS g(i)
+) AS e
+ORDER BY e.i
+"""
+
+
+@dataclass
+class SubscriberProcess:
+    """``tests/support/subscriber_server.py`` running as its own process on a free port."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    secret: str = SECRET
+    client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30))
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1/events"
+
+    @property
+    def batch_url(self) -> str:
+        return f"{self.base}/v1/batch"
+
+    async def control(self, **values: Any) -> None:
+        response = await self.client.post(f"{self.base}/control", json=values)
+        response.raise_for_status()
+
+    async def deliveries(self) -> list[dict[str, Any]]:
+        response = await self.client.get(f"{self.base}/deliveries")
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def stats(self) -> dict[str, Any]:
+        response = await self.client.get(f"{self.base}/deliveries", params={"since": 10**9})
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        stop_process(self.proc)
+
+
+def start_subscriber(*args: str, secret: str = SECRET) -> SubscriberProcess:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.subscriber_server", "--port", str(port), "--secret", secret, *args],
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"subscriber exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return SubscriberProcess(port, proc, secret)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    stop_process(proc)
+    raise RuntimeError("subscriber did not start")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def relay_settings(database_url: str, routes: dict[str, list[str]], **overrides: Any) -> Settings:
+    """Settings for a relay under test: tiny backoff, short timeouts, our secret."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "relay_routes": routes,
+        "relay_secret": SECRET,
+        "relay_backoff_base_s": 0.05,
+        "relay_backoff_max_s": 0.2,
+        "relay_connect_timeout_s": 2.0,
+        "relay_timeout_s": 5.0,
+        "relay_max_attempts": 4,
+        "db_max_connections": 3,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def metrics() -> RelayMetrics:
+    return RelayMetrics(CollectorRegistry())
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(asyncpg_dsn(database_url), server_settings={"application_name": "test"})
+
+
+async def fill(
+    database_url: str,
+    *,
+    count: int,
+    aggregates: int,
+    event_type: str = "document.uploaded",
+    start: int = 0,
+    namespace: str | None = None,
+) -> None:
+    """Insert ``count`` events over ``aggregates`` aggregates in one statement."""
+    conn = await connect(database_url)
+    try:
+        await conn.execute(FILL, event_type, count, aggregates, namespace or uuid.uuid4().hex, start)
+    finally:
+        await conn.close()
+
+
+async def query(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await connect(database_url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def scalar(database_url: str, sql: str, *args: Any) -> Any:
+    rows = await query(database_url, sql, *args)
+    return rows[0][0]
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll ``check`` until true; generous deadlines only (a busy 2-core machine must not flake)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+async def pending(database_url: str) -> int:
+    return int(await scalar(database_url, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"))
+
+
+@dataclass
+class Report:
+    """What a subscriber saw: per-aggregate order, duplicates, missing events."""
+
+    delivered: int
+    unique: int
+    duplicates: int
+    order_violations: list[str]
+
+
+def analyse(deliveries: list[dict[str, Any]]) -> Report:
+    """Order check on 2xx deliveries: per subject, first arrivals of ``n`` strictly increase."""
+    ok = [d for d in deliveries if d["status"] == 200]
+    counts = Counter(d["id"] for d in ok)
+    seen: dict[str, set[int]] = defaultdict(set)
+    last: dict[str, int] = {}
+    violations = []
+    for d in ok:
+        subject, n = d["subject"], d["n"]
+        if n in seen[subject]:
+            continue
+        if subject in last and n < last[subject]:
+            violations.append(f"{subject}: {n} after {last[subject]}")
+        seen[subject].add(n)
+        last[subject] = n
+    return Report(len(ok), len(counts), sum(c - 1 for c in counts.values()), violations)
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a ``kbingest relay`` child process with these settings."""
+    return {
+        **os.environ,
+        "KBINGEST_DATABASE_URL": settings.database_url,
+        "KBINGEST_RELAY_ROUTES": json.dumps(settings.relay_routes),
+        "KBINGEST_RELAY_SECRET": settings.relay_secret.get_secret_value(),
+        "KBINGEST_RELAY_PORT": str(settings.relay_port),
+        "KBINGEST_DB_MAX_CONNECTIONS": str(settings.db_max_connections),
+        "KBINGEST_RELAY_TIMEOUT_S": str(settings.relay_timeout_s),
+        "KBINGEST_RELAY_BACKOFF_BASE_S": str(settings.relay_backoff_base_s),
+        "KBINGEST_RELAY_BACKOFF_MAX_S": str(settings.relay_backoff_max_s),
+        "KBINGEST_RELAY_BATCH_SUBSCRIBERS": json.dumps(settings.relay_batch_subscribers),
+        "KBINGEST_LOG_LEVEL": "INFO",
+        **extra,
+    }

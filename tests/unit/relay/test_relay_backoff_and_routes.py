@@ -1,0 +1,116 @@
+"""Backoff shape, Retry-After parsing, status classification and route matching (no servers)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from services.relay.backoff import RETRY_AFTER_CAP_S, backoff_s, parse_retry_after, retry_delay_s
+from services.relay.delivery import classify
+from services.relay.routes import Router
+
+
+def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 12):
+        step = min(60.0, 0.5 * 2 ** (attempt - 1))
+        for _ in range(50):
+            assert step / 2 <= backoff_s(attempt, base_s=0.5, max_s=60.0, rng=rng) <= step
+    delays = {round(backoff_s(3, base_s=1.0, max_s=60.0, rng=rng), 6) for _ in range(20)}
+    assert len(delays) > 10, "jitter spreads retries of replicas that failed together"
+
+
+def test_retry_after_wins_when_longer() -> None:
+    rng = random.Random(1)
+    assert retry_delay_s(1, 30.0, base_s=0.01, max_s=0.1, rng=rng) == 30.0
+    assert retry_delay_s(1, 0.0, base_s=1.0, max_s=1.0, rng=rng) >= 0.5
+    assert retry_delay_s(1, None, base_s=1.0, max_s=1.0, rng=rng) <= 1.0
+
+
+def test_parse_retry_after_seconds_and_dates() -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now=now) == 90.0
+    assert parse_retry_after(format_datetime(now - timedelta(hours=1), usegmt=True), now=now) == 0.0
+    assert parse_retry_after("99999999") == RETRY_AFTER_CAP_S
+    for bad in (None, "", "soon", "-5", "1.5"):
+        assert parse_retry_after(bad) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, "delivered"),
+        (202, "delivered"),
+        (204, "delivered"),
+        (429, "retry"),
+        (503, "retry"),
+        (500, "retry"),
+        (408, "retry"),
+        (400, "rejected"),
+        (401, "rejected"),
+        (404, "rejected"),
+        (410, "rejected"),
+        (301, "rejected"),
+    ],
+)
+def test_status_classification(status: int, kind: str) -> None:
+    assert classify(status).kind == kind
+
+
+def test_classification_keeps_retry_after_and_body() -> None:
+    outcome = classify(429, retry_after="7", body="slow down")
+    assert (outcome.kind, outcome.retry_after_s, outcome.status) == ("retry", 7.0, 429)
+    assert outcome.error == "HTTP 429: slow down"
+
+
+def test_routes_match_fnmatch_patterns_and_merge() -> None:
+    router = Router(
+        {
+            "document.*": ["http://a/events", "http://b/events"],
+            "document.uploaded": ["http://a/events", "http://c/events"],
+            "document.indexed": [],
+            "knowledge_base.?eleted": ["http://d/events"],
+        }
+    )
+    assert router.targets("document.uploaded") == ("http://a/events", "http://b/events", "http://c/events")
+    assert router.targets("document.failed") == ("http://a/events", "http://b/events")
+    assert router.targets("document.indexed") == ("http://a/events", "http://b/events")
+    assert router.targets("knowledge_base.deleted") == ("http://d/events",)
+    assert router.targets("Document.uploaded") is None, "matching is case-sensitive"
+    assert router.targets("batch.created") is None, "no pattern: unroutable"
+    assert router.subscribers == ("http://a/events", "http://b/events", "http://c/events", "http://d/events")
+
+
+def test_empty_route_means_nobody_needs_it() -> None:
+    router = Router({"document.stage_changed": [], "document.uploaded": ["http://p/v1/events"]})
+    assert router.targets("document.stage_changed") == ()
+    assert router.targets("document.deleted") is None
+
+
+def test_transient_errors_are_found_in_the_chain() -> None:
+    import asyncpg
+
+    from services.relay.pool import is_transient
+
+    assert is_transient(ConnectionRefusedError()) and is_transient(TimeoutError())
+    assert is_transient(asyncpg.AdminShutdownError("terminating connection"))
+    assert not is_transient(asyncpg.UndefinedTableError("no outbox")) and not is_transient(ValueError())
+    try:
+        try:
+            raise asyncpg.AdminShutdownError("terminating connection")
+        except asyncpg.AdminShutdownError:
+            raise asyncpg.InternalClientError("cannot switch to state 15") from None
+    except asyncpg.InternalClientError as wrapped:
+        assert not is_transient(wrapped), "from None hides the cause"
+    try:
+        try:
+            raise asyncpg.AdminShutdownError("terminating connection")
+        except asyncpg.AdminShutdownError:
+            raise asyncpg.InternalClientError("cannot switch to state 15")  # noqa: B904 - asyncpg does this
+    except asyncpg.InternalClientError as wrapped:
+        assert is_transient(wrapped)
