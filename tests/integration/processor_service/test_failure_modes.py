@@ -10,7 +10,7 @@ import httpx
 from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
 from tests.integration.processor_service.conftest import GatedExtractor
-from tests.support import servers
+from tests.support.fake_embedder import fake_embedder
 from tests.support.api_helpers import create_kb, upload
 from tests.support.processor_harness import deliver_due, document, processor_client, sql, wait_for
 
@@ -98,27 +98,28 @@ async def test_saturated_processor_answers_429_and_hands_back_on_shutdown(
 async def test_embedder_down_retries_then_fails_and_retry_works_when_back(
     api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
 ) -> None:
-    # A fake remote provider: nothing listens on this port, like an outage of an embedding API.
-    down = fast_settings.model_copy(
-        update={"embedding_model": "openai/text-embedding-3-small", "embedding_dim": 384,
-                "embedding_api_base": f"http://127.0.0.1:{servers.free_port()}/v1"}
-    )
     kb = await create_kb(api)
     doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
-    async with processor_client(down, extractor=_plain_text_extractor, vectors=vectors) as (client, _state):
-        doc = await wait_for(down, doc_id, {"failed", "ready"}, client=client)
-    assert doc["status"] == "failed" and doc["attempts"] == down.max_attempts
-    assert doc["error"]["code"] == "max_attempts_exceeded"
-    assert doc["error"]["cause"]["code"] == "embedder_unavailable"
-    attempts = await sql(down, "SELECT outcome, error FROM document_attempts WHERE document_id = :id ORDER BY id",
-                         id=doc_id)
-    assert [a["outcome"] for a in attempts] == ["retry_scheduled", "failed"]
-    assert all(a["error"]["code"] == "embedder_unavailable" for a in attempts)
+    with fake_embedder() as provider:
+        remote = fast_settings.model_copy(
+            update={"embedding_model": "openai/text-embedding-3-small", "embedding_api_base": provider.base_url}
+        )
+        async with processor_client(remote, extractor=_plain_text_extractor, vectors=vectors) as (client, _state):
+            provider.mode = "down"  # the provider goes away after the processor started
+            doc = await wait_for(remote, doc_id, {"failed", "ready"}, client=client)
+            assert doc["status"] == "failed" and doc["attempts"] == doc["max_attempts"]
+            assert doc["error"]["code"] == "max_attempts_exceeded"
+            assert doc["error"]["cause"]["code"] == "embedder_unavailable"
+            attempts = await sql(
+                remote, "SELECT outcome, error FROM document_attempts WHERE document_id = :id ORDER BY id", id=doc_id
+            )
+            assert [a["outcome"] for a in attempts] == ["retry_scheduled"] * (doc["max_attempts"] - 1) + ["failed"]
+            assert all(a["error"]["code"] == "embedder_unavailable" for a in attempts)
 
-    assert (await api.post(f"/v1/documents/{doc_id}/retry")).status_code == 202
-    async with processor_client(fast_settings, extractor=_plain_text_extractor, vectors=vectors) as (client, _s):
-        doc = await wait_for(fast_settings, doc_id, {"failed", "ready"}, client=client)
-    assert doc["status"] == "ready" and doc["error"] is None
+            provider.mode = "ok"
+            assert (await api.post(f"/v1/documents/{doc_id}/retry")).status_code == 202
+            doc = await wait_for(remote, doc_id, {"failed", "ready"}, client=client)
+    assert doc["status"] == "ready" and doc["error"] is None and doc["attempts"] == 1
 
 
 async def _plain_text_extractor(path: str, media_type: str) -> list:  # type: ignore[type-arg]

@@ -27,6 +27,7 @@ export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange })
   let filter = '';
   let nextCursor = null;
   let clock = 0;
+  let generation = 0;
   const fetching = new Set();
 
   const select = h('select', { id: 'status-filter', onChange: () => { filter = select.value; refresh(); } },
@@ -158,9 +159,12 @@ export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange })
 
   async function loadPage(append) {
     const since = clock;
+    // A newer load (say, another filter) makes this one's answer stale.
+    const mine = append ? generation : ++generation;
     message.hidden = true;
     try {
       const page = await api.listDocuments(kbId, { status: filter, cursor: append ? nextCursor : null, limit: PAGE_SIZE });
+      if (mine !== generation) return;
       if (!append) {
         const keep = new Set(page.items.map((d) => d.id));
         for (const [id, entry] of entries) if (!keep.has(id) && entry.touched <= since) drop(id, entry.doc);
@@ -221,6 +225,7 @@ export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange })
     hasPending: () => [...entries.values()].some(({ doc }) => doc.status === 'queued' || doc.status === 'processing'),
     focusRow: (docId) => {
       const row = entries.get(docId)?.row;
+      for (const other of tbody.querySelectorAll('tr.highlight')) other.classList.remove('highlight');
       if (!row) return;
       row.classList.add('highlight');
       row.scrollIntoView({ block: 'nearest' });

@@ -110,7 +110,7 @@ export function mountKbPage(container, { api, announce, signOut }, route) {
 
   function showDetail(docId) {
     detail.show(docId, docId ? table.get(docId) : null);
-    if (docId) table.focusRow(docId);
+    table.focusRow(docId);
   }
 
   container.append(
