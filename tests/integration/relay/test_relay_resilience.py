@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from services.relay.app import create_app
-from services.relay.claim import CLAIM
+from services.relay.claim import ACK, CLAIM, SETTLE
 from shared.settings import Settings
 from tests.support import servers
 from tests.support.relay_helpers import (
@@ -119,6 +119,15 @@ async def test_claim_uses_the_pending_indexes(database_url: str) -> None:
             assert "Index Scan using ix_outbox_pending on outbox o" in plan, plan
             assert "ix_outbox_pending_aggregate" in plan, plan
             assert "Seq Scan" not in plan, plan
+        # Acks and settles reach their rows by primary key, whatever the table's statistics say.
+        seqs = [r["seq"] for r in await conn.fetch(CLAIM, "relay", 500, 60.0)]
+        await conn.execute("ANALYZE outbox")
+        for statement, args in (
+            (ACK, ("relay", seqs)),
+            (SETTLE, ("relay", seqs, ["retry"] * 500, [1] * 500, [1.0] * 500, [None] * 500, [None] * 500)),
+        ):
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + statement, *args))
+            assert "pk_outbox" in plan and "Seq Scan on outbox" not in plan, plan
     finally:
         await conn.close()
 
