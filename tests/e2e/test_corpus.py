@@ -63,7 +63,8 @@ def _ingest(stack: RunningStack, entries: list[dict[str, Any]], timeout_s: float
 def corpus_stack() -> Iterator[RunningStack]:
     if not FILES:
         pytest.skip(f"corpus manifest not found at {MANIFEST}")
-    with running_stack() as stack:
+    # 600-page files need longer stages than the defaults on a 2-core machine (~2-4 chunks/s embedding).
+    with running_stack(KBINGEST_STAGE_TIMEOUTS='{"extracting": 900, "embedding": 3600, "indexing": 300}') as stack:
         yield stack
 
 
