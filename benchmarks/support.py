@@ -81,8 +81,9 @@ def embedded_stack(max_connections: int = 100) -> Iterator[Stack]:
         "KBINGEST_DATA_DIR": str(base / "data"),
         "KBINGEST_LOG_LEVEL": "WARNING",
     }
-    subprocess.run([sys.executable, "-m", "services.cli.main", "migrate"], env=env, check=True, cwd=ROOT,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "migrate"], env=env, check=True, cwd=ROOT, capture_output=True
+    )
     try:
         yield Stack(pg, s3, env)
     finally:
@@ -95,8 +96,13 @@ def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
     """``kbingest api`` as a real process; yields its base URL once /readyz is 200."""
     port = free_port()
     env = {**stack.env, "KBINGEST_API_PORT": str(port), "KBINGEST_API_KEY": api_key, **extra_env}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "api"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "api"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
 import os
 import time
 import uuid
@@ -62,10 +62,20 @@ def main(argv: list[str] | None = None) -> str:
                 total = max(per_case, concurrency * 2)
                 latencies, elapsed, errors = asyncio.run(_run_case(base, key, size, concurrency, total))
                 stats = summarize_ms(latencies)
-                rows.append([label, concurrency, total, stats["p50"], stats["p95"], stats["p99"],
-                             total / elapsed, total * size / elapsed / 1024 / 1024, errors])
-    out = table(["file", "concurrency", "uploads", "p50 ms", "p95 ms", "p99 ms", "uploads/s", "MB/s", "errors"],
-                rows)
+                rows.append(
+                    [
+                        label,
+                        concurrency,
+                        total,
+                        stats["p50"],
+                        stats["p95"],
+                        stats["p99"],
+                        total / elapsed,
+                        total * size / elapsed / 1024 / 1024,
+                        errors,
+                    ]
+                )
+    out = table(["file", "concurrency", "uploads", "p50 ms", "p95 ms", "p99 ms", "uploads/s", "MB/s", "errors"], rows)
     print("## Upload (API process → Postgres + nanio, one machine)\n\n" + out + "\n")
     return out
 

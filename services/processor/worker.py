@@ -139,7 +139,11 @@ class Worker:
         try:
             async with self._db.transaction() as conn:
                 outcome = await lifecycle.fail_or_retry(
-                    conn, lease, error, stage=stage, retry_delay_s=retry_delay_s(lease.attempt, self._settings.retry_base_s)
+                    conn,
+                    lease,
+                    error,
+                    stage=stage,
+                    retry_delay_s=retry_delay_s(lease.attempt, self._settings.retry_base_s),
                 )
         except DatabaseUnavailable as exc:
             # The heartbeat stops with us, so the reconciler rescues the document after STALE_AFTER.

@@ -1,0 +1,1 @@
+"""The outbox relay: claims due events, delivers them to HTTP subscribers, settles them."""

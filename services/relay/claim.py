@@ -46,7 +46,9 @@ RETURNING o.seq, o.id, o.type, o.aggregate_id, o.payload::text AS body, o.attemp
 """
 
 # Applies each claimed event's outcome in one statement; fenced by claimed_by, so a relay whose
-# lease expired and was taken over by another changes nothing.
+# lease expired and was taken over by another changes nothing. The redundant seq = ANY($2) makes
+# the plan start from the primary key: the planner believes claimed_by = $1 matches ~1 row and
+# otherwise joins a seq scan of the outbox against the unnest (190 ms instead of 13 ms per 1,000).
 SETTLE: Final = """
 UPDATE outbox AS o SET
     delivered_at = CASE WHEN u.action = 'delivered' THEN now() END,
@@ -59,8 +61,15 @@ UPDATE outbox AS o SET
     claimed_by = NULL
 FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::text[], $7::text[])
     AS u(seq, action, attempts, delay_s, reason, error)
-WHERE o.seq = u.seq AND o.claimed_by = $1
+WHERE o.seq = ANY($2::bigint[]) AND o.seq = u.seq AND o.claimed_by = $1
 RETURNING o.seq
+"""
+
+# The common case, delivered at the first try of this claim, as one plain primary-key UPDATE.
+ACK: Final = """
+UPDATE outbox SET delivered_at = now(), attempts = attempts + 1, claimed_by = NULL
+WHERE seq = ANY($2::bigint[]) AND claimed_by = $1
+RETURNING seq
 """
 
 # Hands leases back (shutdown): the events are due again at once for any relay.
@@ -124,6 +133,8 @@ class Settlement:
     delay_s: float = 0.0
     reason: str | None = None
     error: dict[str, Any] | None = None
+    # A plain 2xx of a single-route event: attempts + 1, written by the cheaper ACK statement.
+    ack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,18 +184,25 @@ def _error_json(error: dict[str, Any] | None) -> str | None:
 
 
 async def settle(conn: asyncpg.Connection, relay_id: str, settlements: Sequence[Settlement]) -> set[int]:
-    """Apply outcomes; returns the seqs actually updated (others lost their lease)."""
-    rows = await conn.fetch(
-        SETTLE,
-        relay_id,
-        [s.seq for s in settlements],
-        [s.action for s in settlements],
-        [s.attempts for s in settlements],
-        [s.delay_s for s in settlements],
-        [s.reason for s in settlements],
-        [_error_json(s.error) for s in settlements],
-    )
-    return {r["seq"] for r in rows}
+    """Apply outcomes (call inside a transaction); returns the seqs actually updated (others lost their lease)."""
+    acks = [s.seq for s in settlements if s.ack]
+    rest = [s for s in settlements if not s.ack]
+    written: set[int] = set()
+    if acks:
+        written.update(r["seq"] for r in await conn.fetch(ACK, relay_id, acks))
+    if rest:
+        rows = await conn.fetch(
+            SETTLE,
+            relay_id,
+            [s.seq for s in rest],
+            [s.action for s in rest],
+            [s.attempts for s in rest],
+            [s.delay_s for s in rest],
+            [s.reason for s in rest],
+            [_error_json(s.error) for s in rest],
+        )
+        written.update(r["seq"] for r in rows)
+    return written
 
 
 async def release(conn: asyncpg.Connection, relay_id: str, seqs: Sequence[int]) -> int:

@@ -157,6 +157,7 @@ class Relay:
     async def _drain(self) -> int:
         settled_before = self.settled
         while not self._stop.is_set():
+            self._tick()
             room = self._max_in_flight - self._in_flight
             # Claim in sizeable batches: each claim scans the pending index, so a claim per settled
             # event would cost more than it delivers when a deep backlog is blocked behind heads.
@@ -165,7 +166,6 @@ class Relay:
                 events = await self._claim(limit)
                 if events:
                     self._spawn(events)
-                    self._tick()
                 if len(events) == limit:
                     continue
             if not self._tasks:

@@ -16,7 +16,8 @@ import pytest
 from tests.support import servers
 from tests.support.stack_process import RunningStack, running_stack
 
-pytestmark = pytest.mark.e2e
+# One stack for the module: keep every corpus test on the same xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("corpus")]
 
 SLOW_TEXT_CHARS = 20_000
 MANIFEST = servers.CORPUS / "manifest.json"

@@ -45,8 +45,14 @@ def fake_embedder() -> Iterator[FakeEmbedder]:
                 inputs = body.get("input") or []
                 inputs = [inputs] if isinstance(inputs, str) else inputs
                 data = [{"object": "embedding", "index": i, "embedding": _vector(str(t))} for i, t in enumerate(inputs)]
-                payload = json.dumps({"object": "list", "data": data, "model": body.get("model"),
-                                      "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
+                payload = json.dumps(
+                    {
+                        "object": "list",
+                        "data": data,
+                        "model": body.get("model"),
+                        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                    }
+                ).encode()
                 self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

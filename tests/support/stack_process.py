@@ -27,6 +27,7 @@ class RunningStack:
     data_dir: Path
     process: subprocess.Popen[str]
     output: list[str]
+    pg_port: int
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(
@@ -45,9 +46,10 @@ def _drain(proc: subprocess.Popen[str], lines: list[str]) -> None:
 def running_stack(**extra_env: str) -> Iterator[RunningStack]:
     data_dir = servers.scratch_dir("kbi-stack-") / "data"
     ports = {name: servers.free_port() for name in ("API", "RELAY", "PROCESSOR", "RECONCILER")}
+    pg_port = servers.free_port()
     env = {
         **os.environ,
-        "KBINGEST_LOCAL_PG_PORT": str(servers.free_port()),
+        "KBINGEST_LOCAL_PG_PORT": str(pg_port),
         "KBINGEST_LOCAL_S3_PORT": str(servers.free_port()),
         **{f"KBINGEST_{name}_PORT": str(port) for name, port in ports.items()},
         **extra_env,
@@ -77,7 +79,7 @@ def running_stack(**extra_env: str) -> Iterator[RunningStack]:
     # Keep draining: services log to this pipe, and a full pipe would block their event loops.
     threading.Thread(target=_drain, args=(proc, lines), daemon=True).start()
     stack = RunningStack(
-        f"http://127.0.0.1:{ports['API']}", (data_dir / "api_key").read_text().strip(), data_dir, proc, lines
+        f"http://127.0.0.1:{ports['API']}", (data_dir / "api_key").read_text().strip(), data_dir, proc, lines, pg_port
     )
     try:
         yield stack

@@ -10,16 +10,19 @@ import httpx
 from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
 from tests.integration.processor_service.conftest import GatedExtractor
-from tests.support.fake_embedder import fake_embedder
 from tests.support.api_helpers import create_kb, upload
+from tests.support.fake_embedder import fake_embedder
 from tests.support.processor_harness import deliver_due, document, processor_client, sql, wait_for
 
 TEXT = b"Some plain text about tide pools and the animals that live in them.\n"
 
 
 async def _stage_events(settings: Settings, doc_id: str) -> list[str]:
-    rows = await sql(settings, "SELECT payload FROM outbox WHERE aggregate_id = :id AND type = "
-                               "'document.stage_changed' ORDER BY seq", id=doc_id)
+    rows = await sql(
+        settings,
+        "SELECT payload FROM outbox WHERE aggregate_id = :id AND type = 'document.stage_changed' ORDER BY seq",
+        id=doc_id,
+    )
     return [r["payload"]["data"]["stage"] for r in rows]
 
 
@@ -53,8 +56,11 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
         await deliver_due(client, fast_settings)
         await asyncio.wait_for(gated.entered.wait(), 30)
         # Someone else (a rescuer) takes the document: the epoch moves behind the worker's back.
-        await sql(fast_settings, "UPDATE documents SET lease_epoch = lease_epoch + 1, lease_owner = 'rescuer' "
-                                 "WHERE id = :id", id=doc_id)
+        await sql(
+            fast_settings,
+            "UPDATE documents SET lease_epoch = lease_epoch + 1, lease_owner = 'rescuer' WHERE id = :id",
+            id=doc_id,
+        )
         deadline = time.monotonic() + 30
         while state.worker.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -65,8 +71,11 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
     assert doc["status"] == "processing" and doc["stage"] == "extracting" and doc["lease_owner"] == "rescuer"
     assert await _stage_events(fast_settings, doc_id) == ["downloading", "extracting"]
     assert await vectors.count(doc_id) == 0
-    events = await sql(fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id AND type IN "
-                                      "('document.indexed', 'document.failed')", id=doc_id)
+    events = await sql(
+        fast_settings,
+        "SELECT type FROM outbox WHERE aggregate_id = :id AND type IN ('document.indexed', 'document.failed')",
+        id=doc_id,
+    )
     assert events == []
 
 
@@ -86,8 +95,10 @@ async def test_saturated_processor_answers_429_and_hands_back_on_shutdown(
         # Leaving the block shuts the processor down (SIGTERM path) while extraction is blocked.
     doc = await document(one_slot, first)
     assert doc["status"] == "queued" and doc["lease_owner"] is None and doc["attempts"] == 0
-    types = [r["type"] for r in await sql(one_slot, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq",
-                                          id=first)]
+    types = [
+        r["type"]
+        for r in await sql(one_slot, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=first)
+    ]
     assert types[-1] == "document.requeued"
     [attempt] = await sql(one_slot, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=first)
     assert attempt["outcome"] == "handed_back"

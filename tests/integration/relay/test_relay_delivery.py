@@ -119,7 +119,8 @@ async def test_a_notify_wakes_the_relay_without_polling(relay_config: Settings, 
             # Kill the LISTEN backend: the listener reconnects by itself and NOTIFY works again.
             await query(
                 relay_config.database_url,
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kbingest.relay.listen'",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'kbingest.relay.listen'",
             )
             await wait_until(
                 lambda: _true(relay.listener.reconnects >= 1 and relay.listener.connected),

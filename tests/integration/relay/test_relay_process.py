@@ -151,7 +151,7 @@ async def test_a_dead_listen_task_stops_the_relay(relay_config: Settings) -> Non
         # A database that does not exist is a permanent failure, not something to retry.
         missing = asyncpg_dsn(relay_config.database_url).rsplit("/", 1)[0] + "/no_such_database"
         relay.listener = Listener(missing, server_settings={}, on_notify=lambda: None)
-        with pytest.raises(SideTaskDied, match="relay.listen"):
+        with pytest.raises(SideTaskDied, match=r"relay\.listen"):
             await asyncio.wait_for(relay.run(), 30)
         assert "no_such_database" in relay.health()["listen"]
 

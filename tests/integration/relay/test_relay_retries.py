@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -31,10 +32,12 @@ async def drain(relay: Relay, database_url: str, *, timeout_s: float = 60.0) -> 
 
 def _gaps(deliveries: list[dict[str, Any]]) -> list[float]:
     times = [d["received_at"] for d in deliveries]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
-async def test_503_is_retried_with_backoff_then_delivered(relay_config: Settings, subscriber: SubscriberProcess) -> None:
+async def test_503_is_retried_with_backoff_then_delivered(
+    relay_config: Settings, subscriber: SubscriberProcess
+) -> None:
     await fill(relay_config.database_url, count=1, aggregates=1)
     await subscriber.control(status=503, count=2)
     m = metrics()
