@@ -183,10 +183,34 @@ def _error_json(error: dict[str, Any] | None) -> str | None:
     return json.dumps(error) if error is not None else None
 
 
-async def settle(conn: asyncpg.Connection, relay_id: str, settlements: Sequence[Settlement]) -> set[int]:
-    """Apply outcomes (call inside a transaction); returns the seqs actually updated (others lost their lease)."""
+async def settle(
+    conn: asyncpg.Connection,
+    relay_id: str,
+    settlements: Sequence[Settlement],
+    updates: Sequence[DeliveryUpdate] = (),
+) -> set[int]:
+    """Apply outcomes atomically; returns the seqs actually updated (others lost their lease).
+
+    One statement needs no explicit transaction: skipping BEGIN/COMMIT saves two round trips
+    per acknowledgement group, which is most of the relay's database time at low rates.
+    """
     acks = [s.seq for s in settlements if s.ack]
     rest = [s for s in settlements if not s.ack]
+    if updates or (acks and rest):
+        async with conn.transaction():
+            return await _settle(conn, relay_id, acks, rest, updates)
+    return await _settle(conn, relay_id, acks, rest, updates)
+
+
+async def _settle(
+    conn: asyncpg.Connection,
+    relay_id: str,
+    acks: list[int],
+    rest: list[Settlement],
+    updates: Sequence[DeliveryUpdate],
+) -> set[int]:
+    if updates:
+        await upsert_deliveries(conn, updates)
     written: set[int] = set()
     if acks:
         written.update(r["seq"] for r in await conn.fetch(ACK, relay_id, acks))

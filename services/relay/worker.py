@@ -213,10 +213,7 @@ class Relay:
         """Write outcomes in one transaction, retrying a lost database until the lease would expire."""
 
         async def write(conn: Any) -> set[int]:
-            async with conn.transaction():
-                if result.updates:
-                    await sql.upsert_deliveries(conn, result.updates)
-                return await sql.settle(conn, self.relay_id, result.settlements)
+            return await sql.settle(conn, self.relay_id, result.settlements, result.updates)
 
         seqs = {s.seq for s in result.settlements}
         try:

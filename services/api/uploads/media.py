@@ -6,17 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import Final
 
-PDF: Final = "application/pdf"
-DOCX: Final = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-PPTX: Final = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
-XLSX: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-CSV: Final = "text/csv"
-HTML: Final = "text/html"
-MARKDOWN: Final = "text/markdown"
-TEXT: Final = "text/plain"
-EML: Final = "message/rfc822"
-
-SUPPORTED: Final = frozenset({PDF, DOCX, PPTX, XLSX, CSV, HTML, MARKDOWN, TEXT, EML})
+from shared.media_types import CSV, DOCX, EML, HTML, MARKDOWN, PDF, PPTX, TEXT, XLSX
 
 _OOXML_BY_EXT: Final = {".docx": DOCX, ".pptx": PPTX, ".xlsx": XLSX}
 _OOXML_BY_PART: Final = (("word/", DOCX), ("ppt/", PPTX), ("xl/", XLSX))

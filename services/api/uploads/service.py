@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.api import queries
 from services.api.schemas import Document
 from services.api.uploads.filenames import original_for_display, sanitize_filename
-from services.api.uploads.media import SUPPORTED, UnsupportedMediaType, detect_media_type
+from services.api.uploads.media import UnsupportedMediaType, detect_media_type
 from services.api.uploads.receive import ReceivedFile
 from shared.apikeys import KeyRecord
 from shared.db import Database
 from shared.errors import ApiError
 from shared.lifecycle import create_document
+from shared.media_types import SUPPORTED
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable, object_key
 

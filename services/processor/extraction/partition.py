@@ -14,22 +14,12 @@ from typing import Any, Final
 
 from services.processor.extraction.elements import Element
 from shared.errors import ErrorCode, ProcessingError
+from shared.media_types import CSV, DOCX, EML, HTML, MARKDOWN, OOXML, PDF, PPTX, SUPPORTED, TEXT, XLSX
 
 log = logging.getLogger("kbingest.extraction")
 
-PDF: Final = "application/pdf"
-DOCX: Final = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-PPTX: Final = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
-XLSX: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-CSV: Final = "text/csv"
-HTML: Final = "text/html"
-MARKDOWN: Final = "text/markdown"
-TEXT: Final = "text/plain"
-EML: Final = "message/rfc822"
-
-# Our own allow-list: unstructured's auto-partition would route e.g. audio to speech-to-text.
-SUPPORTED_MEDIA_TYPES: Final = frozenset({PDF, DOCX, PPTX, XLSX, CSV, HTML, MARKDOWN, TEXT, EML})
-OOXML_TYPES: Final = frozenset({DOCX, PPTX, XLSX})
+SUPPORTED_MEDIA_TYPES: Final = SUPPORTED
+OOXML_TYPES: Final = OOXML
 
 LANGUAGES: Final = ["eng"]
 HEADING_MAX_CHARS: Final = 200
