@@ -10,7 +10,7 @@ from typing import Final
 import structlog
 
 from services.relay.claim import ClaimedEvent, Settlement
-from services.relay.delivery import Deliverer, Outcome
+from services.relay.delivery import Deliverer, MayStart, Outcome
 from services.relay.dispatch import Dispatcher, Plan, Result
 from services.relay.pool import is_transient
 
@@ -26,7 +26,7 @@ Finished = tuple[str, list[ClaimedEvent], list[Outcome] | BaseException]
 
 
 async def run_batch(
-    events: Sequence[ClaimedEvent], *, dispatcher: Dispatcher, deliverer: Deliverer, deadline: float, settle: Settle
+    events: Sequence[ClaimedEvent], *, dispatcher: Dispatcher, deliverer: Deliverer, may_start: MayStart, settle: Settle
 ) -> None:
     """Deliver ``events`` and settle every one of them (released if never attempted).
 
@@ -43,7 +43,7 @@ async def run_batch(
         return
     # Requests report into a queue as they finish: O(1) per answer, however large the batch.
     finished: asyncio.Queue[Finished] = asyncio.Queue()
-    tasks = [asyncio.create_task(_request(deliverer, url, chunk, deadline, finished)) for url, chunk in plan.units]
+    tasks = [asyncio.create_task(_request(deliverer, url, chunk, may_start, finished)) for url, chunk in plan.units]
     pending = Result()
     pending.extend(plan.decided)
 
@@ -81,10 +81,10 @@ async def run_batch(
 
 
 async def _request(
-    deliverer: Deliverer, url: str, chunk: list[ClaimedEvent], deadline: float, finished: asyncio.Queue[Finished]
+    deliverer: Deliverer, url: str, chunk: list[ClaimedEvent], may_start: MayStart, finished: asyncio.Queue[Finished]
 ) -> None:
     try:
-        answers = await deliverer.deliver(url, chunk, deadline=deadline)
+        answers = await deliverer.deliver(url, chunk, may_start=may_start)
     except Exception as exc:
         finished.put_nowait((url, chunk, exc))
         raise

@@ -23,6 +23,7 @@ ERROR_BODY_CHARS: Final = 300
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
 
 Kind = Literal["delivered", "retry", "rejected", "release"]
+MayStart = Callable[[], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class Outcome:
 
     @classmethod
     def release(cls) -> Outcome:
-        """Not attempted: the lease would expire before the request could finish."""
+        """Not attempted (the lease would expire before the request could finish, or the relay is stopping)."""
         return cls("release")
 
 
@@ -90,14 +91,15 @@ class Deliverer:
             slot = self._slots[url] = asyncio.Semaphore(self._concurrency)
         return slot
 
-    async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, deadline: float) -> list[Outcome]:
+    async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, may_start: MayStart) -> list[Outcome]:
         """One outcome per event, in order: one batch request to a batch subscriber, else one request each.
 
-        A request that cannot start before ``deadline`` (monotonic) is not sent: its events are released.
+        A request is only sent if ``may_start()`` still says so when its slot frees up (the lease would
+        not expire first, the relay is not stopping); otherwise its events are released.
         """
         if url in self._batch_subscribers:
-            return await self._post_batch(url, events, deadline)
-        return list(await asyncio.gather(*(self._post_one(url, event, deadline) for event in events)))
+            return await self._post_batch(url, events, may_start)
+        return list(await asyncio.gather(*(self._post_one(url, event, may_start) for event in events)))
 
     def _headers(self, body: bytes, content_type: str) -> dict[str, str]:
         timestamp = str(int(self._clock()))
@@ -118,9 +120,9 @@ class Deliverer:
         except httpx.TransportError as exc:
             return Outcome("retry", None, f"connection error posting to {url}: {type(exc).__name__}: {exc}")
 
-    async def _post_one(self, url: str, event: ClaimedEvent, deadline: float) -> Outcome:
+    async def _post_one(self, url: str, event: ClaimedEvent, may_start: MayStart) -> Outcome:
         async with self._slot(url):
-            if time.monotonic() > deadline:
+            if not may_start():
                 return Outcome.release()
             headers = self._headers(event.body, EVENT_CONTENT_TYPE)
             headers[EVENT_ID_HEADER] = event.id
@@ -129,10 +131,10 @@ class Deliverer:
             return response
         return _classify_response(response)
 
-    async def _post_batch(self, url: str, events: Sequence[ClaimedEvent], deadline: float) -> list[Outcome]:
+    async def _post_batch(self, url: str, events: Sequence[ClaimedEvent], may_start: MayStart) -> list[Outcome]:
         body = b"[" + b",".join(event.body for event in events) + b"]"
         async with self._slot(url):
-            if time.monotonic() > deadline:
+            if not may_start():
                 return [Outcome.release()] * len(events)
             headers = self._headers(body, BATCH_CONTENT_TYPE)
             headers[BATCH_COUNT_HEADER] = str(len(events))

@@ -186,12 +186,14 @@ class Relay:
         async def settle(result: DispatchResult) -> None:
             await self._settle(result, lease_deadline=claimed_at + self._lease_s)
 
+        start_by = claimed_at + self._start_window_s
+
+        def may_start() -> bool:
+            # After stop() only requests already sent may finish; the rest are handed back.
+            return not self._stop.is_set() and time.monotonic() < start_by
+
         batch = run_batch(
-            events,
-            dispatcher=self._dispatcher,
-            deliverer=self._deliverer,
-            deadline=claimed_at + self._start_window_s,
-            settle=settle,
+            events, dispatcher=self._dispatcher, deliverer=self._deliverer, may_start=may_start, settle=settle
         )
         self._tasks.add(asyncio.create_task(batch))
 

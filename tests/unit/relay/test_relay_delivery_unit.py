@@ -36,7 +36,7 @@ async def test_single_delivery_is_signed_with_event_id() -> None:
         verify(SECRET, dict(request.headers), request.content)
         return httpx.Response(202)
 
-    results = await deliverer(handler).deliver("http://sub/v1/events", [event(1), event(2)], deadline=1e12)
+    results = await deliverer(handler).deliver("http://sub/v1/events", [event(1), event(2)], may_start=lambda: True)
     assert [r.kind for r in results] == ["delivered", "delivered"]
     assert {r.headers["x-kbingest-event-id"] for r in seen} == {"e1", "e2"}
     assert all(r.headers["content-type"] == "application/cloudevents+json" for r in seen)
@@ -57,13 +57,13 @@ async def test_failures_are_classified() -> None:
             raise httpx.ReadTimeout("slow", request=request)
         return answers[event_id]
 
-    results = await deliverer(handler).deliver("http://sub", [event(i) for i in range(1, 6)], deadline=1e12)
+    results = await deliverer(handler).deliver("http://sub", [event(i) for i in range(1, 6)], may_start=lambda: True)
     assert [r.kind for r in results] == ["retry", "rejected", "retry", "retry", "retry"]
     assert results[0].retry_after_s == 5.0 and results[1].error == "HTTP 400: bad event"
     assert "connection error" in (results[3].error or "") and "timeout" in (results[4].error or "")
 
 
-async def test_requests_past_the_deadline_are_released_not_sent() -> None:
+async def test_requests_that_may_not_start_are_released_not_sent() -> None:
     calls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -71,7 +71,7 @@ async def test_requests_past_the_deadline_are_released_not_sent() -> None:
         calls += 1
         return httpx.Response(200)
 
-    results = await deliverer(handler).deliver("http://sub", [event(1)], deadline=time.monotonic() - 1)
+    results = await deliverer(handler).deliver("http://sub", [event(1)], may_start=lambda: False)
     assert results == [Outcome.release()] and calls == 0
 
 
@@ -87,8 +87,8 @@ async def test_batch_mode_posts_arrays_and_reads_per_event_results() -> None:
         return httpx.Response(200, json={"results": results})
 
     subject = deliverer(handler, batch_subscribers=["http://batch"])
-    first = await subject.deliver("http://batch", [event(1), event(2)], deadline=1e12)
-    second = await subject.deliver("http://batch", [event(3)], deadline=1e12)
+    first = await subject.deliver("http://batch", [event(1), event(2)], may_start=lambda: True)
+    second = await subject.deliver("http://batch", [event(3)], may_start=lambda: True)
     assert [len(b) for b in bodies] == [2, 1], "a batch subscriber always gets arrays"
     assert [r.kind for r in first + second] == ["delivered", "retry", "retry"]
     assert second[0].error == "event missing from the batch response"
