@@ -35,7 +35,8 @@ test-slow: install
 	$(BIN)/pytest -m "slow" -n 2 --dist loadgroup
 
 chaos: install
-	$(BIN)/pytest -m "chaos" -n 1
+	@# Exit 5 = nothing marked chaos: today every kill/restart test is fast enough to run in `make test`.
+	$(BIN)/pytest -m "chaos" -n 1 || [ $$? -eq 5 ]
 
 lint: install
 	$(BIN)/ruff check .
