@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -48,6 +49,11 @@ def create_engine(
         pool_recycle=1800,
         connect_args=connect_args,
     )
+
+
+def asyncpg_dsn(url: str) -> str:
+    """``postgresql+asyncpg://…`` (SQLAlchemy) → ``postgresql://…`` (for raw asyncpg sessions: LISTEN, locks)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -7,7 +7,8 @@ from typing import Any, Final
 
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
+
+from shared.db import asyncpg_dsn
 
 # "kbingest" as a big-endian int64: the one lock every reconciler replica competes for.
 LOCK_KEY: Final = int.from_bytes(b"kbingest", "big")
@@ -22,11 +23,6 @@ UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
 _CONNECTION_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 log = structlog.get_logger("kbingest.reconciler")
-
-
-def asyncpg_dsn(url: str) -> str:
-    """``postgresql+asyncpg://…`` (SQLAlchemy) → ``postgresql://…`` (asyncpg)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Leadership:

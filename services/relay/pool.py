@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
+from shared.db import asyncpg_dsn
 from shared.settings import Settings
 
 APPLICATION_NAME: Final = "kbingest.relay"
@@ -34,11 +34,6 @@ _TRANSIENT: Final = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )
-
-
-def asyncpg_dsn(url: str) -> str:
-    """``postgresql+asyncpg://…`` (SQLAlchemy) → ``postgresql://…`` (libpq style, for asyncpg)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def server_settings(settings: Settings, application_name: str) -> dict[str, str]:

@@ -23,8 +23,9 @@ from services.relay.dispatch import Result as DispatchResult
 from services.relay.listener import Listener
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
-from services.relay.pool import ACQUIRE_TIMEOUT_S, LISTEN_APPLICATION_NAME, asyncpg_dsn, is_transient, server_settings
+from services.relay.pool import ACQUIRE_TIMEOUT_S, LISTEN_APPLICATION_NAME, is_transient, server_settings
 from services.relay.routes import Router
+from shared.db import asyncpg_dsn
 from shared.settings import Settings
 
 POLL_INTERVAL_S: Final = 1.0

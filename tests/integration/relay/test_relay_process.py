@@ -15,8 +15,8 @@ import pytest
 
 from services.relay.build import open_relay
 from services.relay.listener import Listener
-from services.relay.pool import asyncpg_dsn
 from services.relay.worker import SideTaskDied
+from shared.db import asyncpg_dsn
 from shared.settings import Settings
 from tests.support.relay_helpers import (
     SubscriberProcess,
