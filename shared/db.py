@@ -5,14 +5,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Final, Literal
 
+import asyncpg
 import sqlalchemy.exc
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 CONNECT_TIMEOUT_S = 5.0
+
+# What a raw asyncpg session (LISTEN, advisory lock) raises when the server or the socket is gone.
+# InternalClientError: the server dropped the connection mid-operation and the client protocol
+# lost track of its state (asyncpg#1069); the connection is unusable, a new one works.
+ASYNCPG_CONNECTION_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class DatabaseUnavailable(Exception):
@@ -40,7 +53,7 @@ def create_engine(
     }
     if pool == "null":
         return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -49,6 +62,29 @@ def create_engine(
         pool_recycle=1800,
         connect_args=connect_args,
     )
+    event.listen(engine.sync_engine, "handle_error", _invalidate_broken_protocol)
+    return engine
+
+
+def _invalidate_broken_protocol(context: ExceptionContext) -> None:
+    """An asyncpg InternalClientError means the connection is unusable: have the pool discard it.
+
+    SQLAlchemy only treats "connection is closed" as a disconnect, so without this a connection
+    whose protocol state broke when Postgres restarted mid-query goes back to the QueuePool and
+    fails every later checkout (sqlalchemy#13241).
+    """
+    if _caused_by(context.original_exception, asyncpg.InternalClientError):
+        context.is_disconnect = True
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -71,6 +107,7 @@ def is_connection_error(exc: BaseException) -> bool:
             "InterfaceError",
             "AdminShutdownError",
             "ConnectionFailureError",
+            "InternalClientError",
         } or ("connection" in str(exc).lower() and "closed" in str(exc).lower())
     return False
 

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
+from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
 from shared.events import STATE_CHANNEL
 
 QUEUE_MAX: Final = 1000
@@ -26,7 +26,7 @@ RECONNECT_MAX_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
 
 # A lost or unreachable session raises one of these; reconnecting can help.
-_TRANSIENT: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_TRANSIENT: Final = ASYNCPG_CONNECTION_ERRORS
 
 log = structlog.get_logger("kbingest.api")
 
@@ -59,7 +59,7 @@ class Broadcaster:
     """Subscribers never hold a connection: a thousand SSE clients cost one LISTEN session."""
 
     def __init__(self, database_url: str, *, application_name: str = "kbingest.api.listen") -> None:
-        self._dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = asyncpg_dsn(database_url)
         self._server_settings = {"application_name": application_name}
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._stop = asyncio.Event()

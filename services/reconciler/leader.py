@@ -8,7 +8,7 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from shared.db import asyncpg_dsn
+from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
 
 # "kbingest" as a big-endian int64: the one lock every reconciler replica competes for.
 LOCK_KEY: Final = int.from_bytes(b"kbingest", "big")
@@ -20,7 +20,7 @@ TRY_LOCK: Final = "SELECT pg_try_advisory_lock($1)"
 UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
 
 # What a lost or unreachable session raises; anything else is a bug and propagates.
-_CONNECTION_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_CONNECTION_ERRORS: Final = ASYNCPG_CONNECTION_ERRORS
 
 log = structlog.get_logger("kbingest.reconciler")
 

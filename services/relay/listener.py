@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from services.relay.pool import CONNECT_TIMEOUT_S, is_transient
+from shared.db import ASYNCPG_CONNECTION_ERRORS
 from shared.events import NOTIFY_CHANNEL
 
 # A silently dead peer (host gone, no FIN) is noticed within PING_INTERVAL_S + PING_TIMEOUT_S.
@@ -120,5 +121,5 @@ async def _close(conn: Any) -> None:
         return
     try:
         await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
-    except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+    except ASYNCPG_CONNECTION_ERRORS:
         conn.terminate()

@@ -8,6 +8,8 @@ opens connections only under load and closes them after ``IDLE_CONNECTION_S`` wi
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import asyncpg
@@ -33,6 +35,10 @@ _TRANSIENT: Final = (
     asyncpg.QueryCanceledError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    # The server dropped the connection mid-operation and the client protocol lost track of its
+    # state ("cannot switch to state 12; another operation (2) is in progress", asyncpg#1069).
+    # ``connection()`` terminates such a connection, so a retry gets a fresh one.
+    asyncpg.InternalClientError,
 )
 
 
@@ -63,17 +69,56 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
     return pool
 
 
+# Errors after which a connection's protocol state is unknown: it must not be used again.
+_BROKEN: Final = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool, *, timeout: float = ACQUIRE_TIMEOUT_S) -> AsyncIterator[Any]:
+    """A pooled connection that never goes back to the pool broken.
+
+    The pool's ``reset`` is skipped (see ``_no_reset``), so a connection whose socket or protocol
+    broke would otherwise be handed to the next caller and fail there too. Such a connection is
+    terminated. A timeout or cancellation is not: asyncpg cancels the query on the server and the
+    pool waits for that, where terminating would leave the backend running the query while the
+    pool opens another connection (more backends than the ceiling for a while).
+    """
+    async with pool.acquire(timeout=timeout) as conn:
+        try:
+            yield conn
+        except Exception as exc:
+            if is_broken(exc):
+                conn.terminate()
+            raise
+
+
+def is_broken(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) means the connection itself is unusable."""
+    return any(isinstance(e, _BROKEN) and not isinstance(e, TimeoutError) for e in _chain(exc))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and up to four causes: a failed ROLLBACK after a dropped connection hides the real error."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return chain
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying later can help: Postgres unreachable, restarting, overloaded, or a timeout.
 
     The chain is searched too: when the server drops a connection mid-transaction, the ROLLBACK
     that follows fails with an asyncpg InternalClientError whose context is the real cause.
     """
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, _TRANSIENT):
-            return True
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return False
+    return any(isinstance(e, _TRANSIENT) for e in _chain(exc))

@@ -23,7 +23,7 @@ from services.relay.dispatch import Result as DispatchResult
 from services.relay.listener import Listener
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
-from services.relay.pool import ACQUIRE_TIMEOUT_S, LISTEN_APPLICATION_NAME, is_transient, server_settings
+from services.relay.pool import LISTEN_APPLICATION_NAME, connection, is_transient, server_settings
 from services.relay.routes import Router
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
@@ -175,7 +175,7 @@ class Relay:
         return self.settled - settled_before
 
     async def _claim(self, limit: int) -> list[ClaimedEvent]:
-        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+        async with connection(self._pool) as conn:
             events = await sql.claim(conn, self.relay_id, limit, self._lease_s)
         self._claimed.update(event.seq for event in events)
         return events
@@ -234,7 +234,7 @@ class Relay:
             log.warning("outbox.lease_lost", events=lost, relay_id=self.relay_id)
 
     async def _load_deliveries(self, seqs: Sequence[int]) -> dict[int, dict[str, DeliveryState]]:
-        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+        async with connection(self._pool) as conn:
             return await sql.load_deliveries(conn, seqs)
 
     async def _with_retry(self, op: Callable[[Any], Awaitable[T]], name: str, *, deadline: float) -> T | None:
@@ -242,7 +242,7 @@ class Relay:
         delay = DB_RETRY_BASE_S
         while True:
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                async with connection(self._pool) as conn:
                     return await op(conn)
             except Exception as exc:
                 if not is_transient(exc):
@@ -255,7 +255,7 @@ class Relay:
 
     async def refresh_stats(self) -> None:
         """Update the outbox gauges from Postgres."""
-        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+        async with connection(self._pool) as conn:
             self._metrics.observe_health(await sql.health(conn))
 
     async def _stats_loop(self) -> None:

@@ -106,7 +106,9 @@ def test_corpus_file(entry: dict[str, Any], corpus_stack: RunningStack, fast_res
     _check(corpus_stack, entry, fast_results[entry["path"]])
 
 
+# The first test pays for ingesting every big file (the module fixture): ~1,700 chunks at 2-4 chunks/s.
 @pytest.mark.slow
+@pytest.mark.timeout(3900)
 @pytest.mark.parametrize("entry", _params(slow=True))
 def test_big_corpus_file(entry: dict[str, Any], corpus_stack: RunningStack, slow_results: dict[str, Any]) -> None:
     _check(corpus_stack, entry, slow_results[entry["path"]])

@@ -52,10 +52,6 @@ async def relay_app(
             yield client
 
 
-# Known intermittent failure (about 1 run in 3 on a loaded machine): the worker task dies with asyncpg's
-# "InternalClientError: cannot switch to state …; another operation is in progress" right after the restart,
-# so the process exits non-zero instead of recovering in place. Kept out of `make test` until fixed (issue 3).
-@pytest.mark.chaos
 async def test_relay_survives_a_postgres_restart(
     own_pg: servers.EmbeddedPostgres, subscriber: SubscriberProcess, relay_app: httpx.AsyncClient
 ) -> None:

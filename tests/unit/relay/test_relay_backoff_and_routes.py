@@ -104,9 +104,11 @@ def test_transient_errors_are_found_in_the_chain() -> None:
         try:
             raise asyncpg.AdminShutdownError("terminating connection")
         except asyncpg.AdminShutdownError:
-            raise asyncpg.InternalClientError("cannot switch to state 15") from None
-    except asyncpg.InternalClientError as wrapped:
+            raise ValueError("a bug") from None
+    except ValueError as wrapped:
         assert not is_transient(wrapped), "from None hides the cause"
+    # A connection whose protocol broke when Postgres went away (asyncpg#1069): a new one works.
+    assert is_transient(asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"))
     try:
         try:
             raise asyncpg.AdminShutdownError("terminating connection")
