@@ -11,7 +11,8 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,3 +231,36 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         "KBINGEST_LOG_LEVEL": "INFO",
         **extra,
     }
+
+
+@contextmanager
+def relay_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """``kbingest relay`` as a real process with ``settings``; stopped (SIGTERM, then kill) on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "relay"], env=env_for(settings), cwd=ROOT, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        stop_process(proc, timeout_s=30)
+
+
+async def relay_ready(port: int) -> bool:
+    """``/readyz`` of a relay process answers 200."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def delivered_at_least(subscriber: SubscriberProcess, n: int) -> bool:
+    return int((await subscriber.stats())["total"]) >= n
+
+
+async def drained(database_url: str) -> bool:
+    """No pending outbox row (False while Postgres is unreachable)."""
+    try:
+        return await pending(database_url) == 0
+    except OSError:
+        return False

@@ -7,10 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import httpx
 import pytest
 
 from services.relay.build import open_relay
@@ -27,33 +24,15 @@ from tests.support.relay_helpers import (
     metrics,
     pending,
     query,
+    relay_process,
+    relay_ready,
     relay_settings,
     start_subscriber,
-    stop_process,
     wait_until,
 )
 from tests.support.servers import ROOT, free_port
 
 GRACE_S = 10.0  # services.relay.worker.SHUTDOWN_GRACE_S
-
-
-@contextmanager
-def relay_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "relay"], env=env_for(settings), cwd=ROOT, start_new_session=True
-    )
-    try:
-        yield proc
-    finally:
-        stop_process(proc, timeout_s=30)
-
-
-async def _ready(port: int) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 async def _drain_under_ceiling(database_url: str, events: int, subscriber: SubscriberProcess) -> int:
@@ -113,7 +92,7 @@ async def test_sigterm_finishes_in_flight_and_leaves_nothing_claimed(
     await fill(database_url, count=200, aggregates=200)
     await subscriber.control(delay_s=2.0)
     with relay_process(settings) as proc:
-        await wait_until(lambda: _ready(settings.relay_port), timeout_s=60, what="relay ready")
+        await wait_until(lambda: relay_ready(settings.relay_port), timeout_s=60, what="relay ready")
         await wait_until(lambda: _requests(subscriber, 1), timeout_s=30, what="a delivery in flight")
         sent_before = (await subscriber.stats())["requests"]
         proc.send_signal(signal.SIGTERM)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -17,23 +16,14 @@ from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
     connect,
+    delivered_at_least,
+    drained,
     fill,
-    pending,
     relay_settings,
     wait_until,
 )
 
 EVENTS = 3000
-
-
-@pytest.fixture
-def own_pg() -> Iterator[servers.EmbeddedPostgres]:
-    """A Postgres of our own: this test stops and starts it."""
-    pg = servers.start_postgres(max_connections=50)
-    servers.migrate(pg.dsn)
-    yield pg
-    pg.destroy()
-    shutil.rmtree(pg.data_dir.parent, ignore_errors=True)
 
 
 async def _readyz(client: httpx.AsyncClient) -> httpx.Response:
@@ -60,7 +50,7 @@ async def test_relay_survives_a_postgres_restart(
     # Slow the subscriber so the restart lands mid-drain.
     await subscriber.control(delay_s=0.002)
     await fill(url, count=EVENTS, aggregates=300)
-    await wait_until(lambda: _delivered_at_least(subscriber, 300), timeout_s=60, what="the drain to start")
+    await wait_until(lambda: delivered_at_least(subscriber, 300), timeout_s=60, what="the drain to start")
 
     await asyncio.to_thread(own_pg.stop)
     down = await _wait_for_503(relay_app)
@@ -70,7 +60,7 @@ async def test_relay_survives_a_postgres_restart(
 
     await wait_until(lambda: _status(relay_app, 200), timeout_s=60, what="readyz back to 200")
     await subscriber.control(delay_s=0)
-    await wait_until(lambda: _drained(url), timeout_s=120, what="every event delivered")
+    await wait_until(lambda: drained(url), timeout_s=120, what="every event delivered")
     report = analyse(await subscriber.deliveries())
     assert report.unique == EVENTS
     assert report.order_violations == []
@@ -95,17 +85,6 @@ async def _wait_for_503(client: httpx.AsyncClient) -> dict[str, object]:
 
     await wait_until(unavailable, timeout_s=30, interval_s=0.05, what="readyz 503")
     return body
-
-
-async def _delivered_at_least(subscriber: SubscriberProcess, n: int) -> bool:
-    return (await subscriber.stats())["total"] >= n
-
-
-async def _drained(url: str) -> bool:
-    try:
-        return await pending(url) == 0
-    except OSError:
-        return False
 
 
 async def test_claim_uses_the_pending_indexes(database_url: str) -> None:
