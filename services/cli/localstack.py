@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.embedded.lifetime import die_with_parent
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
@@ -98,6 +99,7 @@ class LocalStack:
             stdout=sys.stdout.buffer,
             stderr=sys.stderr.buffer if sys.stderr else log,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         self.services.append(Service(name, port, proc))

@@ -60,7 +60,11 @@ def up(
         stopping = True
         raise KeyboardInterrupt
 
+    # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    # A closed terminal: stop the services too (they run in their own sessions and get no SIGHUP).
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         typer.echo(f"kbingest: data in {stack.data_dir}")
         stack.start_dependencies()

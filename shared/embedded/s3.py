@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.embedded.lifetime import die_with_parent
+
 START_TIMEOUT_S = 20.0
 
 
@@ -59,6 +61,7 @@ class EmbeddedS3:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support import servers
-from tests.support.stack_process import RunningStack, running_stack
+from tests.support.up_process import UpProcess, running_up
 
 # One stack for the module: keep every corpus test on the same xdist worker (--dist loadgroup).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("corpus")]
@@ -32,7 +32,7 @@ def _params(slow: bool) -> list[Any]:
     return [pytest.param(e, id=e["path"]) for e in FILES if _is_slow(e) == slow]
 
 
-def _ingest(stack: RunningStack, entries: list[dict[str, Any]], timeout_s: float) -> dict[str, dict[str, Any]]:
+def _ingest(stack: UpProcess, entries: list[dict[str, Any]], timeout_s: float) -> dict[str, dict[str, Any]]:
     """Upload every file to one KB and wait until each is ready or failed (or refused at upload)."""
     results: dict[str, dict[str, Any]] = {}
     with stack.client() as client:
@@ -61,25 +61,25 @@ def _ingest(stack: RunningStack, entries: list[dict[str, Any]], timeout_s: float
 
 
 @pytest.fixture(scope="module")
-def corpus_stack() -> Iterator[RunningStack]:
+def corpus_stack() -> Iterator[UpProcess]:
     if not FILES:
         pytest.skip(f"corpus manifest not found at {MANIFEST}")
     # 600-page files need longer stages than the defaults on a 2-core machine (~2-4 chunks/s embedding).
-    with running_stack(KBINGEST_STAGE_TIMEOUTS='{"extracting": 900, "embedding": 3600, "indexing": 300}') as stack:
+    with running_up(KBINGEST_STAGE_TIMEOUTS='{"extracting": 900, "embedding": 3600, "indexing": 300}') as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
-def fast_results(corpus_stack: RunningStack) -> dict[str, dict[str, Any]]:
+def fast_results(corpus_stack: UpProcess) -> dict[str, dict[str, Any]]:
     return _ingest(corpus_stack, [e for e in FILES if not _is_slow(e)], timeout_s=600)
 
 
 @pytest.fixture(scope="module")
-def slow_results(corpus_stack: RunningStack) -> dict[str, dict[str, Any]]:
+def slow_results(corpus_stack: UpProcess) -> dict[str, dict[str, Any]]:
     return _ingest(corpus_stack, [e for e in FILES if _is_slow(e)], timeout_s=3600)
 
 
-def _check(stack: RunningStack, entry: dict[str, Any], result: dict[str, Any]) -> None:
+def _check(stack: UpProcess, entry: dict[str, Any], result: dict[str, Any]) -> None:
     if "refused" in result:
         assert entry["expect"] == "failed", result
         assert result["body"]["error"]["code"] in entry["accept_error_codes"], result
@@ -102,7 +102,7 @@ def _check(stack: RunningStack, entry: dict[str, Any], result: dict[str, Any]) -
 
 
 @pytest.mark.parametrize("entry", _params(slow=False))
-def test_corpus_file(entry: dict[str, Any], corpus_stack: RunningStack, fast_results: dict[str, Any]) -> None:
+def test_corpus_file(entry: dict[str, Any], corpus_stack: UpProcess, fast_results: dict[str, Any]) -> None:
     _check(corpus_stack, entry, fast_results[entry["path"]])
 
 
@@ -110,5 +110,5 @@ def test_corpus_file(entry: dict[str, Any], corpus_stack: RunningStack, fast_res
 @pytest.mark.slow
 @pytest.mark.timeout(3900)
 @pytest.mark.parametrize("entry", _params(slow=True))
-def test_big_corpus_file(entry: dict[str, Any], corpus_stack: RunningStack, slow_results: dict[str, Any]) -> None:
+def test_big_corpus_file(entry: dict[str, Any], corpus_stack: UpProcess, slow_results: dict[str, Any]) -> None:
     _check(corpus_stack, entry, slow_results[entry["path"]])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,82 +11,65 @@ import httpx
 import pytest
 
 from tests.support import servers
+from tests.support.up_process import start_up, up_env
 
 pytestmark = pytest.mark.e2e
-
-READY_TIMEOUT_S = 180.0
-
-
-def _start(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir)],
-        cwd=servers.ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise AssertionError("kbingest up exited:\n" + "".join(lines))
-            continue
-        lines.append(line)
-        if "kbingest ready:" in line:
-            return proc, lines
-    proc.kill()
-    raise AssertionError("kbingest up never printed 'ready':\n" + "".join(lines))
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=90)
-    assert proc.returncode == 0, out
-    return out
 
 
 def test_up_upload_stop_restart_keeps_data() -> None:
     data_dir = servers.scratch_dir("kbi-up-") / "data"
-    ports = {name: servers.free_port() for name in ("API", "RELAY", "PROCESSOR", "RECONCILER")}
-    env = {
-        **os.environ,
-        "KBINGEST_LOCAL_PG_PORT": str(servers.free_port()),
-        "KBINGEST_LOCAL_S3_PORT": str(servers.free_port()),
-        **{f"KBINGEST_{name}_PORT": str(port) for name, port in ports.items()},
-    }
-    env.pop("KBINGEST_API_KEY", None)
-    base = f"http://127.0.0.1:{ports['API']}"
+    env = up_env()
 
-    proc, lines = _start(data_dir, env)
+    up = start_up(data_dir, env)
     try:
-        output = "".join(lines)
-        key = (data_dir / "api_key").read_text().strip()
-        assert key in output and base in output
+        key = up.api_key
+        assert key in up.text() and up.base_url in up.text()
         headers = {"Authorization": f"Bearer {key}"}
-        kb = httpx.post(f"{base}/v1/knowledge-bases", json={"name": "e2e"}, headers=headers).json()["id"]
+        kb = httpx.post(f"{up.base_url}/v1/knowledge-bases", json={"name": "e2e"}, headers=headers).json()["id"]
         created = httpx.post(
-            f"{base}/v1/knowledge-bases/{kb}/documents",
+            f"{up.base_url}/v1/knowledge-bases/{kb}/documents",
             headers=headers,
             files={"file": ("hello.md", b"# Hello\n\nkbingest keeps this.", "text/markdown")},
         )
         assert created.status_code == 201, created.text
         doc_id = created.json()["id"]
     finally:
-        out = _stop(proc)
-    assert "stopped" in out
+        code = up.stop()
+    assert code == 0, up.log_tail()
+    assert "stopped" in up.text()
     assert not servers.EmbeddedPostgres(data_dir / "postgres", 1).running()
 
-    proc, lines = _start(data_dir, env)
+    up = start_up(data_dir, env)
     try:
-        assert "(generated" not in "".join(lines)
-        got = httpx.get(f"{base}/v1/documents/{doc_id}", headers=headers)
+        assert "(generated" not in up.text()
+        got = httpx.get(f"{up.base_url}/v1/documents/{doc_id}", headers=headers)
         assert got.status_code == 200 and got.json()["filename"] == "hello.md"
-        content = httpx.get(f"{base}/v1/documents/{doc_id}/content", headers=headers)
+        content = httpx.get(f"{up.base_url}/v1/documents/{doc_id}/content", headers=headers)
         assert content.content == b"# Hello\n\nkbingest keeps this."
     finally:
-        _stop(proc)
+        assert up.stop() == 0, up.log_tail()
+
+
+def test_services_do_not_outlive_a_killed_up() -> None:
+    """kill -9 of `kbingest up` (or the OOM killer): its services stop too instead of running unsupervised."""
+    up = start_up(servers.scratch_dir("kbi-up-") / "data", up_env())
+    try:
+        children = up.children()
+        assert len(children) >= 5, f"expected nanio + 4 services, found {children}"
+        os.kill(up.proc.pid, signal.SIGKILL)
+        up.proc.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while (alive := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive == [], f"still running after `up` died: {alive}"
+    finally:
+        up.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (an orphan's zombie is reaped by init soon after)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
