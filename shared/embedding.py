@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
 from shared.errors import ErrorCode, ProcessingError
@@ -54,11 +54,15 @@ class Embedder:
     def model(self) -> str:
         return self._model
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text (``passage:`` side for e5), in order, batched."""
+    async def embed_documents(
+        self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
+        """One vector per text (``passage:`` side for e5), in order, batched; ``on_batch(done)`` after each."""
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self._batch_size):
             vectors.extend(await self._embed(list(texts[start : start + self._batch_size]), "passage"))
+            if on_batch is not None:
+                on_batch(len(vectors))
         return vectors
 
     async def embed_query(self, text: str) -> list[float]:

@@ -41,6 +41,27 @@ class Outcome:
     version: int
 
 
+class Progress:
+    """Steps of a long stage (embedded chunks): each one pushes the stage's deadline back."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._deadline: asyncio.Timeout | None = None
+        self._timeout_s: float | None = None
+
+    def start(self, deadline: asyncio.Timeout, timeout_s: float | None) -> None:
+        self._deadline, self._timeout_s = deadline, timeout_s
+
+    def step(self, done: int) -> None:
+        self.done = done
+        if self._deadline is not None and self._timeout_s is not None:
+            self._deadline.reschedule(asyncio.get_running_loop().time() + self._timeout_s)
+
+    def summary(self) -> str:
+        return f"{self.done} of {self.total} done"
+
+
 class Pipeline:
     """Runs the stages for a leased document; raises ProcessingError with the failure's code."""
 
@@ -61,14 +82,21 @@ class Pipeline:
         self._extract = extract
         self._metrics = metrics
 
-    async def _stage(self, stage: Stage, work: Awaitable[T]) -> T:
+    async def _stage(self, stage: Stage, work: Awaitable[T], progress: Progress | None = None) -> T:
+        """Run ``work`` under the stage's timeout; with ``progress``, the timeout restarts at each step."""
         timeout_s = self._settings.stage_timeout_s(stage)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s) as deadline:
+                if progress is not None:
+                    progress.start(deadline, timeout_s)
                 return await work
         except TimeoutError as exc:
-            raise ProcessingError(TIMEOUT_CODES[stage], f"{stage} took longer than {timeout_s:g}s") from exc
+            if progress is not None:
+                message = f"{stage} made no progress for {timeout_s:g}s ({progress.summary()})"
+            else:
+                message = f"{stage} took longer than {timeout_s:g}s"
+            raise ProcessingError(TIMEOUT_CODES[stage], message) from exc
         finally:
             self._metrics.stage_duration.labels(stage).observe(time.perf_counter() - started)
 
@@ -88,7 +116,11 @@ class Pipeline:
             raise ProcessingError(ErrorCode.EMPTY_TEXT, "no text to index after chunking")
 
         await enter("embedding")
-        vectors = await self._stage("embedding", self._embedder.embed_documents([c.text for c in chunks]))
+        # A 600-page document is ~1,500 chunks: minutes with the offline embedder on 2 cores. The
+        # embedding timeout is therefore a progress deadline (per batch), not a bound on the total.
+        progress = Progress(total=len(chunks))
+        texts = [c.text for c in chunks]
+        vectors = await self._stage("embedding", self._embedder.embed_documents(texts, progress.step), progress)
 
         await enter("indexing")
         await self._stage("indexing", self._index(lease, chunks, vectors))

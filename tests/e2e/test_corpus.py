@@ -64,8 +64,9 @@ def _ingest(stack: UpProcess, entries: list[dict[str, Any]], timeout_s: float) -
 def corpus_stack() -> Iterator[UpProcess]:
     if not FILES:
         pytest.skip(f"corpus manifest not found at {MANIFEST}")
-    # 600-page files need longer stages than the defaults on a 2-core machine (~2-4 chunks/s embedding).
-    with running_up(KBINGEST_STAGE_TIMEOUTS='{"extracting": 900, "embedding": 3600, "indexing": 300}') as stack:
+    # The 619-page PDF's extraction can take longer than the default 120 s on 2 busy cores. Embedding
+    # keeps its default: that timeout is per batch, so big documents finish under it.
+    with running_up(KBINGEST_STAGE_TIMEOUTS='{"extracting": 900}') as stack:
         yield stack
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ class FakeEmbedder:
     base_url: str
     mode: str = "ok"  # "ok" | "down" (503) | "rate_limited" (429)
     calls: int = 0
+    delay_s: float = 0.0  # a slow provider: every request takes this long
 
 
 def _vector(text: str) -> list[float]:
@@ -35,6 +37,8 @@ def fake_embedder() -> Iterator[FakeEmbedder]:
 
         def do_POST(self) -> None:
             state.calls += 1
+            if state.delay_s:
+                time.sleep(state.delay_s)
             length = int(self.headers.get("content-length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
             if state.mode != "ok":

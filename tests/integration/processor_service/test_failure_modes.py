@@ -133,6 +133,39 @@ async def test_embedder_down_retries_then_fails_and_retry_works_when_back(
     assert doc["status"] == "ready" and doc["error"] is None and doc["attempts"] == 1
 
 
+async def test_embedding_deadline_is_per_batch_not_per_document(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+) -> None:
+    """A big document whose batches each finish in time is not cut off; a stuck batch still is."""
+    kb = await create_kb(api)
+    # ~230 chunks of ≤ 1,500 characters = 4 batches of 64 for a remote model: 4 s at 1 s per batch.
+    line = "about tide pools, anemones and the crabs that hide under rocks. " * 5
+    paragraphs = [f"Paragraph {i} {line}" for i in range(900)]
+    big = (await upload(api, kb, "big.txt", "\n\n".join(paragraphs).encode())).json()["id"]
+    with fake_embedder() as provider:
+        provider.delay_s = 1.0
+        remote = fast_settings.model_copy(
+            update={
+                "embedding_model": "openai/text-embedding-3-small",
+                "embedding_api_base": provider.base_url,
+                "stage_timeouts": {**fast_settings.stage_timeouts, "embedding": 3.0},
+            }
+        )
+        async with processor_client(remote, extractor=_plain_text_extractor, vectors=vectors) as (client, _state):
+            doc = await wait_for(remote, big, {"failed", "ready"}, client=client)
+            assert doc["status"] == "ready", doc["error"]
+            assert doc["attempts"] == 1 and doc["chunk_count"] > 3 * 64
+            assert provider.calls >= 4, "the whole document took longer than the deadline, in batches"
+
+            provider.delay_s = 15.0
+            stuck = (await upload(api, kb, "stuck.txt", TEXT)).json()["id"]
+            await deliver_due(client, remote)
+            doc = await wait_for(remote, stuck, {"failed"}, client=client)
+    attempts = await sql(remote, "SELECT error FROM document_attempts WHERE document_id = :id ORDER BY id", id=stuck)
+    assert attempts[0]["error"]["code"] == "embed_timeout"
+    assert "made no progress for 3s (0 of 1 done)" in attempts[0]["error"]["message"]
+
+
 async def _plain_text_extractor(path: str, media_type: str) -> list:  # type: ignore[type-arg]
     from services.processor.extraction.elements import Element
 
