@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import random
 import uuid
@@ -75,7 +76,10 @@ class Worker:
                 lease = await lifecycle.claim(conn, document_id, owner=self.processor_id)
             if lease is None:
                 return "noop"
-            task = asyncio.create_task(self._attempt(lease), name=f"document:{document_id}")
+            # The work outlives the delivery request: log it under the event that started it, not the request.
+            context = contextvars.copy_context()
+            context.run(_bind_work_context, event_id)
+            task = asyncio.create_task(self._attempt(lease), name=f"document:{document_id}", context=context)
             self._tasks[document_id] = task
             self._metrics.slots_in_use.set(len(self._tasks))
             task.add_done_callback(functools.partial(self._finished, document_id))
@@ -170,3 +174,8 @@ class Worker:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+
+
+def _bind_work_context(event_id: uuid.UUID) -> None:
+    structlog.contextvars.unbind_contextvars("request_id")
+    structlog.contextvars.bind_contextvars(event_id=str(event_id))

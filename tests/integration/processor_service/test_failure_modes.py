@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
@@ -27,7 +28,11 @@ async def _stage_events(settings: Settings, doc_id: str) -> list[str]:
 
 
 async def test_blocked_stage_keeps_heartbeating_and_is_not_rescued(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+    api: httpx.AsyncClient,
+    fast_settings: Settings,
+    vectors: QdrantVectorStore,
+    gated: GatedExtractor,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     kb = await create_kb(api)
     doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
@@ -45,6 +50,9 @@ async def test_blocked_stage_keeps_heartbeating_and_is_not_rescued(
         gated.gate.set()
         doc = await wait_for(fast_settings, doc_id, {"ready", "failed"}, client=client)
     assert doc["status"] == "ready" and doc["attempts"] == 1
+    # The work's logs carry the document and the event that started it, not the long-gone delivery request.
+    ready = [line for line in capfd.readouterr().out.splitlines() if "document.ready" in line and doc_id in line]
+    assert ready and "event_id=" in ready[0] and "request_id=" not in ready[0], ready
 
 
 async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
