@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
+import structlog
+
 from services.processor.chunking import chunk_elements
 from services.processor.extraction.elements import Element
 from services.processor.metrics import ProcessorMetrics
@@ -21,6 +23,11 @@ from shared.storage import ObjectMissing, ObjectStore, StorageUnavailable
 from shared.vectorstore import VectorStore
 
 T = TypeVar("T")
+
+# A long stage says how far it got at most this often (a 600-page document embeds for minutes).
+PROGRESS_LOG_INTERVAL_S: Final = 30.0
+
+log = structlog.get_logger("kbingest.processor")
 
 # What a stage that runs out of time fails with.
 TIMEOUT_CODES: Final[dict[str, ErrorCode]] = {
@@ -44,9 +51,11 @@ class Outcome:
 class Progress:
     """Steps of a long stage (embedded chunks): each one pushes the stage's deadline back."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, stage: Stage, total: int) -> None:
+        self.stage = stage
         self.total = total
         self.done = 0
+        self._logged_at = time.monotonic()
         self._deadline: asyncio.Timeout | None = None
         self._timeout_s: float | None = None
 
@@ -57,6 +66,10 @@ class Progress:
         self.done = done
         if self._deadline is not None and self._timeout_s is not None:
             self._deadline.reschedule(asyncio.get_running_loop().time() + self._timeout_s)
+        now = time.monotonic()
+        if now - self._logged_at >= PROGRESS_LOG_INTERVAL_S and done < self.total:
+            self._logged_at = now
+            log.info("document.progress", stage=self.stage, done=done, total=self.total)
 
     def summary(self) -> str:
         return f"{self.done} of {self.total} done"
@@ -118,7 +131,7 @@ class Pipeline:
         await enter("embedding")
         # A 600-page document is ~1,500 chunks: minutes with the offline embedder on 2 cores. The
         # embedding timeout is therefore a progress deadline (per batch), not a bound on the total.
-        progress = Progress(total=len(chunks))
+        progress = Progress("embedding", total=len(chunks))
         texts = [c.text for c in chunks]
         vectors = await self._stage("embedding", self._embedder.embed_documents(texts, progress.step), progress)
 

@@ -78,7 +78,7 @@ class Worker:
                 return "noop"
             # The work outlives the delivery request: log it under the event that started it, not the request.
             context = contextvars.copy_context()
-            context.run(_bind_work_context, event_id)
+            context.run(_bind_work_context, event_id, document_id)
             task = asyncio.create_task(self._attempt(lease), name=f"document:{document_id}", context=context)
             self._tasks[document_id] = task
             self._metrics.slots_in_use.set(len(self._tasks))
@@ -176,6 +176,6 @@ class Worker:
             await asyncio.wait(tasks, timeout=grace_s)
 
 
-def _bind_work_context(event_id: uuid.UUID) -> None:
+def _bind_work_context(event_id: uuid.UUID, document_id: uuid.UUID) -> None:
     structlog.contextvars.unbind_contextvars("request_id")
-    structlog.contextvars.bind_contextvars(event_id=str(event_id))
+    structlog.contextvars.bind_contextvars(event_id=str(event_id), document_id=str(document_id))
