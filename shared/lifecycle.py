@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.errors import DocumentError, ErrorCode
 from shared.events import STATE_CHANNEL
-from shared.outbox import add_event
+from shared.outbox import add_event, release_held
 
 Status = Literal["queued", "processing", "ready", "failed", "deleting"]
 Stage = Literal["downloading", "extracting", "chunking", "embedding", "indexing"]
@@ -485,6 +485,8 @@ async def request_delete(
     """Mark ``deleting`` and emit ``document.delete_requested``; None when already gone."""
     row = (await conn.execute(REQUEST_DELETE, {"id": document_id})).mappings().one_or_none()
     if row is not None:
+        # A pending retry's delayed event would hold the deletion back until it is due.
+        await release_held(conn, document_id)
         await _emit(conn, row, "document.delete_requested", source)
     return row
 

@@ -21,6 +21,15 @@ INSERT_EVENT = text(
 )
 NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', :type)")
 
+# Events of one aggregate held back only by their own delay (never attempted, not claimed).
+RELEASE_HELD = text(
+    """
+    UPDATE outbox SET available_at = now()
+    WHERE aggregate_id = :aggregate_id AND delivered_at IS NULL AND dead_at IS NULL
+      AND claimed_by IS NULL AND attempts = 0 AND available_at > now()
+    """
+)
+
 
 async def add_event(
     conn: AsyncConnection,
@@ -51,3 +60,15 @@ async def add_event(
     )
     await conn.execute(NOTIFY, {"type": event_type})
     return body
+
+
+async def release_held(conn: AsyncConnection, aggregate_id: uuid.UUID) -> int:
+    """Make an aggregate's delayed events due now, in ``conn``'s transaction; returns how many.
+
+    Delivery is ordered per aggregate, so a delayed event (a retry due in minutes) holds back
+    every later event of the same document. A deletion must not wait for it: the delayed event
+    is delivered at once (its handler finds the document deleting and does nothing), then the
+    deletion.
+    """
+    result = await conn.execute(RELEASE_HELD, {"aggregate_id": aggregate_id})
+    return int(result.rowcount or 0)
