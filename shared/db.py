@@ -14,6 +14,8 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from shared.aio import wait_for
+
 CONNECT_TIMEOUT_S = 5.0
 
 # What a raw asyncpg session (LISTEN, advisory lock) raises when the server or the socket is gone.
@@ -124,7 +126,7 @@ class Database:
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._acquire_timeout_s)
+            await wait_for(self._slots.acquire(), self._acquire_timeout_s)
         except TimeoutError as exc:
             raise DatabaseUnavailable(
                 f"no database connection free within {self._acquire_timeout_s:.1f}s (ceiling {self.max_connections})"

@@ -14,6 +14,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from shared.aio import wait_for
 from shared.settings import Settings
 
 P = ParamSpec("P")
@@ -84,7 +85,7 @@ class ObjectStore:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self._timeout_s * 2)
+            return await wait_for(asyncio.to_thread(fn, *args, **kwargs), self._timeout_s * 2)
         except S3Error as exc:
             if exc.code in {"NoSuchKey", "NoSuchObject"}:
                 raise ObjectMissing(exc.message or "object not found") from exc

@@ -13,6 +13,7 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
+from shared.aio import wait_for
 from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
 from shared.events import STATE_CHANNEL
 
@@ -109,7 +110,7 @@ class Broadcaster:
                 return
             delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                await wait_for(self._stop.wait(), delay)
 
     async def _session(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings)
@@ -126,11 +127,11 @@ class Broadcaster:
                     subscription.offer(RESYNC)
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(lost, self._stop), PING_INTERVAL_S)
+                    await wait_for(_first(lost, self._stop), PING_INTERVAL_S)
                 if lost.is_set() or conn.is_closed():
                     raise ConnectionResetError("the server closed the LISTEN connection")
                 if not self._stop.is_set():
-                    await asyncio.wait_for(conn.execute("SELECT 1"), PING_TIMEOUT_S)
+                    await wait_for(conn.execute("SELECT 1"), PING_TIMEOUT_S)
         finally:
             self.connected = False
             await _close(conn)
@@ -166,6 +167,6 @@ async def _close(conn: Any) -> None:
     if conn.is_closed():
         return
     try:
-        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
+        await wait_for(conn.close(), CLOSE_TIMEOUT_S)
     except _TRANSIENT:
         conn.terminate()

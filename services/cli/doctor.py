@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import text
 
+from shared.aio import wait_for
 from shared.db import worker_database
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -132,7 +132,7 @@ async def run_checks(settings: Settings, *, deep: bool = False) -> list[CheckRes
     for check in _all_checks(deep):
         name = check.__name__.removeprefix("check_")
         try:
-            results += await asyncio.wait_for(check(settings), CHECK_TIMEOUT_S * (6 if deep else 1))
+            results += await wait_for(check(settings), CHECK_TIMEOUT_S * (6 if deep else 1))
         except TimeoutError:
             results.append(CheckResult(name, False, f"no answer within {CHECK_TIMEOUT_S:g}s", "is it running?"))
         except Exception as exc:  # one broken check must not hide the others: it becomes a FAIL line

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import uuid
@@ -14,6 +13,7 @@ import httpx
 from sqlalchemy import text
 
 from services.cli.doctor import CheckResult
+from shared.aio import wait_for
 from shared.db import worker_database
 from shared.pipeline import PROCESSOR_ALIVE_S, RECONCILER_MISSED_PASSES, RECONCILER_STATE_NAME
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings
@@ -121,7 +121,7 @@ async def _probe_embedder(settings: Settings) -> CheckResult:
     """Embed one string through the real client; only with ``--deep`` (it imports litellm)."""
     try:
         embedding = importlib.import_module("shared.embedding")
-        dimension = await asyncio.wait_for(embedding.Embedder(settings).dimension(), DEEP_EMBED_TIMEOUT_S)
+        dimension = await wait_for(embedding.Embedder(settings).dimension(), DEEP_EMBED_TIMEOUT_S)
     except Exception as exc:  # reported as the check's result: any failure of the probe is the finding
         return CheckResult(
             "embedder",

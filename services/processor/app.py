@@ -30,6 +30,7 @@ from shared.vectorstore import VectorStore
 log = structlog.get_logger("kbingest.processor")
 
 EXTRACT_MEMORY_BYTES = 2 * 1024**3
+SIDE_TASK_STOP_S = 5.0
 
 
 def default_extractor(settings: Settings) -> ExtractFn:
@@ -92,7 +93,11 @@ def create_app(
             await worker.stop(SHUTDOWN_GRACE_S)
             for task in state.tasks:
                 task.cancel()
-            await asyncio.gather(*state.tasks, return_exceptions=True)
+            if state.tasks:
+                # Bounded: shutdown must finish even if a side task ignored its cancellation.
+                _, stuck = await asyncio.wait(state.tasks, timeout=SIDE_TASK_STOP_S)
+                for task in stuck:
+                    log.error("processor.side_task_stuck", task=task.get_name())
             if state.registry.registered:
                 try:
                     await state.registry.mark_stopped()

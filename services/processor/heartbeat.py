@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 
+from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable
 from shared.lifecycle import Lease, heartbeat
 
@@ -33,7 +34,7 @@ class Heartbeat:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+                await wait_for(self._stop.wait(), self._interval_s)
                 return
             except TimeoutError:
                 pass

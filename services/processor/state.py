@@ -17,6 +17,7 @@ from services.processor.deletion import purge_document
 from services.processor.metrics import ProcessorMetrics
 from services.processor.registry import Registry
 from services.processor.worker import Worker
+from shared.aio import wait_for
 from shared.db import Database
 from shared.embedding import Embedder
 from shared.settings import Settings
@@ -92,7 +93,7 @@ class ProcessorState:
                 if self.checks[name] == "ok":
                     continue
                 try:
-                    await asyncio.wait_for(step(), CHECK_TIMEOUT_S)
+                    await wait_for(step(), CHECK_TIMEOUT_S)
                     self.checks[name] = "ok"
                 except Exception as exc:  # reported in /readyz and the log, retried
                     self.checks[name] = f"failed: {type(exc).__name__}: {exc}"[:300]

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.reconciler.reconciler import Reconciler
+from shared.aio import wait_for
 from shared.http_metrics import install_http_observability
 from shared.settings import Settings
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings, *, reconciler_id: str | None = None) -> FastA
         finally:
             reconciler.stop()
             try:
-                await asyncio.wait_for(task, STOP_TIMEOUT_S)
+                await wait_for(task, STOP_TIMEOUT_S)
             except TimeoutError:
                 log.warning("reconciler.stop_timeout", timeout_s=STOP_TIMEOUT_S)
             await reconciler.close()

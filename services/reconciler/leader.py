@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final
 
 import asyncpg
 import structlog
 
+from shared.aio import wait_for
 from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
 
 # "kbingest" as a big-endian int64: the one lock every reconciler replica competes for.
@@ -53,7 +53,7 @@ class Leadership:
         if self.is_leader:
             return True
         try:
-            self.is_leader = bool(await asyncio.wait_for(self._conn.fetchval(TRY_LOCK, LOCK_KEY), PING_TIMEOUT_S))
+            self.is_leader = bool(await wait_for(self._conn.fetchval(TRY_LOCK, LOCK_KEY), PING_TIMEOUT_S))
         except _CONNECTION_ERRORS as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             await self._drop()
@@ -68,7 +68,7 @@ class Leadership:
             self.last_error = "the lock connection was closed"
             return False
         try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), PING_TIMEOUT_S)
+            await wait_for(self._conn.fetchval("SELECT 1"), PING_TIMEOUT_S)
         except _CONNECTION_ERRORS as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             return False
@@ -79,7 +79,7 @@ class Leadership:
         if conn is None or conn.is_closed():
             return
         try:
-            await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
+            await wait_for(conn.close(), CLOSE_TIMEOUT_S)
         except _CONNECTION_ERRORS:
             conn.terminate()
 
@@ -87,7 +87,7 @@ class Leadership:
         """Give the lock back at once (clean shutdown), so a standby need not wait for a dead session."""
         if self._conn is not None and self.is_leader and not self._conn.is_closed():
             try:
-                await asyncio.wait_for(self._conn.fetchval(UNLOCK, LOCK_KEY), PING_TIMEOUT_S)
+                await wait_for(self._conn.fetchval(UNLOCK, LOCK_KEY), PING_TIMEOUT_S)
                 log.info("reconciler.leadership_released", reconciler_id=self.identity)
             except _CONNECTION_ERRORS as exc:
                 log.warning("reconciler.release_failed", error=str(exc))

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from services.reconciler import prune, repairs, state, sweep
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
+from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable, worker_database
 from shared.pipeline import pipeline_report
 from shared.settings import Settings
@@ -175,7 +176,7 @@ class Reconciler:
                     self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                     log.exception("reconciler.pass_failed", error=self.last_error)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._settings.reconcile_interval_s)
+                    await wait_for(self._stop.wait(), self._settings.reconcile_interval_s)
         finally:
             await self._leadership.release()
             self.metrics.is_leader.set(0)

@@ -13,6 +13,7 @@ from services.relay.claim import ClaimedEvent, Settlement
 from services.relay.delivery import Deliverer, MayStart, Outcome
 from services.relay.dispatch import Dispatcher, Plan, Result
 from services.relay.pool import is_transient
+from shared.aio import wait_for
 
 # Finished deliveries are written at most this long after their answer, in one UPDATE per group:
 # a slow subscriber never holds back the acks (and the successors) of fast ones.
@@ -59,7 +60,7 @@ async def run_batch(
         while remaining:
             wait_s = max(0.0, flushed_at + ACK_INTERVAL_S - time.monotonic()) if pending else None
             try:
-                item = await asyncio.wait_for(finished.get(), wait_s)
+                item = await wait_for(finished.get(), wait_s)
             except TimeoutError:
                 await flush()
                 flushed_at = time.monotonic()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -12,6 +11,7 @@ from services.relay.metrics import RelayMetrics
 from services.relay.pool import create_pool
 from services.relay.routes import Router
 from services.relay.worker import Relay
+from shared.aio import wait_for
 from shared.settings import Settings
 
 POOL_CLOSE_TIMEOUT_S: Final = 5.0
@@ -39,6 +39,6 @@ async def open_relay(settings: Settings, metrics: RelayMetrics, **options: Any) 
     finally:
         await client.aclose()
         try:
-            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+            await wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
         except TimeoutError:
             pool.terminate()

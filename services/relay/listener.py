@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from services.relay.pool import CONNECT_TIMEOUT_S, is_transient
+from shared.aio import wait_for
 from shared.db import ASYNCPG_CONNECTION_ERRORS
 from shared.events import NOTIFY_CHANNEL
 
@@ -81,7 +82,7 @@ class Listener:
                 return
             delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                await wait_for(stop.wait(), delay)
 
     async def _session(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings)
@@ -112,7 +113,7 @@ class Listener:
                 raise ConnectionLost("the server closed the LISTEN connection")
             if stop.is_set():
                 return
-            await asyncio.wait_for(conn.execute("SELECT 1"), PING_TIMEOUT_S)
+            await wait_for(conn.execute("SELECT 1"), PING_TIMEOUT_S)
 
 
 async def _close(conn: Any) -> None:
@@ -120,6 +121,6 @@ async def _close(conn: Any) -> None:
     if conn.is_closed():
         return
     try:
-        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
+        await wait_for(conn.close(), CLOSE_TIMEOUT_S)
     except ASYNCPG_CONNECTION_ERRORS:
         conn.terminate()

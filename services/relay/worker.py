@@ -25,6 +25,7 @@ from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
 from services.relay.pool import LISTEN_APPLICATION_NAME, connection, is_transient, server_settings
 from services.relay.routes import Router
+from shared.aio import wait_for
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
 
@@ -271,7 +272,7 @@ class Relay:
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            await wait_for(self._stop.wait(), seconds)
 
     async def _wait_for_wake(self, side: Iterable[asyncio.Task[None]]) -> None:
         """Whichever first: a NOTIFY, the poll interval, stop, or a side task ending."""

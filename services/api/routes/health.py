@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from services.api.deps import StateDep
+from shared.aio import wait_for
 
 router = APIRouter(tags=["health"])
 
@@ -33,7 +32,7 @@ async def readyz(state: StateDep) -> JSONResponse:
 
     for name, check in (("database", database), ("object_store", object_store)):
         try:
-            await asyncio.wait_for(check(), READY_TIMEOUT_S)
+            await wait_for(check(), READY_TIMEOUT_S)
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"failed: {type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,62 @@
+"""shared.aio.wait_for never swallows a cancellation (asyncio.wait_for does on Python 3.11)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from shared.aio import wait_for
+
+Waiter = Callable[[Awaitable[Any], float], Awaitable[Any]]
+
+
+async def _loop_cancelled_as_its_wait_completes(waiter: Waiter) -> bool:
+    """A loop like the processor's liveness task; True when the cancel stopped it."""
+    task: asyncio.Task[None] | None = None
+
+    async def cancel_then_finish() -> int:
+        assert task is not None
+        task.cancel()  # shutdown lands exactly as the awaited work completes
+        return 1
+
+    async def serve() -> None:
+        while True:
+            await waiter(cancel_then_finish(), 5.0)
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(serve())
+    done, _ = await asyncio.wait([task], timeout=2.0)
+    if not done:
+        task.cancel()
+        await asyncio.wait([task], timeout=2.0)
+        return False
+    return task.cancelled()
+
+
+async def test_a_cancellation_as_the_wait_completes_stops_the_loop() -> None:
+    assert await _loop_cancelled_as_its_wait_completes(wait_for)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="fixed in 3.12's asyncio.wait_for")
+async def test_why_asyncio_wait_for_is_not_used_on_3_11() -> None:
+    assert not await _loop_cancelled_as_its_wait_completes(asyncio.wait_for)
+
+
+async def test_timeouts_still_raise_and_cancel_the_awaited_work() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        await wait_for(slow(), 0.05)
+    assert cancelled.is_set()
+    assert await wait_for(asyncio.sleep(0, result=7), 1.0) == 7
