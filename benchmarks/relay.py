@@ -25,7 +25,6 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import uvloop
 
 from benchmarks.support import percentile, table
@@ -33,6 +32,7 @@ from services.relay.build import open_relay
 from shared.events import NOTIFY_CHANNEL
 from shared.logging import configure_logging
 from tests.support import servers
+from tests.support.pipeline_helpers import wait_http_ok
 from tests.support.relay_helpers import FILL, SECRET, metrics, relay_settings, start_subscriber
 
 ROOT = servers.ROOT
@@ -203,16 +203,7 @@ def _relay_process(pg: servers.EmbeddedPostgres, database: str, url: str) -> Ite
     }
     proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "relay"], env=env, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("relay did not become ready")
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc)
         yield port
     finally:
         proc.terminate()

@@ -7,16 +7,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
+from tests.support.pipeline_helpers import wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,15 +103,7 @@ def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("API did not become ready")
+        wait_http_ok(f"{base}/readyz", proc)
         yield base
     finally:
         proc.terminate()

@@ -75,18 +75,19 @@ def _invalidate_broken_protocol(context: ExceptionContext) -> None:
     whose protocol state broke when Postgres restarted mid-query goes back to the QueuePool and
     fails every later checkout (sqlalchemy#13241).
     """
-    if _caused_by(context.original_exception, asyncpg.InternalClientError):
+    original = context.original_exception
+    if original is not None and any(isinstance(e, asyncpg.InternalClientError) for e in exception_chain(original)):
         context.is_disconnect = True
 
 
-def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
-    for _ in range(5):
-        if exc is None:
-            return False
-        if isinstance(exc, kind):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and up to four causes: a failed ROLLBACK after a dropped connection hides the real error."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return chain
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from shared.db import asyncpg_dsn
+from shared.db import asyncpg_dsn, exception_chain
 from shared.settings import Settings
 
 APPLICATION_NAME: Final = "kbingest.relay"
@@ -102,17 +102,7 @@ async def connection(pool: asyncpg.Pool, *, timeout: float = ACQUIRE_TIMEOUT_S) 
 
 def is_broken(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) means the connection itself is unusable."""
-    return any(isinstance(e, _BROKEN) and not isinstance(e, TimeoutError) for e in _chain(exc))
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and up to four causes: a failed ROLLBACK after a dropped connection hides the real error."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 5:
-        chain.append(seen)
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return chain
+    return any(isinstance(e, _BROKEN) and not isinstance(e, TimeoutError) for e in exception_chain(exc))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -121,4 +111,4 @@ def is_transient(exc: BaseException) -> bool:
     The chain is searched too: when the server drops a connection mid-transaction, the ROLLBACK
     that follows fails with an asyncpg InternalClientError whose context is the real cause.
     """
-    return any(isinstance(e, _TRANSIENT) for e in _chain(exc))
+    return any(isinstance(e, _TRANSIENT) for e in exception_chain(exc))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,42 +17,16 @@ import pytest
 from shared.settings import Settings
 from tests.support import servers
 from tests.support.api_helpers import fetch_all
+from tests.support.pipeline_helpers import service_env, wait_http_ok
 from tests.support.processor_harness import signed_headers
 
 pytestmark = pytest.mark.e2e
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KBINGEST_DATABASE_URL": settings.database_url,
-        "KBINGEST_S3_ENDPOINT": settings.s3_endpoint,
-        "KBINGEST_S3_ACCESS_KEY": settings.s3_access_key,
-        "KBINGEST_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
-        "KBINGEST_S3_BUCKET": settings.s3_bucket,
-        "KBINGEST_DATA_DIR": str(settings.data_dir),
-        "KBINGEST_API_KEY": settings.api_key.get_secret_value() if settings.api_key else "",
-        **extra,
-    }
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{url} exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} never became ready")
-
-
 @pytest.fixture
 def services(settings: Settings) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     api_port, processor_port = servers.free_port(), servers.free_port()
-    env = _env(settings, KBINGEST_API_PORT=str(api_port), KBINGEST_PROCESSOR_PORT=str(processor_port))
+    env = service_env(settings, KBINGEST_API_PORT=str(api_port), KBINGEST_PROCESSOR_PORT=str(processor_port))
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", name],
@@ -66,8 +39,8 @@ def services(settings: Settings) -> Iterator[tuple[str, str, subprocess.Popen[by
     ]
     api, processor = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{processor_port}"
     try:
-        _wait_ready(api, procs[0])
-        _wait_ready(processor, procs[1])
+        wait_http_ok(f"{api}/readyz", procs[0], timeout_s=180)
+        wait_http_ok(f"{processor}/readyz", procs[1], timeout_s=180)
         yield api, processor, procs[1]
     finally:
         for proc in procs:

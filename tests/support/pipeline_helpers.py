@@ -194,18 +194,25 @@ def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subproces
         log.close()
 
 
-def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 60.0) -> None:
+def wait_http_ok(
+    url: str, proc: subprocess.Popen[bytes], log_path: Path | None = None, timeout_s: float = 60.0
+) -> None:
+    """Poll ``url`` (a /readyz) until 200; fail at once if ``proc`` exits, with its log's tail when known."""
+
+    def tail() -> str:
+        return log_path.read_text()[-4000:] if log_path is not None else "(output not captured)"
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"process exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            raise AssertionError(f"process exited {proc.returncode}:\n{tail()}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"{url} not 200 within {timeout_s:g}s:\n{log_path.read_text()[-4000:]}")
+    raise AssertionError(f"{url} not 200 within {timeout_s:g}s:\n{tail()}")
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from services.relay.metrics import RelayMetrics
 from services.relay.pool import asyncpg_dsn
 from shared.settings import Settings
+from tests.support.pipeline_helpers import stop_process
 from tests.support.servers import ROOT, free_port
 
 SECRET = "relay-test-secret"
@@ -83,7 +83,7 @@ class SubscriberProcess:
 
     async def close(self) -> None:
         await self.client.aclose()
-        stop_process(self.proc)
+        stop_process(self.proc, timeout_s=10)
 
 
 def start_subscriber(*args: str, secret: str = SECRET) -> SubscriberProcess:
@@ -102,18 +102,8 @@ def start_subscriber(*args: str, secret: str = SECRET) -> SubscriberProcess:
                 return SubscriberProcess(port, proc, secret)
         except httpx.HTTPError:
             time.sleep(0.05)
-    stop_process(proc)
+    stop_process(proc, timeout_s=10)
     raise RuntimeError("subscriber did not start")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def relay_settings(database_url: str, routes: dict[str, list[str]], **overrides: Any) -> Settings:
