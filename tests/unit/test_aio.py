@@ -23,15 +23,18 @@ async def _loop_cancelled_as_its_wait_completes(waiter: Waiter) -> bool:
         task.cancel()  # shutdown lands exactly as the awaited work completes
         return 1
 
+    running = True
+
     async def serve() -> None:
-        while True:
+        while running:
             await waiter(cancel_then_finish(), 5.0)
             await asyncio.sleep(0.01)
 
     task = asyncio.create_task(serve())
     done, _ = await asyncio.wait([task], timeout=2.0)
     if not done:
-        task.cancel()
+        # The cancel was swallowed: stop the loop by its flag (another cancel could be swallowed too).
+        running = False
         await asyncio.wait([task], timeout=2.0)
         return False
     return task.cancelled()
