@@ -18,6 +18,10 @@ EventType = Literal[
     "knowledge_base.deleted",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]  # Literal args
+# The events that put a document in the queue: to a processor they are wake-ups (it pulls in dispatch order).
+WORK_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(
+    {"document.uploaded", "document.requeued", "document.retry_scheduled"}
+)
 
 SPECVERSION: Final = "1.0"
 NOTIFY_CHANNEL: Final = "kbingest_outbox"

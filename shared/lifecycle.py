@@ -16,8 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared import queue
 from shared.errors import DocumentError, ErrorCode
-from shared.events import STATE_CHANNEL
+from shared.events import STATE_CHANNEL, WORK_EVENT_TYPES
 from shared.outbox import add_event, release_held
 
 Status = Literal["queued", "processing", "ready", "failed", "deleting"]
@@ -41,14 +42,38 @@ INSERT_DOCUMENT: Final = text(
     """
 )
 
-# Takes the lease: only a queued, due document; bumps epoch (fences zombies) and attempts.
+# Taking the lease bumps epoch (fences zombies) and attempts (so crashes count).
+_TAKE_LEASE: Final = """
+    status = 'processing', stage = NULL, attempts = attempts + 1,
+    lease_epoch = lease_epoch + 1, version = version + 1, lease_owner = :owner,
+    heartbeat_at = now(), updated_at = now(), error = NULL
+"""
+
+# Takes the lease of one given document, only if it is queued and due.
 CLAIM: Final = text(
     f"""
-    UPDATE documents SET status = 'processing', stage = NULL, attempts = attempts + 1,
-        lease_epoch = lease_epoch + 1, version = version + 1, lease_owner = :owner,
-        heartbeat_at = now(), updated_at = now(), error = NULL
+    UPDATE documents SET {_TAKE_LEASE}
     WHERE id = :id AND status = 'queued' AND deleted_at IS NULL AND available_at <= now()
     RETURNING {_COLS}
+    """
+)
+
+# Takes the lease of the next document in dispatch order (shared.queue) and marks its knowledge
+# base as just served (the round-robin key). Also returns the id of the event that queued it, so
+# the work logs under it.
+CLAIM_NEXT: Final = text(
+    f"""
+    WITH next AS ({queue.NEXT_DUE}),
+    served AS (
+        UPDATE knowledge_bases SET last_dispatched_at = clock_timestamp()
+        WHERE id = (SELECT knowledge_base_id FROM next)
+    )
+    UPDATE documents AS d SET {_TAKE_LEASE}
+    WHERE d.id = (SELECT id FROM next) AND d.status = 'queued'
+    RETURNING {", ".join("d." + c.strip() for c in _COLS.split(","))},
+        (SELECT o.id FROM outbox AS o
+         WHERE o.aggregate_id = d.id AND o.type IN ({", ".join(repr(t) for t in sorted(WORK_EVENT_TYPES))})
+         ORDER BY o.seq DESC LIMIT 1) AS event_id
     """
 )
 
@@ -192,6 +217,8 @@ class Lease:
     version: int
     attempt: int
     row: RowMapping
+    # The event that queued this attempt (dispatch by pull is not tied to a delivery).
+    event_id: str | None = None
 
 
 def event_data(row: RowMapping) -> dict[str, Any]:
@@ -252,18 +279,32 @@ async def claim(conn: AsyncConnection, document_id: uuid.UUID, *, owner: str) ->
     row = (await conn.execute(CLAIM, {"id": document_id, "owner": owner})).mappings().one_or_none()
     if row is None:
         return None
+    return await _open_attempt(conn, row, owner)
+
+
+async def _open_attempt(conn: AsyncConnection, row: RowMapping, owner: str) -> Lease:
     await conn.execute(
         OPEN_ATTEMPT,
-        {"document_id": document_id, "attempt": row["attempts"], "epoch": row["lease_epoch"], "owner": owner},
+        {"document_id": row["id"], "attempt": row["attempts"], "epoch": row["lease_epoch"], "owner": owner},
     )
+    event_id = row.get("event_id")
     return Lease(
-        document_id=document_id,
+        document_id=row["id"],
         epoch=row["lease_epoch"],
         owner=owner,
         version=row["version"],
         attempt=row["attempts"],
         row=row,
+        event_id=str(event_id) if event_id is not None else None,
     )
+
+
+async def claim_next(conn: AsyncConnection, *, owner: str) -> Lease | None:
+    """Take the lease of the next due document in dispatch order; None when nothing is due."""
+    row = (await conn.execute(CLAIM_NEXT, {"owner": owner})).mappings().one_or_none()
+    if row is None:
+        return None
+    return await _open_attempt(conn, row, owner)
 
 
 async def heartbeat(conn: AsyncConnection, lease: Lease) -> bool:

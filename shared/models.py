@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -65,6 +66,8 @@ class KnowledgeBase(Base):
     created_at: Mapped[datetime] = _ts(default_now=True)
     updated_at: Mapped[datetime] = _ts(default_now=True)
     deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+    # When a processor last took one of this KB's documents: the round-robin key of fair dispatch.
+    last_dispatched_at: Mapped[datetime | None] = _ts(nullable=True)
 
 
 class Batch(Base):
@@ -295,3 +298,18 @@ class PipelineAlert(Base):
     code: Mapped[str] = mapped_column(Text, primary_key=True)
     since: Mapped[datetime] = _ts(default_now=True)
     last_seen_at: Mapped[datetime] = _ts(default_now=True)
+
+
+class PipelineSample(Base):
+    """One reconciler pass's view of the flow (queue depth, slots, drain rate): the health page's charts."""
+
+    __tablename__ = "pipeline_samples"
+
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True, server_default=NOW)
+    queued: Mapped[int] = mapped_column(Integer)
+    queued_due: Mapped[int] = mapped_column(Integer)
+    processing: Mapped[int] = mapped_column(Integer)
+    slots_total: Mapped[int] = mapped_column(Integer)
+    slots_busy: Mapped[int] = mapped_column(Integer)
+    drain_rate_per_min: Mapped[float] = mapped_column(Float)
+    utilization: Mapped[float | None] = mapped_column(Float, nullable=True)
