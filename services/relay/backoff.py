@@ -1,4 +1,4 @@
-"""Retry timing: jittered exponential backoff and the subscriber's ``Retry-After``."""
+"""Retry timing: jittered exponential backoff for failures, a short re-offer for busy subscribers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ from typing import Final
 
 # A subscriber may ask for a later retry, but not for longer than this.
 RETRY_AFTER_CAP_S: Final = 3600.0
+# A busy subscriber (429) is back-pressure, not a failure: its event is re-offered within about a
+# second whatever Retry-After says, so a slot that frees up is not left idle behind a long wait.
+BUSY_RETRY_MAX_S: Final = 1.0
+# Without Retry-After: uniform in this window, so subscribers that were busy together are not
+# all re-offered in the same instant.
+BUSY_RETRY_DEFAULT_S: Final = (0.2, 0.5)
+# Retry-After: 0 must not turn the relay and a busy subscriber into a hot loop.
+BUSY_RETRY_FLOOR_S: Final = 0.05
+BUSY_JITTER_S: Final = 0.1
 
 
 def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -44,3 +53,15 @@ def retry_delay_s(
     """The backoff, or the subscriber's Retry-After when it asks for longer."""
     delay = backoff_s(attempt, base_s=base_s, max_s=max_s, rng=rng)
     return max(delay, retry_after_s) if retry_after_s is not None else delay
+
+
+def busy_delay_s(retry_after_s: float | None, *, rng: random.Random | None = None) -> float:
+    """Delay before re-offering an event to a busy subscriber: never more than ~BUSY_RETRY_MAX_S.
+
+    Retry-After is honoured up to the cap; the jitter is added on top so the event never comes
+    back earlier than asked (below the cap).
+    """
+    uniform = (rng or random).uniform
+    if retry_after_s is None:
+        return uniform(*BUSY_RETRY_DEFAULT_S)
+    return min(max(retry_after_s, BUSY_RETRY_FLOOR_S), BUSY_RETRY_MAX_S) + uniform(0.0, BUSY_JITTER_S)

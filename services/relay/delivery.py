@@ -19,10 +19,13 @@ EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 BATCH_COUNT_HEADER: Final = "X-Kbingest-Batch-Count"
 ERROR_BODY_CHARS: Final = 300
-# 408/425/429 and every 5xx mean "not now": retry. Any other non-2xx is a refusal: dead letter.
-RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
+# 408/425 and every 5xx mean "failed, try again": retry with backoff. Any other non-2xx except
+# 429 is a refusal: dead letter.
+RETRYABLE_STATUSES: Final = frozenset({408, 425})
+# "No capacity right now": back-pressure from a healthy subscriber, never a failed attempt.
+BUSY_STATUS: Final = 429
 
-Kind = Literal["delivered", "retry", "rejected", "release"]
+Kind = Literal["delivered", "busy", "retry", "rejected", "release"]
 MayStart = Callable[[], bool]
 
 
@@ -42,10 +45,12 @@ class Outcome:
 
 
 def classify(status: int, *, retry_after: str | None = None, body: str = "") -> Outcome:
-    """2xx delivered; 408/425/429/5xx retry (honouring Retry-After); anything else rejected."""
+    """2xx delivered; 429 busy; 408/425/5xx retry (both read Retry-After); anything else rejected."""
     if 200 <= status < 300:
         return Outcome("delivered", status)
     message = f"HTTP {status}" + (f": {body[:ERROR_BODY_CHARS]}" if body else "")
+    if status == BUSY_STATUS:
+        return Outcome("busy", status, message, parse_retry_after(retry_after))
     if status in RETRYABLE_STATUSES or status >= 500:
         return Outcome("retry", status, message, parse_retry_after(retry_after))
     return Outcome("rejected", status, message)

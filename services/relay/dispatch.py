@@ -81,6 +81,7 @@ class Dispatcher:
         self._metrics = metrics
         self._load_deliveries = load_deliveries
         self._delivered_by_url: dict[str, Counter] = {}
+        self._busy_by_url: dict[str, Counter] = {}
 
     async def plan(self, events: Sequence[ClaimedEvent]) -> Plan:
         """Route every event; unroutable and subscriber-less ones are decided without a request."""
@@ -149,11 +150,10 @@ class Dispatcher:
         return result
 
     def _delivered(self, url: str) -> Counter:
-        """The per-subscriber child counter (``labels()`` costs more than the increment)."""
-        child = self._delivered_by_url.get(url)
-        if child is None:
-            child = self._delivered_by_url[url] = self._metrics.delivered.labels(url)
-        return child
+        return _child(self._delivered_by_url, self._metrics.delivered, url)
+
+    def _busy(self, url: str) -> Counter:
+        return _child(self._busy_by_url, self._metrics.busy, url)
 
     def _settle_fanout(self, waiting: Fanout) -> Result:
         settlement, updates, steps = outcomes.multi(
@@ -167,6 +167,18 @@ class Dispatcher:
         for url, step in steps.items():
             if step.state == "delivered":
                 self._delivered(url).inc()
+            elif step.state == "busy":
+                # Routine under load (one per 429), hence debug: a warning here would be noise.
+                self._busy(url).inc()
+                log.debug(
+                    "outbox.busy",
+                    event_id=event.id,
+                    document_id=event.aggregate_id,
+                    event_type=event.type,
+                    subscriber=url,
+                    attempts=step.attempts,
+                    retry_in_s=round(step.delay_s, 3),
+                )
             elif step.state == "retry":
                 self._metrics.retries.inc()
                 log.info(
@@ -199,3 +211,11 @@ class Dispatcher:
                 attempts=settlement.attempts,
                 error=settlement.error["error"] if settlement.error else None,
             )
+
+
+def _child(cache: dict[str, Counter], counter: Counter, url: str) -> Counter:
+    """The per-subscriber child counter, cached (``labels()`` costs more than the increment)."""
+    child = cache.get(url)
+    if child is None:
+        child = cache[url] = counter.labels(url)
+    return child

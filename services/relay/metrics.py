@@ -33,6 +33,13 @@ class RelayMetrics:
             buckets=LATENCY_BUCKETS_S,
         )
         self.retries = Counter("kbingest_outbox_retries", "Deliveries scheduled for a retry", registry=registry)
+        # Apart from retries: a busy subscriber is normal back-pressure, and alerts watch the retries.
+        self.busy = Counter(
+            "kbingest_outbox_busy",
+            "Deliveries answered 429 (busy) and re-offered shortly, per subscriber; never an attempt",
+            ["subscriber"],
+            registry=registry,
+        )
         self.dead_letters = Gauge("kbingest_outbox_dead_letters", "Events in the dead-letter state", registry=registry)
         self.unroutable = Gauge(
             "kbingest_outbox_unroutable", "Dead letters parked because no route matched", registry=registry

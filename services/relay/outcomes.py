@@ -1,4 +1,4 @@
-"""From delivery outcomes to row updates: retry with backoff, dead letters, multi-subscriber state."""
+"""From delivery outcomes to row updates: retry with backoff, busy re-offers, dead letters, multi-subscriber state."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from services.relay.backoff import retry_delay_s
-from services.relay.claim import ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
+from services.relay.backoff import busy_delay_s, retry_delay_s
+from services.relay.claim import Action, ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from services.relay.delivery import Outcome
 
 UNROUTABLE: Final = "unroutable"
 REJECTED: Final = "rejected"
 MAX_ATTEMPTS: Final = "max_attempts"
+
+StepState = Literal["delivered", "busy", "retry", "dead", "release"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,9 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One subscriber's state after one attempt outcome."""
+    """One subscriber's state after one attempt outcome (``busy`` and ``release`` leave ``attempts`` as it was)."""
 
-    state: Literal["delivered", "retry", "dead", "release"]
+    state: StepState
     attempts: int
     delay_s: float = 0.0
     reason: str | None = None
@@ -56,6 +58,10 @@ def step(subscriber: str, attempts: int, outcome: Outcome, policy: RetryPolicy) 
     attempt = attempts + 1
     if outcome.kind == "release":
         return Step("release", attempts)
+    if outcome.kind == "busy":
+        # Back-pressure is not a failure (DESIGN invariant 8): no attempt spent, no error history,
+        # so no number of 429s can lead to a dead letter.
+        return Step("busy", attempts, busy_delay_s(outcome.retry_after_s, rng=policy.rng))
     if outcome.kind == "delivered":
         return Step("delivered", attempt)
     if outcome.kind == "rejected":
@@ -81,7 +87,8 @@ def unroutable(event: ClaimedEvent) -> Settlement:
 def single(event: ClaimedEvent, subscriber: str, outcome: Outcome, policy: RetryPolicy) -> tuple[Settlement, Step]:
     """Single-route fast path: the outbox row carries the delivery state."""
     result = step(subscriber, event.attempts, outcome, policy)
-    return Settlement(event.seq, result.state, result.attempts, result.delay_s, result.reason, result.error), result
+    action = _row_action(result.state)
+    return Settlement(event.seq, action, result.attempts, result.delay_s, result.reason, result.error), result
 
 
 def multi(
@@ -103,9 +110,10 @@ def multi(
             finals.append(state)
             continue
         result = steps[url] = step(url, state.attempts, outcome, policy)
-        assert result.state != "release"
+        action = _row_action(result.state)
+        assert action != "release"
         updates.append(
-            DeliveryUpdate(event.seq, url, result.state, result.attempts, result.delay_s, result.reason, result.error)
+            DeliveryUpdate(event.seq, url, action, result.attempts, result.delay_s, result.reason, result.error)
         )
         first_error = first_error or result.error
         finals.append(
@@ -127,3 +135,8 @@ def multi(
         return Settlement(event.seq, "retry", attempts, delay, error=first_error), updates, steps
     reason = next(s.dead_reason for s in finals if s.dead) or MAX_ATTEMPTS
     return Settlement(event.seq, "dead", attempts, reason=reason, error=first_error), updates, steps
+
+
+def _row_action(state: StepState) -> Action:
+    """A busy subscriber's row is written like a retry: due again after the delay, attempts unchanged."""
+    return "retry" if state == "busy" else state

@@ -8,7 +8,17 @@ from email.utils import format_datetime
 
 import pytest
 
-from services.relay.backoff import RETRY_AFTER_CAP_S, backoff_s, parse_retry_after, retry_delay_s
+from services.relay.backoff import (
+    BUSY_JITTER_S,
+    BUSY_RETRY_DEFAULT_S,
+    BUSY_RETRY_FLOOR_S,
+    BUSY_RETRY_MAX_S,
+    RETRY_AFTER_CAP_S,
+    backoff_s,
+    busy_delay_s,
+    parse_retry_after,
+    retry_delay_s,
+)
 from services.relay.delivery import classify
 from services.relay.routes import Router
 
@@ -47,10 +57,11 @@ def test_parse_retry_after_seconds_and_dates() -> None:
         (200, "delivered"),
         (202, "delivered"),
         (204, "delivered"),
-        (429, "retry"),
+        (429, "busy"),
         (503, "retry"),
         (500, "retry"),
         (408, "retry"),
+        (425, "retry"),
         (400, "rejected"),
         (401, "rejected"),
         (404, "rejected"),
@@ -63,9 +74,24 @@ def test_status_classification(status: int, kind: str) -> None:
 
 
 def test_classification_keeps_retry_after_and_body() -> None:
-    outcome = classify(429, retry_after="7", body="slow down")
-    assert (outcome.kind, outcome.retry_after_s, outcome.status) == ("retry", 7.0, 429)
-    assert outcome.error == "HTTP 429: slow down"
+    outcome = classify(503, retry_after="7", body="down for maintenance")
+    assert (outcome.kind, outcome.retry_after_s, outcome.status) == ("retry", 7.0, 503)
+    assert outcome.error == "HTTP 503: down for maintenance"
+    busy = classify(429, retry_after="7", body="slow down")
+    assert (busy.kind, busy.retry_after_s, busy.status) == ("busy", 7.0, 429)
+
+
+def test_busy_delay_is_short_jittered_and_capped() -> None:
+    rng = random.Random(5)
+    low, high = BUSY_RETRY_DEFAULT_S
+    defaults = [busy_delay_s(None, rng=rng) for _ in range(200)]
+    assert all(low <= d <= high for d in defaults) and len({round(d, 6) for d in defaults}) > 100
+    for asked in (0.0, 0.01):
+        assert BUSY_RETRY_FLOOR_S <= busy_delay_s(asked, rng=rng) <= BUSY_RETRY_FLOOR_S + BUSY_JITTER_S
+    for _ in range(50):
+        assert 0.5 <= busy_delay_s(0.5, rng=rng) <= 0.5 + BUSY_JITTER_S, "never earlier than asked, below the cap"
+    for asked in (1.0, 5.0, RETRY_AFTER_CAP_S):
+        assert BUSY_RETRY_MAX_S <= busy_delay_s(asked, rng=rng) <= BUSY_RETRY_MAX_S + BUSY_JITTER_S
 
 
 def test_routes_match_fnmatch_patterns_and_merge() -> None:

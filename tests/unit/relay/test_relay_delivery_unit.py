@@ -9,6 +9,7 @@ import time
 import httpx
 
 from services.relay import outcomes
+from services.relay.backoff import BUSY_JITTER_S, BUSY_RETRY_MAX_S
 from services.relay.claim import ClaimedEvent, DeliveryState
 from services.relay.delivery import BATCH_CONTENT_TYPE, Deliverer, Outcome
 from services.relay.outcomes import RetryPolicy
@@ -46,7 +47,7 @@ async def test_failures_are_classified() -> None:
     answers = {
         "e1": httpx.Response(503, headers={"Retry-After": "5"}),
         "e2": httpx.Response(400, text="bad event"),
-        "e3": httpx.Response(429),
+        "e3": httpx.Response(429, headers={"Retry-After": "2"}),
     }
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -58,8 +59,9 @@ async def test_failures_are_classified() -> None:
         return answers[event_id]
 
     results = await deliverer(handler).deliver("http://sub", [event(i) for i in range(1, 6)], may_start=lambda: True)
-    assert [r.kind for r in results] == ["retry", "rejected", "retry", "retry", "retry"]
+    assert [r.kind for r in results] == ["retry", "rejected", "busy", "retry", "retry"]
     assert results[0].retry_after_s == 5.0 and results[1].error == "HTTP 400: bad event"
+    assert (results[2].status, results[2].retry_after_s) == (429, 2.0)
     assert "connection error" in (results[3].error or "") and "timeout" in (results[4].error or "")
 
 
@@ -83,15 +85,25 @@ async def test_batch_mode_posts_arrays_and_reads_per_event_results() -> None:
         verify(SECRET, dict(request.headers), request.content)
         batch = json.loads(request.content)
         bodies.append(batch)
-        results = [{"id": e["id"], "status": 503 if e["id"] == "e2" else 200} for e in batch if e["id"] != "e3"]
+        statuses = {"e2": 503, "e4": 429}
+        results = [{"id": e["id"], "status": statuses.get(e["id"], 200)} for e in batch if e["id"] != "e3"]
         return httpx.Response(200, json={"results": results})
 
     subject = deliverer(handler, batch_subscribers=["http://batch"])
-    first = await subject.deliver("http://batch", [event(1), event(2)], may_start=lambda: True)
+    first = await subject.deliver("http://batch", [event(1), event(2), event(4)], may_start=lambda: True)
     second = await subject.deliver("http://batch", [event(3)], may_start=lambda: True)
-    assert [len(b) for b in bodies] == [2, 1], "a batch subscriber always gets arrays"
-    assert [r.kind for r in first + second] == ["delivered", "retry", "retry"]
+    assert [len(b) for b in bodies] == [3, 1], "a batch subscriber always gets arrays"
+    assert [r.kind for r in first + second] == ["delivered", "retry", "busy", "retry"]
     assert second[0].error == "event missing from the batch response"
+
+
+async def test_a_whole_batch_answered_429_is_busy() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "1"})
+
+    subject = deliverer(handler, batch_subscribers=["http://batch"])
+    results = await subject.deliver("http://batch", [event(1), event(2)], may_start=lambda: True)
+    assert [(r.kind, r.retry_after_s) for r in results] == [("busy", 1.0), ("busy", 1.0)]
 
 
 def test_single_route_outcomes_become_row_updates() -> None:
@@ -121,3 +133,34 @@ def test_multi_route_row_is_done_only_when_every_subscriber_is() -> None:
     waiting = {"b": DeliveryState("b", attempts=1, wait_s=4.0)}
     row, updates, _ = outcomes.multi(event(1), ("a", "b"), waiting, {"a": Outcome("delivered", 200)}, POLICY)
     assert (row.action, row.delay_s, len(updates)) == ("retry", 4.0, 1)
+
+
+def test_busy_is_never_an_attempt_nor_a_dead_letter() -> None:
+    busy = Outcome("busy", 429, "HTTP 429", None)
+    # Far past the budget of 3: a 429 still spends nothing and leaves the error history alone.
+    for attempts in (0, 2, 50):
+        row, result = outcomes.single(event(1, attempts=attempts), "u", busy, POLICY)
+        assert (row.action, row.attempts, row.error, row.reason) == ("retry", attempts, None, None)
+        assert result.state == "busy" and 0 < row.delay_s <= BUSY_RETRY_MAX_S + BUSY_JITTER_S
+    capped, _ = outcomes.single(event(1), "u", Outcome("busy", 429, "HTTP 429", 3600.0), POLICY)
+    assert capped.delay_s <= BUSY_RETRY_MAX_S + BUSY_JITTER_S, "Retry-After is honoured only up to the cap"
+    # A genuine failure after any number of busy answers is the first attempt, with backoff.
+    failed, _ = outcomes.single(event(1), "u", Outcome("retry", 503, "HTTP 503"), POLICY)
+    assert (failed.action, failed.attempts) == ("retry", 1) and failed.delay_s >= POLICY.base_s / 2
+
+
+def test_multi_route_busy_subscriber_waits_shortly_while_the_other_delivers() -> None:
+    busy = Outcome("busy", 429, "HTTP 429", None)
+    row, updates, steps = outcomes.multi(event(1), ("a", "b"), {}, {"a": Outcome("delivered", 200), "b": busy}, POLICY)
+    assert (row.action, row.attempts, row.error) == ("retry", 1, None)
+    assert 0 < row.delay_s <= BUSY_RETRY_MAX_S + BUSY_JITTER_S, "the row is due again as soon as b may be"
+    by_url = {u.subscriber: u for u in updates}
+    assert (by_url["a"].state, by_url["a"].attempts) == ("delivered", 1)
+    assert (by_url["b"].state, by_url["b"].attempts, by_url["b"].error) == ("retry", 0, None)
+    assert steps["b"].state == "busy"
+    # b had one real failure before; being busy keeps that count and never dead-letters it.
+    stored = {"a": DeliveryState("a", attempts=1, delivered=True), "b": DeliveryState("b", attempts=2)}
+    row, updates, _ = outcomes.multi(event(1), ("a", "b"), stored, {"b": busy}, POLICY)
+    assert row.action == "retry" and (updates[0].state, updates[0].attempts) == ("retry", 2)
+    row, updates, _ = outcomes.multi(event(1), ("a", "b"), stored, {"b": Outcome("delivered", 202)}, POLICY)
+    assert row.action == "delivered" and updates[0].attempts == 3
