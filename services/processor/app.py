@@ -86,6 +86,7 @@ def create_app(
         app.state.processor = state
         state.supervise(asyncio.create_task(state.start_up(), name="startup"))
         state.supervise(asyncio.create_task(state.liveness_loop(), name="liveness"))
+        state.supervise(asyncio.create_task(state.work_loop(), name="work"))
         log.info("processor.started", processor_id=pid, port=settings.processor_port)
         try:
             yield

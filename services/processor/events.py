@@ -1,4 +1,9 @@
-"""``POST /v1/events``: verify, dedup, claim, answer fast (202 / 200 / 429 / 401 / 503)."""
+"""``POST /v1/events``: verify, dedup, wake the worker, answer fast (202 / 200 / 401 / 503).
+
+A work event is a wake-up: the worker pulls the next due document in dispatch order when it has a
+free slot, so a busy processor still answers 202 (the event is noted; the document waits in the
+queue, not in the relay's retry backoff).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.processor.state import ProcessorState
+from shared.events import WORK_EVENT_TYPES
 from shared.subscriber import SignatureError, verify
 
 log = structlog.get_logger("kbingest.processor.events")
 
 router = APIRouter(tags=["events"])
 
-WORK_TYPES: Final = frozenset({"document.uploaded", "document.requeued", "document.retry_scheduled"})
 DELETE_TYPES: Final = frozenset({"document.delete_requested"})
-BUSY_RETRY_AFTER_S: Final = "2"
+NOT_READY_RETRY_AFTER_S: Final = "2"
 
 
 def _answer(status: int, result: str, **extra: object) -> JSONResponse:
@@ -40,7 +45,7 @@ async def receive_event(request: Request) -> JSONResponse:
         return JSONResponse(
             {"error": {"code": "not_ready", "message": state.not_ready_reason()}},
             status_code=503,
-            headers={"Retry-After": BUSY_RETRY_AFTER_S},
+            headers={"Retry-After": NOT_READY_RETRY_AFTER_S},
         )
     try:
         envelope = json.loads(body)
@@ -51,7 +56,7 @@ async def receive_event(request: Request) -> JSONResponse:
         state.metrics.events.labels("malformed").inc()
         return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
     bound = log.bind(event_id=str(event_id), event_type=event_type, document_id=str(document_id))
-    if document_id is None or (event_type not in WORK_TYPES and event_type not in DELETE_TYPES):
+    if document_id is None or (event_type not in WORK_EVENT_TYPES and event_type not in DELETE_TYPES):
         state.metrics.events.labels("ignored").inc()
         return _answer(200, "ignored")
     if event_type in DELETE_TYPES:
@@ -59,13 +64,7 @@ async def receive_event(request: Request) -> JSONResponse:
         state.metrics.events.labels(result).inc()
         bound.info("event.delete", result=result)
         return _answer(200, result)
-    outcome = await state.worker.accept(event_id=event_id, event_type=event_type, document_id=document_id)
+    outcome = await state.worker.note(event_id=event_id, event_type=event_type, document_id=document_id)
     state.metrics.events.labels(outcome).inc()
-    if outcome == "busy":
-        return JSONResponse(
-            {"error": {"code": "busy", "message": "all work slots are taken"}},
-            status_code=429,
-            headers={"Retry-After": BUSY_RETRY_AFTER_S},
-        )
     bound.info("event.received", result=outcome)
     return _answer(202 if outcome == "accepted" else 200, outcome)

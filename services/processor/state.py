@@ -45,6 +45,7 @@ class ProcessorState:
     warm_up: Callable[[], Awaitable[None]]
     checks: dict[str, str] = field(default_factory=dict)
     ready: bool = False
+    became_ready: asyncio.Event = field(default_factory=asyncio.Event)
     fatal: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -101,9 +102,15 @@ class ProcessorState:
             if all(v == "ok" for v in self.checks.values()):
                 await self.registry.mark_ready()
                 self.ready = True
+                self.became_ready.set()
                 log.info("processor.ready", processor_id=self.registry.processor_id)
                 return
             await asyncio.sleep(CHECK_RETRY_S)
+
+    async def work_loop(self) -> None:
+        """Pull work once every dependency answered (a document claimed earlier would only fail)."""
+        await self.became_ready.wait()
+        await self.worker.run()
 
     async def liveness_loop(self) -> None:
         """Keep the processors row fresh so 'no processor alive' is visible to the pipeline."""

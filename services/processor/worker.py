@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import random
@@ -10,11 +11,13 @@ import uuid
 from typing import Final, Literal
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from services.processor.heartbeat import LeaseLost, heartbeating
 from services.processor.metrics import ProcessorMetrics
 from services.processor.pipeline import Pipeline
 from shared import lifecycle
+from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.lifecycle import Lease, Stage
@@ -27,7 +30,11 @@ RETRY_BASE_S: Final = 5.0
 RETRY_MAX_S: Final = 300.0
 SHUTDOWN_GRACE_S: Final = 30.0
 
-Accepted = Literal["accepted", "duplicate", "noop", "busy"]
+Noted = Literal["accepted", "duplicate"]
+
+# While a slot is free, look for due work this often even without a wake-up: a retry's backoff ends,
+# a wake-up went to another replica, a peer handed a document back.
+PULL_INTERVAL_S: Final = 1.0
 
 
 def retry_delay_s(attempt: int, base_s: float = RETRY_BASE_S) -> float:
@@ -37,7 +44,12 @@ def retry_delay_s(attempt: int, base_s: float = RETRY_BASE_S) -> float:
 
 
 class Worker:
-    """Holds at most ``PROCESSOR_CONCURRENCY`` leases; nothing is queued in memory."""
+    """Holds at most ``PROCESSOR_CONCURRENCY`` leases and pulls the next due document whenever one is free.
+
+    Events are wake-ups, not work orders: whichever processor has a free slot takes the next document
+    in dispatch order (shared.queue), so a busy processor never refuses an event and a freed slot is
+    filled at once. Nothing is queued in memory; the documents table is the queue.
+    """
 
     def __init__(
         self,
@@ -48,6 +60,7 @@ class Worker:
         pipeline: Pipeline,
         processor_id: str,
         metrics: ProcessorMetrics,
+        pull_interval_s: float = PULL_INTERVAL_S,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -56,40 +69,63 @@ class Worker:
         self.processor_id = processor_id
         self._metrics = metrics
         self._capacity = settings.processor_concurrency
-        self._reserved = 0
+        self._pull_interval_s = pull_interval_s
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
         self.accepting = True
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def accept(self, *, event_id: uuid.UUID, event_type: str, document_id: uuid.UUID) -> Accepted:
-        """Record the event once and claim the document in one transaction; start the work."""
-        if self._reserved + len(self._tasks) >= self._capacity:
-            return "busy"
-        self._reserved += 1
-        try:
+    def wake(self) -> None:
+        """Look for due work now (an event arrived, a slot freed, or stop)."""
+        self._wake.set()
+
+    async def note(self, *, event_id: uuid.UUID, event_type: str, document_id: uuid.UUID) -> Noted:
+        """Record a work event once (the inbox dedups redeliveries) and wake the scheduler."""
+        async with self._db.transaction() as conn:
+            fresh = await record_once(conn, event_id, event_type, document_id)
+        self.wake()
+        return "accepted" if fresh else "duplicate"
+
+    async def run(self) -> None:
+        """Fill free slots in dispatch order until ``stop()``; a lost database is retried, never fatal."""
+        failures = 0
+        while self.accepting:
+            self._wake.clear()
+            try:
+                await self._fill()
+                failures = 0
+            except (DatabaseUnavailable, DBAPIError) as exc:
+                # Unavailable, or a deadlock against a concurrent KB deletion: the next pass retries.
+                failures += 1
+                log.warning("processor.claim_failed", error=f"{type(exc).__name__}: {exc}"[:300], failures=failures)
+            idle = self.accepting and len(self._tasks) < self._capacity
+            with contextlib.suppress(TimeoutError):
+                await wait_for(self._wake.wait(), self._pull_interval_s if idle else None)
+
+    async def _fill(self) -> None:
+        while self.accepting and len(self._tasks) < self._capacity:
             async with self._db.transaction() as conn:
-                if not await record_once(conn, event_id, event_type, document_id):
-                    return "duplicate"
-                lease = await lifecycle.claim(conn, document_id, owner=self.processor_id)
+                lease = await lifecycle.claim_next(conn, owner=self.processor_id)
             if lease is None:
-                return "noop"
-            # The work outlives the delivery request: log it under the event that started it, not the request.
-            context = contextvars.copy_context()
-            context.run(_bind_work_context, event_id, document_id)
-            task = asyncio.create_task(self._attempt(lease), name=f"document:{document_id}", context=context)
-            self._tasks[document_id] = task
-            self._metrics.slots_in_use.set(len(self._tasks))
-            task.add_done_callback(functools.partial(self._finished, document_id))
-            return "accepted"
-        finally:
-            self._reserved -= 1
+                return
+            self._start(lease)
+
+    def _start(self, lease: Lease) -> None:
+        # The work outlives any request: log it under the event that queued it.
+        context = contextvars.copy_context()
+        context.run(_bind_work_context, lease.event_id, lease.document_id)
+        task = asyncio.create_task(self._attempt(lease), name=f"document:{lease.document_id}", context=context)
+        self._tasks[lease.document_id] = task
+        self._metrics.slots_in_use.set(len(self._tasks))
+        task.add_done_callback(functools.partial(self._finished, lease.document_id))
 
     def _finished(self, document_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(document_id, None)
         self._metrics.slots_in_use.set(len(self._tasks))
+        self.wake()
 
     async def _attempt(self, lease: Lease) -> None:
         bound = log.bind(document_id=str(lease.document_id), attempt=lease.attempt, epoch=lease.epoch)
@@ -167,8 +203,9 @@ class Worker:
         bound.info("document.handed_back", handed=handed)
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        """Stop taking events, cancel in-flight work and hand those documents back at once."""
+        """Stop claiming, cancel in-flight work and hand those documents back at once."""
         self.accepting = False
+        self.wake()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -176,6 +213,6 @@ class Worker:
             await asyncio.wait(tasks, timeout=grace_s)
 
 
-def _bind_work_context(event_id: uuid.UUID, document_id: uuid.UUID) -> None:
+def _bind_work_context(event_id: str | None, document_id: uuid.UUID) -> None:
     structlog.contextvars.unbind_contextvars("request_id")
-    structlog.contextvars.bind_contextvars(event_id=str(event_id), document_id=str(document_id))
+    structlog.contextvars.bind_contextvars(event_id=event_id, document_id=str(document_id))

@@ -31,13 +31,21 @@ STALE_PROCESSING: Final = text(
     """
 )
 
-# A due queued document with no event in flight for longer than the grace: its dispatch was lost.
+# An event of this aggregate reached (or may still reach) its subscribers, or was written within the grace.
+_EVENT_NOT_DEAD: Final = """
+    EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = d.id
+            AND (o.dead_at IS NULL OR o.created_at > now() - make_interval(secs => :grace_s)))
+"""
+
+# A due queued document whose every event was dead-lettered (or that has none) for longer than the
+# grace: no processor was ever told. A delivered event is enough: processors pull queued documents
+# in dispatch order, so a document waiting behind a backlog is not lost and gets no new event.
 LOST_DISPATCH: Final = text(
     f"""
     SELECT {DOCUMENT_COLUMNS} FROM documents d
     WHERE d.status = 'queued' AND d.deleted_at IS NULL AND d.available_at <= now()
       AND d.updated_at < now() - make_interval(secs => :grace_s)
-      AND NOT {_EVENT_IN_FLIGHT} AND NOT {_REEMIT_UNROUTABLE}
+      AND NOT {_EVENT_NOT_DEAD} AND NOT {_REEMIT_UNROUTABLE}
     ORDER BY d.available_at LIMIT 1
     FOR UPDATE OF d SKIP LOCKED
     """

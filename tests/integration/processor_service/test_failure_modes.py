@@ -87,7 +87,33 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
     assert events == []
 
 
-async def test_saturated_processor_answers_429_and_hands_back_on_shutdown(
+async def test_saturated_processor_notes_events_and_fills_the_freed_slot(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+) -> None:
+    one_slot = fast_settings.model_copy(update={"processor_concurrency": 1})
+    kb = await create_kb(api)
+    first = (await upload(api, kb, "a.txt", TEXT)).json()["id"]
+    second = (await upload(api, kb, "b.txt", TEXT + b"more")).json()["id"]
+    async with processor_client(one_slot, extractor=gated, vectors=vectors) as (client, state):
+        # Busy is not a refusal: events are wake-ups and the second document waits in the queue.
+        assert await deliver_due(client, one_slot) == [202, 202]
+        await asyncio.wait_for(gated.entered.wait(), 30)
+        assert (await document(one_slot, first))["status"] == "processing"
+        assert (await document(one_slot, second))["status"] == "queued"
+        assert state.worker.in_flight == 1
+        gated.gate.set()
+        for doc_id in (first, second):
+            doc = await wait_for(one_slot, doc_id, {"ready", "failed"}, client=client)
+            assert doc["status"] == "ready" and doc["attempts"] == 1
+    attempts = await sql(
+        one_slot,
+        "SELECT document_id::text AS id, started_at, finished_at FROM document_attempts ORDER BY started_at",
+    )
+    assert [a["id"] for a in attempts] == [first, second]
+    assert attempts[1]["started_at"] >= attempts[0]["finished_at"], "one slot: the second starts when the first ends"
+
+
+async def test_shutdown_hands_back_the_document_in_progress(
     api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
 ) -> None:
     one_slot = fast_settings.model_copy(update={"processor_concurrency": 1})
@@ -95,8 +121,7 @@ async def test_saturated_processor_answers_429_and_hands_back_on_shutdown(
     first = (await upload(api, kb, "a.txt", TEXT)).json()["id"]
     second = (await upload(api, kb, "b.txt", TEXT + b"more")).json()["id"]
     async with processor_client(one_slot, extractor=gated, vectors=vectors) as (client, _state):
-        statuses = await deliver_due(client, one_slot)
-        assert statuses == [202, 429]
+        await deliver_due(client, one_slot)
         await asyncio.wait_for(gated.entered.wait(), 30)
         assert (await document(one_slot, first))["status"] == "processing"
         assert (await document(one_slot, second))["status"] == "queued"
@@ -118,13 +143,13 @@ async def test_embedder_down_retries_then_fails_and_retry_works_when_back(
     api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
 ) -> None:
     kb = await create_kb(api)
-    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
     with fake_embedder() as provider:
         remote = fast_settings.model_copy(
             update={"embedding_model": "openai/text-embedding-3-small", "embedding_api_base": provider.base_url}
         )
         async with processor_client(remote, extractor=_plain_text_extractor, vectors=vectors) as (client, _state):
             provider.mode = "down"  # the provider goes away after the processor started
+            doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
             doc = await wait_for(remote, doc_id, {"failed", "ready"}, client=client)
             assert doc["status"] == "failed" and doc["attempts"] == doc["max_attempts"]
             assert doc["error"]["code"] == "max_attempts_exceeded"

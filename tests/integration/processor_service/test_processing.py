@@ -56,8 +56,8 @@ async def test_same_event_ten_times_processes_once_and_reprocessing_leaves_no_st
     async with processor_client(fast_settings, vectors=vectors) as (client, _state):
         responses = await asyncio.gather(*(post_event(client, fast_settings, event["payload"]) for _ in range(10)))
         codes = sorted(r.status_code for r in responses)
-        # Exactly one delivery does the work; the rest are duplicates, or 429 while the slots were busy.
-        assert codes.count(202) == 1 and set(codes) <= {200, 202, 429}, codes
+        # Exactly one delivery is noted; the rest are duplicates (a busy processor never refuses).
+        assert codes == [200] * 9 + [202], codes
         assert {r.json()["result"] for r in responses if r.status_code == 200} <= {"duplicate"}
         first = await wait_for(fast_settings, doc_id, {"ready"})
         for _ in range(10):
