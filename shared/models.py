@@ -149,7 +149,12 @@ class DocumentAttempt(Base):
     """One row per processing attempt, with how it ended and why."""
 
     __tablename__ = "document_attempts"
-    __table_args__ = (Index("ix_document_attempts_document", "document_id", "attempt"),)
+    __table_args__ = (
+        Index("ix_document_attempts_document", "document_id", "attempt"),
+        # Pipeline flow (shared/flow.py): the last start, attempts ended or open within the window.
+        Index("ix_document_attempts_started_at", "started_at"),
+        Index("ix_document_attempts_finished_at", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))

@@ -9,6 +9,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.flow import Flow, read_flow
 from shared.settings import Settings
 
 # A processor whose last heartbeat is older than this is counted as gone (seed 000).
@@ -35,16 +36,6 @@ ALERT_CODES: Final[tuple[str, ...]] = AlertCode.__args__  # type: ignore[attr-de
 # Live documents by status and stage (one scan; tombstones excluded).
 DOCUMENT_COUNTS: Final = text(
     "SELECT status, stage, count(*) AS n FROM documents WHERE deleted_at IS NULL GROUP BY status, stage"
-)
-
-# Queued documents; a document has waited since it became due or was last requeued, whichever is later.
-QUEUE: Final = text(
-    """
-    SELECT count(*) AS queued,
-           count(*) FILTER (WHERE available_at <= now()) AS due,
-           min(greatest(available_at, updated_at)) FILTER (WHERE available_at <= now()) AS oldest_since
-    FROM documents WHERE status = 'queued' AND deleted_at IS NULL
-    """
 )
 
 # Pending = undelivered and not dead; its age counts only due rows (a delayed retry is not late).
@@ -122,9 +113,7 @@ class Facts:
     """Everything the alerts are computed from, read in one go."""
 
     now: datetime
-    queued: int
-    queued_due: int
-    oldest_queued_since: datetime | None
+    flow: Flow
     processors_alive: int
     processors_ready: int
     processors_last_seen: datetime | None
@@ -142,9 +131,19 @@ class Facts:
 
     @property
     def oldest_queued_age_s(self) -> float | None:
-        if self.oldest_queued_since is None:
+        if self.flow.oldest_queued_since is None:
             return None
-        return max(0.0, (self.now - self.oldest_queued_since).total_seconds())
+        return max(0.0, (self.now - self.flow.oldest_queued_since).total_seconds())
+
+    @property
+    def queue_idle_since(self) -> datetime | None:
+        """Since when due work and a free slot coexist with no attempt starting: None unless both exist now."""
+        flow = self.flow
+        if flow.oldest_queued_since is None or flow.slots_busy >= flow.slots_total:
+            return None
+        # A slot is free at the latest since an attempt ended or a processor became ready.
+        moments = (flow.oldest_queued_since, flow.last_started_at, flow.last_finished_at, flow.last_ready_at)
+        return max(moment for moment in moments if moment is not None)
 
 
 def _ago(now: datetime, then: datetime) -> str:
@@ -152,20 +151,35 @@ def _ago(now: datetime, then: datetime) -> str:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
+def _queue_stalled(facts: Facts, after_s: float) -> tuple[str, str, datetime] | None:
+    """Due work and a free slot, yet nothing started for ``after_s``; a long wait behind busy slots is back-pressure."""
+    idle_since = facts.queue_idle_since
+    if not facts.processors_alive or idle_since is None or (facts.now - idle_since).total_seconds() <= after_s:
+        return None
+    flow = facts.flow
+    return (
+        "queue_stalled",
+        f"{flow.queued_due} due document(s) wait and {flow.slots_total - flow.slots_busy} of {flow.slots_total} "
+        f"processor slot(s) are free, but no attempt has started for {_ago(facts.now, idle_since)} "
+        f"(threshold {after_s:g} s); check the processor logs and `kbingest doctor`",
+        idle_since + timedelta(seconds=after_s),
+    )
+
+
 def compute_alerts(facts: Facts, settings: Settings) -> list[Alert]:
     """The active alerts, in a fixed order; ``since`` comes from the data where it can."""
     now = facts.now
     found: list[tuple[str, str, datetime | None]] = []
-    if facts.queued and not facts.processors_alive:
+    if facts.flow.queued and not facts.processors_alive:
         last = facts.processors_last_seen
-        since = facts.oldest_queued_since
+        since = facts.flow.oldest_queued_since
         if since is not None and last is not None:
             since = max(since, last + timedelta(seconds=PROCESSOR_ALIVE_S))
         seen = f"last processor heartbeat {_ago(now, last)} ago" if last else "no processor has ever registered"
         found.append(
             (
                 "no_processor",
-                f"{facts.queued} document(s) queued and no processor heartbeat within {PROCESSOR_ALIVE_S:g} s "
+                f"{facts.flow.queued} document(s) queued and no processor heartbeat within {PROCESSOR_ALIVE_S:g} s "
                 f"({seen}); start one: `kbingest processor`",
                 since,
             )
@@ -180,18 +194,9 @@ def compute_alerts(facts: Facts, settings: Settings) -> list[Alert]:
                 started + timedelta(seconds=settings.processor_ready_deadline_s) if started else None,
             )
         )
-    age = facts.oldest_queued_age_s
-    if facts.processors_alive and age is not None and age > settings.queue_stalled_after_s:
-        assert facts.oldest_queued_since is not None
-        found.append(
-            (
-                "queue_stalled",
-                f"the oldest due queued document has waited {_ago(now, facts.oldest_queued_since)} "
-                f"(threshold {settings.queue_stalled_after_s:g} s) while {facts.processors_alive} processor(s) "
-                "are alive; check the relay, routes and processor logs",
-                facts.oldest_queued_since + timedelta(seconds=settings.queue_stalled_after_s),
-            )
-        )
+    stalled = _queue_stalled(facts, settings.queue_stalled_after_s)
+    if stalled is not None:
+        found.append(stalled)
     if facts.unroutable:
         found.append(
             (
@@ -241,7 +246,7 @@ async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, 
         by_status[row["status"]] = by_status.get(row["status"], 0) + int(row["n"])
         if row["stage"] is not None:
             by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + int(row["n"])
-    queue = (await conn.execute(QUEUE)).mappings().one()
+    flow = await read_flow(conn, alive_s=PROCESSOR_ALIVE_S)
     outbox = (await conn.execute(OUTBOX)).mappings().one()
     params = {"alive_s": PROCESSOR_ALIVE_S, "deadline_s": settings.processor_ready_deadline_s}
     procs = (await conn.execute(PROCESSOR_SUMMARY, params)).mappings().one()
@@ -256,9 +261,7 @@ async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, 
     stored = {row["code"]: row["since"] for row in (await conn.execute(STORED_ALERTS)).mappings()}
     facts = Facts(
         now=db["now"],
-        queued=int(queue["queued"]),
-        queued_due=int(queue["due"]),
-        oldest_queued_since=queue["oldest_since"],
+        flow=flow,
         processors_alive=int(procs["alive"]),
         processors_ready=int(procs["ready"]),
         processors_last_seen=procs["last_seen"],
@@ -334,8 +337,11 @@ async def pipeline_report(conn: AsyncConnection, settings: Settings) -> dict[str
         "generated_at": facts.now,
         "counts_by_status": detail["by_status"],
         "counts_by_stage": detail["by_stage"],
-        "queued_due": facts.queued_due,
+        "queued_due": facts.flow.queued_due,
         "oldest_queued_age_s": facts.oldest_queued_age_s,
+        "slots": facts.flow.slots,
+        "drain_rate_per_min": facts.flow.drain_rate_per_min,
+        "utilization": facts.flow.utilization,
         "outbox": detail["outbox"],
         "processors": detail["processors"],
         "processors_alive": facts.processors_alive,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -39,6 +40,26 @@ class ReconcilerMetrics:
         self.oldest_queued = Gauge(
             "kbingest_queue_oldest_queued_age_seconds", "Age of the oldest due queued document", registry=registry
         )
+        self.queue_depth = Gauge(
+            "kbingest_queue_depth", "Queued documents, delayed retries included", registry=registry
+        )
+        self.queue_due = Gauge("kbingest_queue_due", "Queued documents due now", registry=registry)
+        self.slots_total = Gauge(
+            "kbingest_pipeline_slots_total", "Work slots of alive, ready processors", registry=registry
+        )
+        self.slots_busy = Gauge(
+            "kbingest_pipeline_slots_busy", "Slots of alive processors holding a document", registry=registry
+        )
+        self.drain_rate = Gauge(
+            "kbingest_pipeline_drain_rate_per_minute",
+            "Documents finished (ready or failed) per minute over the last 5 minutes",
+            registry=registry,
+        )
+        self.utilization = Gauge(
+            "kbingest_pipeline_utilization_ratio",
+            "Busy slot-seconds / available slot-seconds over the last 5 minutes (NaN without processors)",
+            registry=registry,
+        )
         self.alert = Gauge("kbingest_pipeline_alert", "1 while a pipeline alert is active", ["code"], registry=registry)
         self.db_in_use = Gauge(
             "kbingest_db_connections_in_use", "Client connections open on the PostgreSQL server", registry=registry
@@ -52,6 +73,13 @@ class ReconcilerMetrics:
         for status, count in report["counts_by_status"].items():
             self.documents.labels(status).set(count)
         self.oldest_queued.set(report["oldest_queued_age_s"] or 0.0)
+        self.queue_depth.set(report["counts_by_status"]["queued"])
+        self.queue_due.set(report["queued_due"])
+        self.slots_total.set(report["slots"]["total"])
+        self.slots_busy.set(report["slots"]["busy"])
+        self.drain_rate.set(report["drain_rate_per_min"])
+        utilization = report["utilization"]
+        self.utilization.set(math.nan if utilization is None else utilization)
         active = {alert["code"] for alert in report["alerts"]}
         for code in ALERT_CODES:
             self.alert.labels(code).set(1 if code in active else 0)

@@ -16,7 +16,7 @@ from typing import Final
 import structlog
 from prometheus_client import CollectorRegistry
 
-from services.reconciler import prune, repairs, state, sweep
+from services.reconciler import prune, repairs, samples, state, sweep
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
 from shared.aio import wait_for
@@ -117,6 +117,7 @@ class Reconciler:
             self._next_sweep_at = time.monotonic() + max(OBJECT_SWEEP_MIN_INTERVAL_S, s.reconcile_interval_s)
             steps.append(("objects", lambda: sweep.sweep_objects(self._db, self._store, grace_s=s.orphan_grace_s)))
         steps.append(("prune", lambda: prune.prune(self._db, retention_s=s.outbox_retention_s)))
+        steps.append(("sample", lambda: samples.record_sample(self._db)))
         return steps
 
     async def _repair(self) -> tuple[Counter[str], list[str]]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
 from services.api.deps import CurrentKey, StateDep
 from services.api.routes.responses import error_responses
+from shared.flow import HISTORY_MAX_MINUTES, flow_history
 from shared.pipeline import pipeline_report
 
 router = APIRouter(tags=["pipeline"])
@@ -55,12 +56,22 @@ class DatabaseHealth(BaseModel):
     max_connections: int
 
 
+class Slots(BaseModel):
+    total: int = Field(description="work slots of alive, ready processors (their concurrency)")
+    busy: int = Field(description="of those, slots holding a processing document")
+
+
 class Pipeline(BaseModel):
     generated_at: datetime
     counts_by_status: dict[str, int]
     counts_by_stage: dict[str, int]
     queued_due: int
     oldest_queued_age_s: float | None
+    slots: Slots
+    drain_rate_per_min: float = Field(description="documents finished (ready or failed) per minute, last 5 minutes")
+    utilization: float | None = Field(
+        description="busy slot-seconds / available slot-seconds over the last 5 minutes; null without processors"
+    )
     outbox: OutboxHealth
     processors: list[ProcessorSeen]
     processors_alive: int
@@ -75,3 +86,27 @@ async def pipeline(key: CurrentKey, state: StateDep) -> dict[str, Any]:
     """Counts, queue age, outbox, processors, the reconciler's last pass and active alerts (docs/operations.md)."""
     async with state.db.transaction() as conn:
         return await pipeline_report(conn, state.settings)
+
+
+class PipelineSample(BaseModel):
+    at: datetime
+    queued: int
+    queued_due: int
+    processing: int
+    slots_total: int
+    slots_busy: int
+    drain_rate_per_min: float
+    utilization: float | None
+
+
+class PipelineHistory(BaseModel):
+    items: list[PipelineSample]
+
+
+@router.get("/v1/pipeline/history", response_model=PipelineHistory, responses=error_responses(422, 503))
+async def pipeline_history(
+    key: CurrentKey, state: StateDep, minutes: Annotated[int, Query(ge=1, le=HISTORY_MAX_MINUTES)] = 60
+) -> dict[str, Any]:
+    """The reconciler's samples (one per pass) of the last ``minutes``, oldest first: the health page's charts."""
+    async with state.db.transaction() as conn:
+        return {"items": await flow_history(conn, minutes=minutes)}

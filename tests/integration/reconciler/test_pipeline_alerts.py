@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from shared.flow import Flow
 from shared.pipeline import Facts, compute_alerts
 from shared.settings import Settings
 
@@ -16,11 +17,22 @@ SETTINGS = Settings(
     processor_ready_deadline_s=120,
 )
 
-HEALTHY = Facts(
-    now=NOW,
+IDLE = Flow(
     queued=0,
     queued_due=0,
     oldest_queued_since=None,
+    processing=0,
+    slots_total=2,
+    slots_busy=0,
+    drain_rate_per_min=0.0,
+    utilization=0.0,
+    last_started_at=NOW - timedelta(hours=1),
+    last_finished_at=NOW - timedelta(hours=1),
+    last_ready_at=NOW - timedelta(hours=2),
+)
+HEALTHY = Facts(
+    now=NOW,
+    flow=IDLE,
     processors_alive=1,
     processors_ready=1,
     processors_last_seen=NOW,
@@ -38,8 +50,17 @@ HEALTHY = Facts(
 
 
 def _alerts(**changes: object) -> dict[str, tuple[str, datetime]]:
-    facts = replace(HEALTHY, **changes)  # type: ignore[arg-type]
+    """Alerts of HEALTHY with ``changes``; Flow's fields go to the flow, the others to the facts."""
+    flow = {k: v for k, v in changes.items() if k in Flow.__dataclass_fields__}
+    rest = {k: v for k, v in changes.items() if k not in flow}
+    facts = replace(HEALTHY, flow=replace(IDLE, **flow), **rest)  # type: ignore[arg-type]
     return {a.code: (a.message, a.since) for a in compute_alerts(facts, SETTINGS)}
+
+
+def _waiting(minutes: float, **changes: object) -> dict[str, tuple[str, datetime]]:
+    """Alerts while 3 documents have been due for ``minutes``."""
+    since = NOW - timedelta(minutes=minutes)
+    return _alerts(queued=3, queued_due=3, oldest_queued_since=since, **changes)
 
 
 def test_a_healthy_pipeline_has_no_alerts() -> None:
@@ -78,13 +99,39 @@ def test_processor_not_ready_after_its_deadline() -> None:
     assert since == started + timedelta(seconds=120) and "/readyz" in message
 
 
-def test_queue_stalled_only_while_processors_are_alive() -> None:
+def test_queue_stalled_when_nothing_started_for_longer_than_the_threshold() -> None:
     oldest = NOW - timedelta(minutes=7)
-    message, since = _alerts(queued=3, queued_due=3, oldest_queued_since=oldest)["queue_stalled"]
-    assert since == oldest + timedelta(seconds=300) and "7 min" in message
-    assert "queue_stalled" not in _alerts(queued=3, queued_due=3, oldest_queued_since=NOW - timedelta(minutes=2))
-    dead = _alerts(queued=3, queued_due=3, oldest_queued_since=oldest, processors_alive=0, processors_ready=0)
+    message, since = _waiting(7)["queue_stalled"]
+    assert since == oldest + timedelta(seconds=300)
+    assert "3 due document(s)" in message and "2 of 2 processor slot(s) are free" in message and "7 min" in message
+    last_start = NOW - timedelta(minutes=6)
+    moved_long_ago = _waiting(40, last_started_at=last_start, last_finished_at=last_start + timedelta(seconds=20))
+    assert moved_long_ago["queue_stalled"][1] == last_start + timedelta(seconds=320)
+    assert "queue_stalled" not in _waiting(2)
+
+
+def test_a_long_waiting_but_moving_backlog_is_not_stalled() -> None:
+    moving = _waiting(40, slots_busy=1, last_started_at=NOW - timedelta(seconds=3), utilization=0.9)
+    assert "queue_stalled" not in moving
+    assert moving == {}
+
+
+def test_busy_slots_are_back_pressure_not_a_stall() -> None:
+    # Two long documents hold both slots for 8 minutes: nothing starts, nothing is wrong.
+    long_ago = NOW - timedelta(minutes=8)
+    assert "queue_stalled" not in _waiting(8, slots_busy=2, last_started_at=long_ago, last_finished_at=long_ago)
+    # One of them just ended: the free slot has been idle only since then.
+    freed = _waiting(8, slots_busy=1, last_started_at=long_ago, last_finished_at=NOW - timedelta(seconds=2))
+    assert "queue_stalled" not in freed
+    # A processor that just became ready has not had the time to claim.
+    fresh = _waiting(8, last_started_at=long_ago, last_finished_at=long_ago, last_ready_at=NOW - timedelta(seconds=1))
+    assert "queue_stalled" not in fresh
+
+
+def test_queue_stalled_needs_an_alive_processor() -> None:
+    dead = _waiting(7, processors_alive=0, processors_ready=0, slots_total=0)
     assert "queue_stalled" not in dead and "no_processor" in dead
+    assert "queue_stalled" not in _alerts(queued=3, queued_due=0, oldest_queued_since=None)
 
 
 def test_unroutable_and_dead_letters_since_the_first_dead_event() -> None:

@@ -84,6 +84,9 @@ async def test_queue_stalled_while_processors_are_alive(
         "updated_at = now() - interval '10 minutes' WHERE id = :id",
         id=doc,
     )
+    # Just ready, the processor has not had the time to claim: stalled only once it has been ready a while.
+    assert "queue_stalled" not in await alert_codes(api)
+    await execute(db, "UPDATE processors SET ready_at = now() - interval '10 minutes'")
     assert "queue_stalled" in await alert_codes(api)
     body = (await api.get("/v1/pipeline")).json()
     assert body["oldest_queued_age_s"] >= 600 - 5
