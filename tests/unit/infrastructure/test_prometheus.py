@@ -20,6 +20,12 @@ EXPORTED = {
     "kbingest_uploads_total": "counter",
     "kbingest_documents": "gauge",
     "kbingest_queue_oldest_queued_age_seconds": "gauge",
+    "kbingest_queue_depth": "gauge",
+    "kbingest_queue_due": "gauge",
+    "kbingest_pipeline_slots_total": "gauge",
+    "kbingest_pipeline_slots_busy": "gauge",
+    "kbingest_pipeline_drain_rate_per_minute": "gauge",
+    "kbingest_pipeline_utilization_ratio": "gauge",
     "kbingest_outbox_pending": "gauge",
     "kbingest_outbox_oldest_pending_age_seconds": "gauge",
     "kbingest_outbox_delivered_total": "counter",
@@ -151,6 +157,10 @@ def test_dashboard_covers_the_pipeline(dashboard: dict[str, Any]) -> None:
         "kbingest_outbox_dead_letters",
         "kbingest_db_connections_in_use",
         "kbingest_pipeline_alert",
+        "max(kbingest_queue_due)",  # the flow, as GET /v1/pipeline and the UI's charts show it
+        "max(kbingest_pipeline_drain_rate_per_minute)",
+        "max(kbingest_pipeline_utilization_ratio)",
+        "max(kbingest_pipeline_slots_busy)",
     ):
         assert needle in exprs, needle
     ids = [p["id"] for p in dashboard["panels"]]
