@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from shared.embedded.s3 import EmbeddedS3
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 READY_TIMEOUT_S = 120.0
+# Each processor holds its own extraction server and embedding model (~1.5 GB): more is a typo.
+MAX_LOCAL_PROCESSORS = 16
 DOCTOR_TIMEOUT_S = 120.0
 STOP_GRACE_S = 40.0
 
@@ -45,11 +50,62 @@ def bootstrap_key(data_dir: Path) -> tuple[str, bool]:
     return key, True
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class Service:
     name: str
     port: int
     proc: subprocess.Popen[bytes]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A service ``up`` starts: its display name, the ``kbingest`` command, its port, extra environment."""
+
+    name: str
+    command: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def routes_to_processors(settings: Settings, ports: Sequence[int]) -> dict[str, list[str]]:
+    """The default routes with the local processor replaced by one processor on each of ``ports``."""
+    one = settings.processor_url()
+    urls = [f"http://127.0.0.1:{port}/v1/events" for port in ports]
+    return {
+        event_type: [url for sub in subs for url in (urls if sub == one else [sub])]
+        for event_type, subs in settings.effective_routes().items()
+    }
+
+
+def plan_services(settings: Settings, processors: int = 1) -> list[Planned]:
+    """API, relay, ``processors`` processors, reconciler: the extra processors on free ports.
+
+    Every processor gets every work event (a wake-up; each then claims the next due document), so
+    unless RELAY_ROUTES is set, the relay's routes list all of them.
+    """
+    ports = [settings.processor_port, *(free_port() for _ in range(processors - 1))]
+    workers = [
+        Planned(
+            "processor" if i == 0 else f"processor-{i + 1}", "processor", port, {"KBINGEST_PROCESSOR_PORT": str(port)}
+        )
+        for i, port in enumerate(ports)
+    ]
+    shared_env: dict[str, str] = {}
+    if processors > 1 and not settings.relay_routes:
+        shared_env["KBINGEST_RELAY_ROUTES"] = json.dumps(routes_to_processors(settings, ports))
+    planned = [
+        Planned("api", "api", settings.api_port),
+        Planned("relay", "relay", settings.relay_port),
+        *workers,
+        Planned("reconciler", "reconciler", settings.reconciler_port),
+    ]
+    return [Planned(p.name, p.command, p.port, {**shared_env, **p.env}) for p in planned]
 
 
 @dataclass
@@ -91,10 +147,10 @@ class LocalStack:
     def migrate(self, env: dict[str, str]) -> None:
         subprocess.run([sys.executable, "-m", "services.cli.main", "migrate"], env=env, check=True)
 
-    def start_service(self, name: str, port: int, env: dict[str, str]) -> None:
+    def start_service(self, name: str, port: int, env: dict[str, str], command: str | None = None) -> None:
         log = (self.data_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", name],
+            [sys.executable, "-m", "services.cli.main", command or name],
             env=env,
             stdout=sys.stdout.buffer,
             stderr=sys.stderr.buffer if sys.stderr else log,

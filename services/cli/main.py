@@ -16,7 +16,7 @@ from services.cli import doctor as doctor_checks
 from services.cli import search as search_cmd
 from services.cli import status as status_cmd
 from services.cli import upload as upload_cmd
-from services.cli.localstack import LocalStack, bootstrap_key
+from services.cli.localstack import MAX_LOCAL_PROCESSORS, LocalStack, bootstrap_key, plan_services
 from services.cli.outbox import outbox_app
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
@@ -24,9 +24,6 @@ app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_a
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(outbox_app, name="outbox")
-
-# Services ``up`` starts, in order (each answers /readyz on its port before the stack is 'ready').
-LOCAL_SERVICES = ("api", "relay", "processor", "reconciler")
 
 
 def _settings() -> Settings:
@@ -46,6 +43,15 @@ def up(
         LOCAL_PG_PORT
     ),
     s3_port: Annotated[int, typer.Option(envvar="KBINGEST_LOCAL_S3_PORT", help="Embedded S3 port.")] = LOCAL_S3_PORT,
+    processors: Annotated[
+        int,
+        typer.Option(
+            envvar="KBINGEST_PROCESSORS",
+            min=1,
+            max=MAX_LOCAL_PROCESSORS,
+            help="Processor processes to start (each with PROCESSOR_CONCURRENCY slots).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the whole local stack on embedded dependencies until Ctrl-C."""
     stack = LocalStack(data_dir, pg_port=pg_port, s3_port=s3_port)
@@ -71,20 +77,16 @@ def up(
         typer.echo(f"  postgres  {stack.postgres.dsn}")
         typer.echo(f"  s3        http://{stack.s3.endpoint} (bucket {stack.settings.s3_bucket})")
         stack.migrate(env)
-        ports = {
-            "api": stack.settings.api_port,
-            "relay": stack.settings.relay_port,
-            "processor": stack.settings.processor_port,
-            "reconciler": stack.settings.reconciler_port,
-        }
-        for name in LOCAL_SERVICES:
-            stack.start_service(name, ports[name], env)
+        # Services in start order; each answers /readyz on its port before the stack is 'ready'.
+        planned = plan_services(stack.settings, processors)
+        for service in planned:
+            stack.start_service(service.name, service.port, {**env, **service.env}, command=service.command)
         failed = stack.wait_ready()
         if failed:
             typer.secho(f"kbingest: not ready: {', '.join(failed)} (see the logs above)", fg=typer.colors.RED)
             raise typer.Exit(1)
-        for name in LOCAL_SERVICES:
-            typer.echo(f"  {name:<9} http://127.0.0.1:{ports[name]}")
+        for service in planned:
+            typer.echo(f"  {service.name:<9} http://127.0.0.1:{service.port}")
         api = f"http://127.0.0.1:{stack.settings.api_port}"
         typer.echo(f"  API key   {key}" + ("  (generated, saved in data dir)" if generated else ""))
         typer.secho(f"kbingest ready: {api}  (UI {api}/, docs {api}/docs)  Ctrl-C stops", fg=typer.colors.GREEN)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from services.cli.localstack import LocalStack
 from tests.support import servers
 
 READY_TIMEOUT_S = 240.0
@@ -46,6 +47,20 @@ class UpProcess:
     @property
     def pg_port(self) -> int:
         return int(self.env["KBINGEST_LOCAL_PG_PORT"])
+
+    @property
+    def pg_dsn(self) -> str:
+        """The stack's Postgres for asyncpg (the services use the same database)."""
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+
+    def service_env(self, **extra: str) -> dict[str, str]:
+        """What ``up`` gives its services (this stack's database, objects, data dir, key), plus ``extra``.
+
+        For one more service next to the stack (``pipeline_helpers.start_cli``), which ``up`` does not
+        supervise: killing it does not stop the stack.
+        """
+        local = LocalStack(self.data_dir, pg_port=self.pg_port, s3_port=int(self.env["KBINGEST_LOCAL_S3_PORT"]))
+        return {**self.env, **local.env(self.api_key), **extra}
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(
