@@ -48,10 +48,22 @@ class Document(BaseModel):
     updated_at: datetime
     heartbeat_at: datetime | None
     processed_at: datetime | None
+    queue_position: int | None = Field(
+        default=None,
+        ge=0,
+        description="While queued: how many documents will start before this one (dispatch order: priority, "
+        "then round-robin across knowledge bases, then age). Null in any other status.",
+    )
+    eta_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="While queued: estimated seconds until it starts, from the recent start rate (never before "
+        "a retry backoff ends). Null when unknown and in any other status.",
+    )
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Document:
-        return cls.model_validate({k: row[k] for k in cls.model_fields})
+        return cls.model_validate({k: row[k] for k in cls.model_fields if k in row})
 
 
 class DocumentList(BaseModel):

@@ -11,12 +11,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.api import queries
 from services.api.deps import CurrentKey, DbDep, StateDep, require_kb_access
 from services.api.routes.responses import error_responses
 from services.api.schemas import Accepted, Document, DocumentList
 from services.api.uploads.receive import receive_multipart
+from shared import queue_position
 from shared.errors import ApiError
 from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
 from shared.lifecycle import request_delete, retry_failed
@@ -75,7 +77,20 @@ async def upload_document(
         )
     finally:
         form.cleanup()
-    return JSONResponse(result.body, status_code=result.status_code, headers=result.headers)
+    body = result.body
+    if result.status_code == 201:
+        async with state.db.transaction() as conn:
+            body = (await with_queue_positions(conn, [Document.model_validate(body)]))[0].model_dump(mode="json")
+    return JSONResponse(body, status_code=result.status_code, headers=result.headers)
+
+
+async def with_queue_positions(conn: AsyncConnection, documents: list[Document]) -> list[Document]:
+    """The documents with ``queue_position``/``eta_s`` filled in for those queued (one query for all)."""
+    estimates = await queue_position.estimate(conn, [d.id for d in documents if d.status == "queued"])
+    return [
+        d.model_copy(update={"queue_position": e.position, "eta_s": e.eta_s}) if (e := estimates.get(d.id)) else d
+        for d in documents
+    ]
 
 
 def _encode_cursor(created_at: datetime, doc_id: uuid.UUID) -> str:
@@ -123,22 +138,27 @@ async def list_documents(
             .mappings()
             .all()
         )
-    items = [Document.from_row(r) for r in rows[:limit]]
+        items = await with_queue_positions(conn, [Document.from_row(r) for r in rows[:limit]])
     next_cursor = _encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
     return DocumentList(items=items, next_cursor=next_cursor)
 
 
-async def _load_visible(db: DbDep, key: CurrentKey, document_id: uuid.UUID) -> Document:
-    async with db.transaction() as conn:
-        row = await queries.get_document(conn, document_id)
+async def _visible(conn: AsyncConnection, key: CurrentKey, document_id: uuid.UUID) -> Document:
+    row = await queries.get_document(conn, document_id)
     if row is None or not key.allows(row["knowledge_base_id"]):
         raise ApiError(404, "not_found", "document not found")
     return Document.from_row(row)
 
 
+async def _load_visible(db: DbDep, key: CurrentKey, document_id: uuid.UUID) -> Document:
+    async with db.transaction() as conn:
+        return await _visible(conn, key, document_id)
+
+
 @router.get("/v1/documents/{document_id}", response_model=Document, responses=ERRORS)
 async def get_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Document:
-    return await _load_visible(db, key, document_id)
+    async with db.transaction() as conn:
+        return (await with_queue_positions(conn, [await _visible(conn, key, document_id)]))[0]
 
 
 @router.post(
@@ -159,7 +179,8 @@ async def retry_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> 
             f"only failed documents can be retried (status is {current.status})",
             {"status": current.status},
         )
-    return Document.from_row(row)
+    async with db.transaction() as conn:
+        return (await with_queue_positions(conn, [Document.from_row(row)]))[0]
 
 
 @router.delete(
