@@ -5,6 +5,7 @@ Also the accessibility smoke check (labels, names, keyboard) and the phone-width
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ def test_keyboard_phone_width_and_health(page: Any, stack: user_stack.UserStack,
     expect(page.get_by_role("heading", level=1, name="Pipeline health")).to_be_focused()
     expect(page.locator("#alerts")).not_to_be_empty()
     expect(page.locator("#dead-letters")).not_to_be_empty()
+    # The reconciler samples every pass, so the last hour is drawn (the page refreshes every 15 s).
+    expect(page.locator("#slots")).to_have_text(re.compile(r"\d+ busy of \d+"))
+    expect(page.locator("#flow-charts svg.chart-plot")).to_have_count(3, timeout=60_000)
+    expect(page.locator("#flow-charts path.chart-line").first).to_be_attached()
     assert b.accessibility_problems(page) == []
     page.set_viewport_size(b.PHONE)
     assert b.horizontal_overflow(page) == 0

@@ -8,6 +8,8 @@ handling of each shape is checked whether or not (and however fast) the real ser
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,26 @@ def _answer(body: dict[str, Any]) -> Any:
         route.fulfill(json=body)
 
     return handle
+
+
+def _history(now: datetime) -> list[dict[str, Any]]:
+    """An hour of samples a minute apart, with a 10-minute hole (no reconciler) and one unknown utilization."""
+    samples = []
+    for minutes_ago in [*range(59, 40, -1), *range(30, -1, -1)]:
+        queued = 4 + minutes_ago // 2  # a backlog draining to 4
+        samples.append(
+            {
+                "at": (now - timedelta(minutes=minutes_ago)).isoformat(),
+                "queued": queued,
+                "queued_due": queued - 1,
+                "processing": 2,
+                "slots_total": 2,
+                "slots_busy": 2,
+                "drain_rate_per_min": 12.4,
+                "utilization": None if minutes_ago == 20 else 0.75,
+            }
+        )
+    return samples
 
 
 class FakeStream:
@@ -165,19 +187,43 @@ def test_live_stream_health_and_search_render_contract_shapes(
         else:
             route.fulfill(json={"items": dead})
 
+    now = datetime.now(UTC)
     pipeline = {
+        "generated_at": now.isoformat(),
         "documents": {"queued": 4, "processing": 1},
         "oldest_queued_age_s": 125,
+        "slots": {"total": 2, "busy": 1},
+        "drain_rate_per_min": 12.4,
+        "utilization": 0.75,
         "outbox": {"pending": 2, "dead": 1},
         "processors": [{"id": "proc-1", "last_heartbeat": "2026-01-01T00:00:00Z"}],
         "alerts": [{"code": "no_processor", "message": "no processor has sent a heartbeat for 60 s"}],
     }
     page.route("**/v1/pipeline", lambda route: route.fulfill(json=pipeline))
+    history = _history(now)
+    page.route("**/v1/pipeline/history?*", _answer({"items": history}))
     page.route("**/v1/outbox/**", dead_letters)
     page.get_by_role("link", name="Pipeline health").click()
     expect(page.locator("#alerts")).to_contain_text("no_processor")
     expect(page.locator("#pipeline-summary")).to_contain_text("2 min 5 s")
     expect(page.locator("#processors")).to_contain_text("proc-1")
+    # The flow: slot numbers, and the last hour as three charts (a gap and an unknown utilization break the line).
+    expect(page.locator("#slots")).to_have_text("1 busy of 2")
+    expect(page.locator("#flow-numbers")).to_contain_text("12.4 documents / min")
+    expect(page.locator("#flow-numbers")).to_contain_text("75 %")
+    plots = page.locator("#flow-charts svg.chart-plot")
+    expect(plots).to_have_count(3)
+    expect(plots.nth(0)).to_have_attribute("aria-label", re.compile(r"Queue depth .*now queued 4, due 3; peak 33"))
+    expect(plots.nth(1)).to_have_attribute("aria-label", re.compile(r"now drained 12\.4"))
+    expect(plots.nth(2)).to_have_attribute("aria-label", re.compile(r"now utilization 75 %"))
+    queue_paths = plots.nth(0).locator("path.chart-line")
+    expect(queue_paths).to_have_count(2)
+    assert queue_paths.first.get_attribute("d").count("M") == 2  # the 10-minute gap
+    assert plots.nth(2).locator("path.chart-line").get_attribute("d").count("M") == 3  # gap and a null
+    assert b.horizontal_overflow(page) == 0
+    page.locator("section", has=page.locator("#flow-charts")).screenshot(
+        path=str(b.SCREENSHOTS / "health-flow.png"), animations="disabled"
+    )
     page.get_by_role("button", name=f"Replay event document.uploaded {dead_id}").click()
     expect(page.locator("#dead-letters")).to_contain_text("No dead letters.")
     assert replayed and replayed[0].endswith("/replay")

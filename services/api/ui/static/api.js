@@ -88,6 +88,7 @@ export class Api {
   }
 
   pipeline() { return this.request('GET', '/v1/pipeline'); }
+  pipelineHistory(minutes) { return this.request('GET', '/v1/pipeline/history', { query: { minutes } }); }
   deadLetters() { return this.request('GET', '/v1/outbox/dead'); }
   replay(eventId) { return this.request('POST', `/v1/outbox/${eventId}/replay`); }
 

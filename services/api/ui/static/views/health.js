@@ -1,7 +1,8 @@
-// Pipeline health: alerts and queue numbers from /v1/pipeline, dead letters with a replay button.
+// Pipeline health: alerts, the flow and queue numbers from /v1/pipeline, dead letters with a replay button.
 import { h, replaceChildren } from '../dom.js';
 import { formatAge, formatTime } from '../format.js';
 import { describeError } from '../messages.js';
+import { FLOW_FIELDS, HISTORY_MINUTES, renderFlowCharts, renderFlowNumbers } from './health-flow.js';
 
 const REFRESH_MS = 15000;
 
@@ -31,6 +32,8 @@ function unavailable(error, what) {
 
 export function mountHealth(container, { api, announce }) {
   const alerts = h('div', { id: 'alerts' });
+  const flowNumbers = h('div', { id: 'flow-numbers' });
+  const charts = h('div', { id: 'flow-charts', class: 'charts' });
   const summary = h('div', { id: 'pipeline-summary' });
   const processors = h('div', { id: 'processors' });
   const dead = h('div', { id: 'dead-letters' });
@@ -49,7 +52,9 @@ export function mountHealth(container, { api, announce }) {
         h('code', { class: 'error-code' }, a.code), ' ', a.message,
         a.since ? h('span', { class: 'muted' }, ` (since ${formatTime(a.since)})`) : null)))
       : h('p', { class: 'ok' }, 'No alerts: the pipeline looks healthy.'));
-    const { alerts: _a, processors: seen, ...numbers } = data;
+    renderFlowNumbers(flowNumbers, data);
+    const { alerts: _a, processors: seen, ...rest } = data;
+    const numbers = Object.fromEntries(Object.entries(rest).filter(([key]) => !FLOW_FIELDS.includes(key)));
     replaceChildren(summary, h('dl', { class: 'fields' }, flatten(numbers).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
     const rows = Array.isArray(seen) ? seen : [];
     replaceChildren(processors, rows.length
@@ -103,15 +108,28 @@ export function mountHealth(container, { api, announce }) {
     }
   }
 
-  async function load() {
+  async function loadHistory(nowIso) {
     try {
-      renderPipeline(await api.pipeline());
+      const body = await api.pipelineHistory(HISTORY_MINUTES);
+      renderFlowCharts(charts, Array.isArray(body?.items) ? body.items : [], nowIso);
+    } catch (error) {
+      replaceChildren(charts, unavailable(error, 'The pipeline history'));
+    }
+  }
+
+  async function load() {
+    let nowIso = null;
+    try {
+      const data = await api.pipeline();
+      nowIso = data.generated_at;
+      renderPipeline(data);
     } catch (error) {
       replaceChildren(alerts, unavailable(error, 'Pipeline health'));
+      replaceChildren(flowNumbers, h('p', { class: 'muted' }, '—'));
       replaceChildren(summary, h('p', { class: 'muted' }, 'No queue numbers without pipeline health.'));
       replaceChildren(processors, h('p', { class: 'muted' }, '—'));
     }
-    await loadDead();
+    await Promise.all([loadHistory(nowIso), loadDead()]);
     updated.textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_MS / 1000} s.`;
   }
 
@@ -121,6 +139,8 @@ export function mountHealth(container, { api, announce }) {
       h('button', { type: 'button', class: 'button-quiet', onClick: load }, 'Refresh now')),
     updated,
     h('section', { class: 'card', 'aria-labelledby': 'alerts-title' }, h('h2', { id: 'alerts-title' }, 'Alerts'), alerts),
+    h('section', { class: 'card', 'aria-labelledby': 'flow-title' }, h('h2', { id: 'flow-title' }, 'Flow'), flowNumbers,
+      h('h3', {}, `Last ${HISTORY_MINUTES} minutes`), charts),
     h('section', { class: 'card', 'aria-labelledby': 'queue-title' }, h('h2', { id: 'queue-title' }, 'Queue'), summary,
       h('h3', {}, 'Processors'), processors),
     h('section', { class: 'card', 'aria-labelledby': 'dead-title' }, h('h2', { id: 'dead-title' }, 'Dead letters'), dead));
