@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,28 @@ from rich.text import Text
 from services.cli.client import DEFAULT_URL, ApiKeyOption, Client, UrlOption, connect, user_errors
 
 STATUSES = ("queued", "processing", "ready", "failed", "deleting")
+
+
+def eta_words(seconds: float) -> str:
+    """An ETA in words ("~2 min"), rounded half up like the UI's ``formatEta``; "now" under a second."""
+    s = math.floor(seconds + 0.5)
+    if s < 1:
+        return "now"
+    if s < 60:
+        return f"~{s} s"
+    m = math.floor(s / 60 + 0.5)
+    if m < 60:
+        return f"~{m} min"
+    return f"~{m // 60} h {m % 60} min" if m % 60 else f"~{m // 60} h"
+
+
+def queue_label(doc: dict[str, Any]) -> str:
+    """Where a queued document stands ("37 ahead · ~2 min", "next"), "" otherwise: the UI's ``queueLabel``."""
+    position, eta = doc.get("queue_position"), doc.get("eta_s")
+    if doc.get("status") != "queued" or position is None:
+        return ""
+    ahead = "next" if position == 0 else f"{position} ahead"
+    return ahead if eta is None else f"{ahead} · {eta_words(eta)}"
 
 
 def kbs_table(client: Client) -> Table:
@@ -38,9 +61,10 @@ def documents_table(kb: dict[str, Any], documents: list[dict[str, Any]]) -> Tabl
     for doc in documents:
         colour = colours.get(doc["status"])
         error = doc.get("error") or {}
+        queue = queue_label(doc)
         table.add_row(
             Text(doc["filename"]),
-            f"[{colour}]{doc['status']}[/]" if colour else doc["status"],
+            (f"[{colour}]{doc['status']}[/]" if colour else doc["status"]) + (f" · {queue}" if queue else ""),
             doc.get("stage") or "",
             "" if doc.get("chunk_count") is None else str(doc["chunk_count"]),
             Text(f"{error['code']}: {error.get('message', '')}" if error else ""),

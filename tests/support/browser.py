@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.api.routes.ui import CONTENT_TYPES, STATIC_DIR
 from tests.support import servers
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -175,3 +176,23 @@ def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
     path = SCREENSHOTS / name
     page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="hide")
     return path
+
+
+# The UI's modules served to a page from the source folder, with no server: for tests of one module.
+STATIC_ORIGIN = "http://kbingest.test"
+
+
+def serve_ui_files(page: Any) -> Any:
+    """Point ``page`` at an empty document whose ``/ui/…`` imports are the UI's static files."""
+
+    def fulfil(route: Any) -> None:
+        path = route.request.url.removeprefix(STATIC_ORIGIN)
+        if path.startswith("/ui/"):
+            file = STATIC_DIR / path.removeprefix("/ui/")
+            route.fulfill(status=200, body=file.read_bytes(), content_type=CONTENT_TYPES[file.suffix])
+        else:
+            route.fulfill(status=200, body="<!doctype html><title>t</title>", content_type="text/html")
+
+    page.route(f"{STATIC_ORIGIN}/**", fulfil)
+    page.goto(f"{STATIC_ORIGIN}/")
+    return page

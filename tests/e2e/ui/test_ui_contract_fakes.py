@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,13 @@ def test_live_stream_health_and_search_render_contract_shapes(
     failed = {**docs["password-user-password.pdf"], "status": "failed", "stage": None, "error": error}
     stream = FakeStream(ready, failed)
     page.route("**/v1/knowledge-bases/*/events", stream.handle)
-    # The real processor may be working on these documents too: the page only sees the fake's story.
-    listed = {"items": [{**d, "status": "queued"} for d in docs.values()], "next_cursor": None}
+    # The real processor may be working on these documents too: the page only sees the fake's story,
+    # in which a third document waits in the queue throughout.
+    waiting = {
+        **docs["fake-memo.pdf"],
+        **{"id": str(uuid.uuid4()), "filename": "waiting.pdf", "queue_position": 37, "eta_s": 118.0},
+    }
+    listed = {"items": [{**d, "status": "queued"} for d in docs.values()] + [waiting], "next_cursor": None}
     page.route(f"**/v1/knowledge-bases/{kb['id']}/documents?*", _answer(listed))
     for doc in (ready, failed):
         page.route(f"**/v1/documents/{doc['id']}", _answer(doc))
@@ -122,6 +128,7 @@ def test_live_stream_health_and_search_render_contract_shapes(
     page.goto(f"{stack.base_url}/#/kbs/{kb['id']}")  # a hash change: the recorder keeps running
 
     expect(b.row(page, "fake-memo.pdf")).to_have_attribute("data-status", "ready")
+    expect(b.row(page, "waiting.pdf").locator("td[data-label=Status]")).to_have_text("queued · 37 ahead · ~2 min")
     expect(b.row(page, "fake-memo.pdf").locator("td[data-label=Chunks]")).to_have_text("3")
     failed_row = b.row(page, "password-user-password.pdf")
     expect(failed_row).to_have_attribute("data-status", "failed")

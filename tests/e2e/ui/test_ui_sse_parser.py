@@ -9,11 +9,9 @@ from typing import Any
 
 import pytest
 
-from services.api.routes.ui import CONTENT_TYPES, STATIC_DIR
+from tests.support import browser as b
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
-
-ORIGIN = "http://kbingest.test"
 
 CASES: list[tuple[str, list[str], list[dict[str, str]]]] = [
     (
@@ -47,20 +45,9 @@ CASES: list[tuple[str, list[str], list[dict[str, str]]]] = [
 ]
 
 
-def _serve_static(route: Any) -> None:
-    path = route.request.url.removeprefix(ORIGIN)
-    if path.startswith("/ui/"):
-        file = STATIC_DIR / path.removeprefix("/ui/")
-        route.fulfill(status=200, body=file.read_bytes(), content_type=CONTENT_TYPES[file.suffix])
-    else:
-        route.fulfill(status=200, body="<!doctype html><title>t</title>", content_type="text/html")
-
-
 @pytest.fixture
 def parser_page(page: Any) -> Any:
-    page.route(f"{ORIGIN}/**", _serve_static)
-    page.goto(f"{ORIGIN}/")
-    return page
+    return b.serve_ui_files(page)
 
 
 RUN = """async ([chunks, byChar]) => {

@@ -29,6 +29,23 @@ export function formatAge(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+// "~2 min" for an ETA: seconds under a minute, then minutes, then hours and minutes ("now" under a second).
+export function formatEta(seconds) {
+  const s = Math.round(Number(seconds));
+  if (s < 1) return 'now';
+  if (s < 60) return `~${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 60) return `~${m} min`;
+  return m % 60 ? `~${Math.floor(m / 60)} h ${m % 60} min` : `~${m / 60} h`;
+}
+
+// "37 ahead · ~2 min" for a queued document ("next" when none is ahead, no ETA part when unknown); "" otherwise.
+export function queueLabel(doc) {
+  if (doc.status !== 'queued' || !Number.isInteger(doc.queue_position)) return '';
+  const ahead = doc.queue_position === 0 ? 'next' : `${doc.queue_position} ahead`;
+  return Number.isFinite(doc.eta_s) ? `${ahead} · ${formatEta(doc.eta_s)}` : ahead;
+}
+
 const MEDIA_LABELS = {
   'application/pdf': 'PDF',
   'application/vnd.openxmlformats-officedocument.wordprocessingml.document': 'Word',

@@ -1,10 +1,12 @@
 // The documents table of one KB: filter, paging, retry/delete, and live status from stream events.
 import { confirmDialog, h, replaceChildren } from '../dom.js';
-import { formatBytes, formatTime, stageLabel, STATUSES } from '../format.js';
+import { formatBytes, formatTime, queueLabel, stageLabel, STATUSES } from '../format.js';
 import { describeError, describeFailure } from '../messages.js';
 
 const PAGE_SIZE = 100;
 const TERMINAL = new Set(['ready', 'failed']);
+// Queue positions move as other documents start, and events do not carry them: queued rows re-read them.
+const QUEUE_REFRESH_MS = 15000;
 
 export function failureBlock(error) {
   if (!error) return null;
@@ -16,9 +18,11 @@ export function failureBlock(error) {
 }
 
 export function statusBadge(doc) {
+  const queue = queueLabel(doc);
   return h('span', { class: 'status' },
     h('span', { class: `badge badge-${doc.status}` }, doc.status),
-    doc.status === 'processing' && doc.stage ? h('span', { class: 'stage' }, stageLabel(doc.stage)) : null);
+    doc.status === 'processing' && doc.stage ? h('span', { class: 'stage' }, stageLabel(doc.stage)) : null,
+    queue ? h('span', { class: 'queue muted' }, ` · ${queue}`) : null);
 }
 
 export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange }) {
@@ -120,6 +124,31 @@ export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange })
     entries.set(doc.id, { doc, row, touched: touch ? ++clock : entry?.touched ?? 0 });
     updateEmpty();
     onChange(doc);
+    if (doc.status === 'queued') scheduleQueueRefresh();
+  }
+
+  // One list request for the queued rows' positions; stops once none is queued or the table is gone.
+  let queueTimer = null;
+  function scheduleQueueRefresh() {
+    if (queueTimer) return;
+    queueTimer = window.setTimeout(async () => {
+      queueTimer = null;
+      const queued = () => [...entries.values()].some(({ doc }) => doc.status === 'queued');
+      if (!element.isConnected || !queued()) return;
+      try {
+        const page = await api.listDocuments(kbId, { status: 'queued', limit: PAGE_SIZE });
+        for (const fresh of page.items) {
+          const doc = entries.get(fresh.id)?.doc;
+          if (doc?.status !== 'queued' || (doc.queue_position === fresh.queue_position && doc.eta_s === fresh.eta_s)) {
+            continue;
+          }
+          upsert({ ...doc, queue_position: fresh.queue_position, eta_s: fresh.eta_s });
+        }
+      } catch {
+        // Positions are an estimate: the next round tries again.
+      }
+      if (queued()) scheduleQueueRefresh();
+    }, QUEUE_REFRESH_MS);
   }
 
   // `now` is the document's state when it only left the current filter; absent, it is gone.
@@ -204,6 +233,8 @@ export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange })
     };
     const changed = doc.status !== entry.doc.status;
     if (doc.status !== 'failed') doc.error = null;
+    // A document back in the queue stands somewhere new: unknown until the next read.
+    if (changed) Object.assign(doc, { queue_position: null, eta_s: null });
     upsert(doc, { touch: true });
     // Terminal states carry fields the event does not (error, chunk_count): fetch them once.
     if (changed && TERMINAL.has(doc.status)) fetchOne(docId).then(() => announceStatus(entries.get(docId)?.doc || doc));
