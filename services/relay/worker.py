@@ -25,6 +25,7 @@ from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
 from services.relay.pool import LISTEN_APPLICATION_NAME, connection, is_transient, server_settings
 from services.relay.routes import Router
+from services.relay.wakeups import DueTimes
 from shared.aio import wait_for
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
@@ -69,7 +70,6 @@ class Relay:
         self.relay_id = relay_id or default_relay_id()
         self._pool = pool
         self._metrics = metrics
-        self._poll_interval_s = poll_interval_s
         self._grace_s = shutdown_grace_s
         self._claim_batch = settings.relay_claim_batch
         # Two batches in flight: the next claim overlaps the current delivery.
@@ -91,6 +91,7 @@ class Relay:
         )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._due = DueTimes(poll_interval_s)
         self.listener = Listener(
             asyncpg_dsn(settings.database_url),
             server_settings=server_settings(settings, LISTEN_APPLICATION_NAME),
@@ -134,6 +135,7 @@ class Relay:
                 _check_side_tasks(side)
                 self._tick()
                 self._wake.clear()
+                self._due.take_due(time.monotonic())
                 try:
                     await self._drain()
                     failures = 0
@@ -231,6 +233,11 @@ class Relay:
             return
         self.settled += len(seqs)
         self._claimed.difference_update(seqs)
+        # Nobody NOTIFYs when a put-back event falls due: the loop must wake for it by itself.
+        now = time.monotonic()
+        for s in result.settlements:
+            if s.action == "retry" and s.seq in written:
+                self._due.add(s.delay_s, now)
         if lost := len(seqs - written):
             log.warning("outbox.lease_lost", events=lost, relay_id=self.relay_id)
 
@@ -275,10 +282,11 @@ class Relay:
             await wait_for(self._stop.wait(), seconds)
 
     async def _wait_for_wake(self, side: Iterable[asyncio.Task[None]]) -> None:
-        """Whichever first: a NOTIFY, the poll interval, stop, or a side task ending."""
+        """Whichever first: a NOTIFY, a put-back event falling due, the poll interval, stop, or a side task ending."""
+        timeout = self._due.wait_s(time.monotonic())
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())]
         try:
-            await asyncio.wait([*waiters, *side], timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*waiters, *side], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
