@@ -168,6 +168,14 @@ REQUEST_DELETE: Final = text(
     """
 )
 
+# A deletion ends the attempt in progress (its holder is fenced out by the epoch bump).
+CLOSE_DELETED_ATTEMPT: Final = text(
+    """
+    UPDATE document_attempts SET finished_at = now(), outcome = 'deleted'
+    WHERE document_id = :id AND finished_at IS NULL
+    """
+)
+
 # Completes a deletion: the row stays as a tombstone with deleted_at set.
 FINISH_DELETE: Final = text(
     f"""
@@ -528,6 +536,7 @@ async def request_delete(
     if row is not None:
         # A pending retry's delayed event would hold the deletion back until it is due.
         await release_held(conn, document_id)
+        await conn.execute(CLOSE_DELETED_ATTEMPT, {"id": document_id})
         await _emit(conn, row, "document.delete_requested", source)
     return row
 
