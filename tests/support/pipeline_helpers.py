@@ -64,6 +64,7 @@ async def create_document(
     *,
     content: bytes | None = None,
     max_attempts: int = 3,
+    priority: str = "normal",
 ) -> uuid.UUID:
     """A queued document with its ``document.uploaded`` event, as the API makes it (object first)."""
     doc_id = uuid.uuid4()
@@ -82,7 +83,7 @@ async def create_document(
         "size_bytes": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
         "object_key": key,
-        "priority": "normal",
+        "priority": priority,
         "max_attempts": max_attempts,
     }
     async with db.transaction() as conn:

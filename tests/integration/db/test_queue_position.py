@@ -8,16 +8,16 @@ documents before it, and after every claim the remaining predictions must move u
 
 from __future__ import annotations
 
-import hashlib
 import random
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 
 from shared import lifecycle, queue_position
 from shared.db import Database, worker_database
+from tests.support.pipeline_helpers import create_document, create_kb, execute
 
 # Per knowledge base: how many documents of each priority.
 SHAPE = {
@@ -34,11 +34,6 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-async def _sql(db: Database, sql: str, **params: object) -> None:
-    async with db.transaction() as conn:
-        await conn.execute(text(sql), params)
-
-
 async def _estimate(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, queue_position.Estimate]:
     async with db.transaction() as conn:
         return await queue_position.estimate(conn, ids)
@@ -47,38 +42,19 @@ async def _estimate(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, queue
 async def _build_queue(db: Database) -> dict[str, list[uuid.UUID]]:
     """Documents per KB name; ``created_at`` drawn from few values so that ties are common."""
     rng = random.Random(11)
+    base = datetime.now(UTC)
     docs: dict[str, list[uuid.UUID]] = {}
-    async with db.transaction() as conn:
-        for name, counts in SHAPE.items():
-            kb_id = uuid.uuid4()
-            await conn.execute(
-                text("INSERT INTO knowledge_bases (id, name) VALUES (:id, :name)"), {"id": kb_id, "name": name}
-            )
-            docs[name] = []
-            for priority, n in counts.items():
-                for _ in range(n):
-                    doc_id = uuid.uuid4()
-                    values = {
-                        "id": doc_id,
-                        "knowledge_base_id": kb_id,
-                        "batch_id": None,
-                        "filename": f"{doc_id.hex}.txt",
-                        "original_filename": f"{doc_id.hex}.txt",
-                        "media_type": "text/plain",
-                        "size_bytes": 1,
-                        "sha256": hashlib.sha256(doc_id.bytes).hexdigest(),
-                        "object_key": f"test/{doc_id}",
-                        "priority": priority,
-                        "max_attempts": 3,
-                    }
-                    await lifecycle.create_document(conn, values=values)
-                    await conn.execute(
-                        text("UPDATE documents SET created_at = now() - make_interval(secs => :s) WHERE id = :id"),
-                        {"id": doc_id, "s": rng.choice((0, 10, 20, 30))},
-                    )
-                    docs[name].append(doc_id)
-        served = "UPDATE knowledge_bases SET last_dispatched_at = now() - interval '1 hour' WHERE name = :name"
-        await conn.execute(text(served), {"name": "served-long-ago"})
+    for name, counts in SHAPE.items():
+        kb_id = await create_kb(db, name)
+        docs[name] = []
+        for priority, n in counts.items():
+            for _ in range(n):
+                doc_id = await create_document(db, None, kb_id, priority=priority)
+                created = base - timedelta(seconds=rng.choice((0, 10, 20, 30)))
+                await execute(db, "UPDATE documents SET created_at = :at WHERE id = :id", id=doc_id, at=created)
+                docs[name].append(doc_id)
+    served = "UPDATE knowledge_bases SET last_dispatched_at = now() - interval '1 hour' WHERE name = :name"
+    await execute(db, served, name="served-long-ago")
     return docs
 
 
@@ -89,11 +65,11 @@ async def test_predicted_positions_match_the_claim_order(db: Database) -> None:
     # The other stays in backoff throughout.
     (returning, newest), waiting = docs["never-served-b"][:2], docs["never-served-a"][-1]
     for doc_id in (returning, waiting):
-        await _sql(db, "UPDATE documents SET available_at = now() + interval '1 hour' WHERE id = :id", id=doc_id)
-    await _sql(db, "UPDATE documents SET created_at = now() - interval '1 minute' WHERE id = :id", id=returning)
-    await _sql(db, "UPDATE documents SET created_at = now() + interval '1 minute' WHERE id = :id", id=newest)
+        await execute(db, "UPDATE documents SET available_at = now() + interval '1 hour' WHERE id = :id", id=doc_id)
+    await execute(db, "UPDATE documents SET created_at = now() - interval '1 minute' WHERE id = :id", id=returning)
+    await execute(db, "UPDATE documents SET created_at = now() + interval '1 minute' WHERE id = :id", id=newest)
     # Free slots and no recent start: an ETA only for those that would start at once.
-    await _sql(db, "INSERT INTO processors (id, hostname, pid, concurrency) VALUES ('p1', 'test', 1, 4)")
+    await execute(db, "INSERT INTO processors (id, hostname, pid, concurrency) VALUES ('p1', 'test', 1, 4)")
     everyone = [doc_id for ids in docs.values() for doc_id in ids]
 
     before = await _estimate(db, everyone)
@@ -104,7 +80,7 @@ async def test_predicted_positions_match_the_claim_order(db: Database) -> None:
         # It would start at once if due, so it starts when its backoff ends.
         assert backoff.eta_s is None if backoff.position >= 4 else 3500 < (backoff.eta_s or 0) <= 3600
 
-    await _sql(db, "UPDATE documents SET available_at = now() WHERE id = :id", id=returning)
+    await execute(db, "UPDATE documents SET available_at = now() WHERE id = :id", id=returning)
     predicted = {d: e.position for d, e in (await _estimate(db, everyone)).items() if d != waiting}
     # Once due, the returning document stands where it was told it would.
     assert predicted[returning] == before[returning].position

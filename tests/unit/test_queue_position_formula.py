@@ -32,6 +32,13 @@ def test_round_robin_gives_each_kb_one_turn_per_round() -> None:
     assert got[first_of_c.id] == 1
 
 
+def test_never_served_kbs_take_turns_by_their_oldest_document_then_its_id() -> None:
+    same_time = T0 + timedelta(seconds=7)
+    lanes = [Lane(A, 1, 3, (same_time, uuid.UUID(int=9)), None), Lane(B, 1, 3, (same_time, uuid.UUID(int=8)), None)]
+    first_of_a = Queued(uuid.UUID(int=9), A, 1, 0, same_time, None)
+    assert positions(lanes, [first_of_a])[first_of_a.id] == 1
+
+
 def test_higher_priorities_go_first_and_leave_their_kbs_at_the_back() -> None:
     # A never served, but serving its high document moves it behind C (served long ago).
     lanes = [_lane(A, 0, 1), _lane(A, 1, 3), _lane(C, 1, 3, served=T0)]
