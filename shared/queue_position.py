@@ -17,11 +17,12 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.flow import FLOW_WINDOW_S
 from shared.pipeline import PROCESSOR_ALIVE_S
 from shared.queue import DUE, priority_rank
 
-# The start rate behind an ETA is measured over this window.
-RATE_WINDOW_S: Final = 300.0
+# The start rate behind an ETA is measured over the pipeline's drain-rate window, so both move together.
+RATE_WINDOW_S: Final = FLOW_WINDOW_S
 
 # One pass over the queue in lane order (lane: one knowledge base's documents of one priority).
 # Returns the head (oldest due document) of every lane with its due count, and each asked-for queued
