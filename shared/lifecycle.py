@@ -10,7 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, assert_never
 
 from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
@@ -125,15 +125,25 @@ MARK_FAILED: Final = text(
     """
 )
 
-# Rescues a processing document whose heartbeat is older than the threshold (any holder).
-RESCUE_STALE: Final = text(
-    f"""
+# Takes a lease from its holder: back to queued, or failed when out of attempts; the epoch bump fences the holder.
+_RESCUE: Final = """
     UPDATE documents SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
         stage = NULL, lease_owner = NULL, lease_epoch = lease_epoch + 1,
         error = CAST(:error AS jsonb), updated_at = now(),
         processed_at = CASE WHEN attempts >= max_attempts THEN now() ELSE processed_at END
     WHERE id = :id AND status = 'processing' AND lease_epoch = :epoch
-      AND heartbeat_at < now() - make_interval(secs => :stale_after_s)
+"""
+
+# Rescues a processing document whose heartbeat is older than the threshold (any holder).
+RESCUE_STALE: Final = text(
+    f"""{_RESCUE} AND heartbeat_at < now() - make_interval(secs => :stale_after_s)
+    RETURNING {_COLS}
+    """
+)
+
+# Rescues a processing document whose holder's presence lock is gone (its process died), heartbeat or not.
+RESCUE_ORPHANED: Final = text(
+    f"""{_RESCUE} AND lease_owner = :owner
     RETURNING {_COLS}
     """
 )
@@ -435,16 +445,34 @@ async def hand_back(
     return True
 
 
-async def rescue_stale(
+RescueReason = Literal["stale", "presence_lost"]
+
+
+async def rescue(
     conn: AsyncConnection,
     document_id: uuid.UUID,
     *,
     epoch: int,
-    stale_after_s: float,
+    reason: RescueReason,
+    owner: str | None = None,
+    stale_after_s: float = 0.0,
     source: str = "kbingest/reconciler",
 ) -> Literal["requeued", "failed", "skipped"]:
-    """Requeue (or fail, when out of attempts) a processing document whose heartbeat went stale."""
-    stalled = DocumentError(ErrorCode.STALLED, f"no heartbeat for more than {stale_after_s:g}s")
+    """Requeue (or fail, when out of attempts) a processing document whose holder is gone.
+
+    ``stale``: its heartbeat is older than ``stale_after_s``. ``presence_lost``: ``owner``'s presence
+    lock is gone (shared.presence). Either way the attempt is closed as ``stalled``.
+    """
+    params: dict[str, object]
+    match reason:
+        case "stale":
+            stalled = DocumentError(ErrorCode.STALLED, f"no heartbeat for more than {stale_after_s:g}s")
+            statement, params = RESCUE_STALE, {"stale_after_s": stale_after_s}
+        case "presence_lost":
+            stalled = DocumentError(ErrorCode.STALLED, f"processor {owner} is gone (its database session ended)")
+            statement, params = RESCUE_ORPHANED, {"owner": owner}
+        case _:
+            assert_never(reason)
     current = (
         (await conn.execute(text("SELECT attempts, max_attempts FROM documents WHERE id = :id"), {"id": document_id}))
         .mappings()
@@ -460,12 +488,7 @@ async def rescue_stale(
             cause=stalled,
         )
     row = (
-        (
-            await conn.execute(
-                RESCUE_STALE,
-                {"id": document_id, "epoch": epoch, "error": _error_json(final), "stale_after_s": stale_after_s},
-            )
-        )
+        (await conn.execute(statement, {"id": document_id, "epoch": epoch, "error": _error_json(final), **params}))
         .mappings()
         .one_or_none()
     )

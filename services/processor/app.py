@@ -16,6 +16,7 @@ from services.processor import events
 from services.processor.extraction.sandbox import extract, warm_up
 from services.processor.metrics import ProcessorMetrics
 from services.processor.pipeline import ExtractFn, Pipeline
+from services.processor.presence import Presence
 from services.processor.registry import Registry, new_processor_id
 from services.processor.state import ProcessorState
 from services.processor.worker import SHUTDOWN_GRACE_S, Worker
@@ -82,8 +83,10 @@ def create_app(
             registry=Registry(db, pid, settings.processor_concurrency),
             metrics=metrics,
             warm_up=extractor_warm_up or warm_up,
+            presence=Presence(settings.database_url, pid),
         )
         app.state.processor = state
+        state.supervise(asyncio.create_task(state.presence.run(), name="presence"))
         state.supervise(asyncio.create_task(state.start_up(), name="startup"))
         state.supervise(asyncio.create_task(state.liveness_loop(), name="liveness"))
         state.supervise(asyncio.create_task(state.work_loop(), name="work"))

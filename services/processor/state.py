@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from services.processor.deletion import purge_document
 from services.processor.metrics import ProcessorMetrics
+from services.processor.presence import Presence
 from services.processor.registry import Registry
 from services.processor.worker import Worker
 from shared.aio import wait_for
@@ -43,6 +44,7 @@ class ProcessorState:
     registry: Registry
     metrics: ProcessorMetrics
     warm_up: Callable[[], Awaitable[None]]
+    presence: Presence
     checks: dict[str, str] = field(default_factory=dict)
     ready: bool = False
     became_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -67,6 +69,8 @@ class ProcessorState:
     async def _database(self) -> None:
         async with self.db.connection() as conn:
             await conn.execute(text("SELECT 1"))
+        # Never ready, so never claiming, without the lock that makes this process's death visible at once.
+        await self.presence.ensure_held()
         if not self.registry.registered:
             await self.registry.register()
 

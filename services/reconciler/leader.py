@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 import asyncpg
@@ -33,11 +34,32 @@ class Leadership:
         self._server_settings = server_settings
         self.identity = identity
         self._conn: Any = None
+        # The pass and the presence check share the session; asyncpg runs one query at a time.
+        self._in_use = asyncio.Lock()
         self.is_leader = False
         self.last_error: str | None = None
 
     async def ensure(self) -> bool:
         """Keep the lock if this session still holds it, else try to take it; False when another holds it."""
+        async with self._in_use:
+            return await self._ensure()
+
+    async def fetchrow_as_leader(self, query: str, *args: object) -> Any:
+        """Run a short read on the lock session while leading (no extra connection); None when not leading."""
+        async with self._in_use:
+            if not self.is_leader or self._conn is None:
+                return None
+            try:
+                return await wait_for(self._conn.fetchrow(query, *args), PING_TIMEOUT_S)
+            except _CONNECTION_ERRORS as exc:
+                if isinstance(exc, asyncpg.PostgresError) and not self._conn.is_closed():
+                    raise  # a failed statement on a live session: a bug to report, not a lost lock
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("reconciler.leadership_lost", reconciler_id=self.identity, error=self.last_error)
+                await self._drop()
+                return None
+
+    async def _ensure(self) -> bool:
         if self._conn is not None and not await self._alive():
             if self.is_leader:
                 log.warning("reconciler.leadership_lost", reconciler_id=self.identity, error=self.last_error)
@@ -85,6 +107,10 @@ class Leadership:
 
     async def release(self) -> None:
         """Give the lock back at once (clean shutdown), so a standby need not wait for a dead session."""
+        async with self._in_use:
+            await self._release()
+
+    async def _release(self) -> None:
         if self._conn is not None and self.is_leader and not self._conn.is_closed():
             try:
                 await wait_for(self._conn.fetchval(UNLOCK, LOCK_KEY), PING_TIMEOUT_S)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.lifecycle import RescueReason
 from shared.pipeline import ALERT_CODES
+
+RESCUE_REASONS = frozenset(get_args(RescueReason))
 
 
 class ReconcilerMetrics:
@@ -17,6 +21,15 @@ class ReconcilerMetrics:
         self.registry = registry
         self.repairs = Counter(
             "kbingest_reconciler_repairs_total", "Repairs made, by kind", ["kind"], registry=registry
+        )
+        self.rescues = Counter(
+            "kbingest_documents_rescued_total",
+            "Documents taken back from a lost holder, by reason (presence_lost, stale) and outcome",
+            ["reason", "outcome"],
+            registry=registry,
+        )
+        self.presence_checks = Counter(
+            "kbingest_reconciler_presence_checks_total", "Presence checks made as leader", registry=registry
         )
         self.errors = Counter(
             "kbingest_reconciler_errors_total", "Repair steps that failed, by kind", ["kind"], registry=registry
@@ -67,6 +80,14 @@ class ReconcilerMetrics:
         self.db_max = Gauge("kbingest_db_max_connections", "PostgreSQL max_connections", registry=registry)
         for code in ALERT_CODES:
             self.alert.labels(code).set(0)
+
+    def count_repairs(self, counts: Mapping[str, int]) -> None:
+        """Count repairs by kind; rescues (``<reason>_<outcome>``) also by reason and outcome."""
+        for kind, count in counts.items():
+            self.repairs.labels(kind).inc(count)
+            reason, _, outcome = kind.rpartition("_")
+            if reason in RESCUE_REASONS:
+                self.rescues.labels(reason, outcome).inc(count)
 
     def observe_report(self, report: dict[str, Any]) -> None:
         """Copy a ``pipeline_report`` into the gauges."""

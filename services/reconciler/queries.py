@@ -31,6 +31,16 @@ STALE_PROCESSING: Final = text(
     """
 )
 
+# The processing documents of processors whose presence lock is gone (shared.presence); locked rows are skipped.
+ORPHANED_PROCESSING: Final = text(
+    """
+    SELECT id, lease_epoch, lease_owner FROM documents
+    WHERE status = 'processing' AND lease_owner = ANY(:owners)
+    ORDER BY heartbeat_at LIMIT 1
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
 # An event of this aggregate reached (or may still reach) its subscribers, or was written within the grace.
 _EVENT_NOT_DEAD: Final = """
     EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = d.id

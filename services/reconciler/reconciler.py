@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from services.reconciler import prune, repairs, samples, state, sweep
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
+from services.reconciler.presence_rescue import PresenceRescue
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable, worker_database
 from shared.pipeline import pipeline_report
@@ -73,6 +74,9 @@ class Reconciler:
         self.metrics = metrics
         self.reconciler_id = leadership.identity
         self._stop = asyncio.Event()
+        self.presence = PresenceRescue(
+            leadership=leadership, db=db, metrics=metrics, restart_grace_s=settings.stale_after_s
+        )
         self._next_sweep_at = 0.0
         self.last_ok_at: float | None = None
         self.last_error: str | None = None
@@ -130,8 +134,7 @@ class Reconciler:
                 failed.append(name)
                 self.metrics.errors.labels(name).inc()
                 log.warning("reconciler.step_failed", step=name, error=str(exc)[:300])
-        for kind, count in counts.items():
-            self.metrics.repairs.labels(kind).inc(count)
+        self.metrics.count_repairs(counts)
         return counts, failed
 
     async def run_once(self) -> PassResult:
@@ -165,6 +168,8 @@ class Reconciler:
     async def run(self) -> None:
         """Pass, then wait one interval or ``stop()``, until stopped; a failed pass is logged and retried."""
         log.info("reconciler.running", reconciler_id=self.reconciler_id, interval_s=self._settings.reconcile_interval_s)
+        # Between passes, the leader rescues a dead processor's documents within about a second.
+        fast = asyncio.create_task(self.presence.run(self._stop), name="presence_rescue")
         try:
             while not self._stop.is_set():
                 try:
@@ -179,6 +184,9 @@ class Reconciler:
                 with contextlib.suppress(TimeoutError):
                     await wait_for(self._stop.wait(), self._settings.reconcile_interval_s)
         finally:
+            fast.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fast
             await self._leadership.release()
             self.metrics.is_leader.set(0)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 import structlog
+from sqlalchemy import TextClause
 
 from services.reconciler import queries
 from shared import lifecycle
@@ -20,21 +22,46 @@ log = structlog.get_logger("kbingest.reconciler")
 
 async def rescue_stale(db: Database, *, stale_after_s: float, limit: int = MAX_PER_PASS) -> Counter[str]:
     """Requeue (or fail, when out of attempts) processing documents whose heartbeat went stale."""
+    params = {"stale_s": stale_after_s}
+    return await _rescue(db, queries.STALE_PROCESSING, params, reason="stale", stale_after_s=stale_after_s, limit=limit)
+
+
+async def rescue_orphaned(db: Database, *, owners: Sequence[str], limit: int = MAX_PER_PASS) -> Counter[str]:
+    """Requeue (or fail, when out of attempts) the processing documents of processors whose presence lock is gone."""
+    return await _rescue(db, queries.ORPHANED_PROCESSING, {"owners": list(owners)}, reason="presence_lost", limit=limit)
+
+
+async def _rescue(
+    db: Database,
+    scan: TextClause,
+    params: dict[str, Any],
+    *,
+    reason: lifecycle.RescueReason,
+    stale_after_s: float = 0.0,
+    limit: int,
+) -> Counter[str]:
     counts: Counter[str] = Counter()
     for _ in range(limit):
         async with db.transaction() as conn:
-            row = (await conn.execute(queries.STALE_PROCESSING, {"stale_s": stale_after_s})).mappings().first()
+            row = (await conn.execute(scan, params)).mappings().first()
             if row is None:
                 break
-            outcome = await lifecycle.rescue_stale(
-                conn, row["id"], epoch=row["lease_epoch"], stale_after_s=stale_after_s, source=SOURCE
+            outcome = await lifecycle.rescue(
+                conn,
+                row["id"],
+                epoch=row["lease_epoch"],
+                reason=reason,
+                owner=row["lease_owner"],
+                stale_after_s=stale_after_s,
+                source=SOURCE,
             )
         if outcome == "skipped":
             break
-        counts[f"stale_{outcome}"] += 1
+        counts[f"{reason}_{outcome}"] += 1
         log.warning(
             "document.rescued",
             document_id=str(row["id"]),
+            reason=reason,
             outcome=outcome,
             lease_owner=row["lease_owner"],
             epoch=row["lease_epoch"],
