@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,26 @@ INFORMATIONAL_EVENT_TYPES = (
     "document.deleted",
     "knowledge_base.deleted",
 )
+
+# Joins the URLs of an "any of" subscriber group in RELAY_ROUTES ("http://a/v1/events|http://b/v1/events":
+# each event goes to one of them). A URL cannot contain it unescaped (RFC 3986), so no URL is misread.
+SUBSCRIBER_GROUP_SEPARATOR: Final = "|"
+
+
+def subscriber_members(subscriber: str) -> tuple[str, ...]:
+    """The URLs behind a route entry: itself for a plain URL, each member of an any-of group."""
+    return tuple(member.strip() for member in subscriber.split(SUBSCRIBER_GROUP_SEPARATOR))
+
+
+def _canonical_subscriber(entry: str) -> str:
+    """One spelling per group (no blanks around the separator), since the group's name keys its delivery state."""
+    members = subscriber_members(entry)
+    if not all(members):
+        raise ValueError(f"subscriber {entry!r}: an empty URL (a stray {SUBSCRIBER_GROUP_SEPARATOR!r}?)")
+    if len(set(members)) != len(members):
+        raise ValueError(f"subscriber {entry!r}: a URL listed twice in an any-of group")
+    return SUBSCRIBER_GROUP_SEPARATOR.join(members)
+
 
 DEFAULT_STAGE_TIMEOUTS_S: dict[str, float | None] = {
     "downloading": 60.0,
@@ -121,6 +141,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @field_validator("relay_routes", mode="after")
+    @classmethod
+    def _canonical_routes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {pattern: [_canonical_subscriber(entry) for entry in entries] for pattern, entries in value.items()}
+
+    @field_validator("relay_batch_subscribers", mode="after")
+    @classmethod
+    def _canonical_batch_subscribers(cls, value: list[str]) -> list[str]:
+        return [_canonical_subscriber(entry) for entry in value]
 
     @field_validator("stage_timeouts", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Final
 import structlog
 
 from services.relay.claim import ClaimedEvent, Settlement
-from services.relay.delivery import Deliverer, MayStart, Outcome
+from services.relay.delivery import MayStart, Outcome, Sender
 from services.relay.dispatch import Dispatcher, Plan, Result
 from services.relay.pool import is_transient
 from shared.aio import wait_for
@@ -27,7 +27,7 @@ Finished = tuple[str, list[ClaimedEvent], list[Outcome] | BaseException]
 
 
 async def run_batch(
-    events: Sequence[ClaimedEvent], *, dispatcher: Dispatcher, deliverer: Deliverer, may_start: MayStart, settle: Settle
+    events: Sequence[ClaimedEvent], *, dispatcher: Dispatcher, deliverer: Sender, may_start: MayStart, settle: Settle
 ) -> None:
     """Deliver ``events`` and settle every one of them (released if never attempted).
 
@@ -82,7 +82,7 @@ async def run_batch(
 
 
 async def _request(
-    deliverer: Deliverer, url: str, chunk: list[ClaimedEvent], may_start: MayStart, finished: asyncio.Queue[Finished]
+    deliverer: Sender, url: str, chunk: list[ClaimedEvent], may_start: MayStart, finished: asyncio.Queue[Finished]
 ) -> None:
     try:
         answers = await deliverer.deliver(url, chunk, may_start=may_start)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import httpx
 
@@ -44,6 +44,12 @@ class Outcome:
         return cls("release")
 
 
+class Sender(Protocol):
+    """What a claimed batch sends its requests through: a ``Deliverer``, or a front that picks the URL."""
+
+    async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, may_start: MayStart) -> list[Outcome]: ...
+
+
 def classify(status: int, *, retry_after: str | None = None, body: str = "") -> Outcome:
     """2xx delivered; 429 busy; 408/425/5xx retry (both read Retry-After); anything else rejected."""
     if 200 <= status < 300:
@@ -77,7 +83,7 @@ class Deliverer:
         *,
         secret: str,
         concurrency: int,
-        batch_subscribers: Sequence[str] = (),
+        batch_subscribers: Iterable[str] = (),
         request_timeout_s: float = 15.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,6 +95,9 @@ class Deliverer:
         self._request_timeout_s = request_timeout_s
         self._clock = clock
         self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def takes_batches(self, url: str) -> bool:
+        return url in self._batch_subscribers
 
     def _slot(self, url: str) -> asyncio.Semaphore:
         slot = self._slots.get(url)
@@ -102,7 +111,7 @@ class Deliverer:
         A request is only sent if ``may_start()`` still says so when its slot frees up (the lease would
         not expire first, the relay is not stopping); otherwise its events are released.
         """
-        if url in self._batch_subscribers:
+        if self.takes_batches(url):
             return await self._post_batch(url, events, may_start)
         return list(await asyncio.gather(*(self._post_one(url, event, may_start) for event in events)))
 

@@ -13,6 +13,7 @@ from prometheus_client import Counter
 from services.relay import outcomes
 from services.relay.claim import ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from services.relay.delivery import Outcome
+from services.relay.groups import batch_endpoints, is_batch
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy, Step
 from services.relay.routes import Router
@@ -75,7 +76,7 @@ class Dispatcher:
         load_deliveries: LoadDeliveries,
     ) -> None:
         self._router = router
-        self._batch_subscribers = frozenset(batch_subscribers)
+        self._batch_endpoints = batch_endpoints(batch_subscribers)
         self._batch_max = batch_max
         self._policy = policy
         self._metrics = metrics
@@ -114,7 +115,7 @@ class Dispatcher:
                     decided.extend(self._settle_fanout(fanout.pop(seq)))
         units: list[tuple[str, list[ClaimedEvent]]] = []
         for url, url_events in per_url.items():
-            size = self._batch_max if url in self._batch_subscribers else 1
+            size = self._batch_max if is_batch(url, self._batch_endpoints) else 1
             units.extend((url, url_events[i : i + size]) for i in range(0, len(url_events), size))
         return Plan(units, decided, fanout)
 

@@ -40,6 +40,14 @@ class RelayMetrics:
             ["subscriber"],
             registry=registry,
         )
+        # A replica that fails while its group's other members deliver causes no retry and no dead
+        # letter: this is where it shows.
+        self.member_failures = Counter(
+            "kbingest_outbox_member_failures",
+            "Failed requests (connection error, timeout, 5xx) to a member of an any-of group, per member URL",
+            ["member"],
+            registry=registry,
+        )
         self.dead_letters = Gauge("kbingest_outbox_dead_letters", "Events in the dead-letter state", registry=registry)
         self.unroutable = Gauge(
             "kbingest_outbox_unroutable", "Dead letters parked because no route matched", registry=registry

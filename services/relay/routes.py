@@ -1,4 +1,4 @@
-"""Routes: event-type patterns (fnmatch style, ``document.*``) to subscriber URLs."""
+"""Routes: event-type patterns (fnmatch style, ``document.*``) to subscribers (a URL, or an any-of group of URLs)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ class Router:
 
     @property
     def subscribers(self) -> tuple[str, ...]:
-        """Every configured subscriber URL, once, in configuration order."""
+        """Every configured subscriber (a group counts once, by its name), in configuration order."""
         return tuple(dict.fromkeys(url for urls in self._routes.values() for url in urls))
 
     def targets(self, event_type: str) -> tuple[str, ...] | None:
-        """URLs of every pattern matching ``event_type`` (deduplicated, configuration order), or None."""
+        """Subscribers of every pattern matching ``event_type`` (deduplicated, configuration order), or None."""
         if event_type in self._cache:
             return self._cache[event_type]
         matched = [urls for pattern, urls in self._routes.items() if fnmatchcase(event_type, pattern)]

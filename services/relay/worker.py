@@ -20,6 +20,7 @@ from services.relay.claim import ClaimedEvent, DeliveryState
 from services.relay.delivery import Deliverer
 from services.relay.dispatch import Dispatcher
 from services.relay.dispatch import Result as DispatchResult
+from services.relay.groups import AnyOf
 from services.relay.listener import Listener
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
@@ -78,9 +79,10 @@ class Relay:
         request_budget_s = settings.relay_connect_timeout_s + settings.relay_timeout_s
         self._lease_s = max(LEASE_S, 3 * request_budget_s + SETTLE_ALLOWANCE_S)
         self._start_window_s = self._lease_s - request_budget_s - SETTLE_ALLOWANCE_S
-        self._deliverer = deliverer
+        router = Router(settings.effective_routes())
+        self._deliverer = AnyOf(deliverer, router.subscribers, member_failures=metrics.member_failures)
         self._dispatcher = Dispatcher(
-            router=Router(settings.effective_routes()),
+            router=router,
             batch_subscribers=settings.relay_batch_subscribers,
             batch_max=settings.relay_batch_max,
             policy=RetryPolicy(
