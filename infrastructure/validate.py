@@ -357,7 +357,8 @@ DEFAULTS = {"KBINGEST_DB_POOL_SIZE": 5, "KBINGEST_DB_MAX_OVERFLOW": 2, "KBINGEST
 def db_connection_budget(replicas: Mapping[str, int], env: Mapping[str, str]) -> int:
     """Worst-case Postgres connections, the formula of docs/deploy.md.
 
-    api×(pool+overflow) + relay×(max+1) + processor×max + reconciler×2.
+    api×(pool+overflow) + relay×(max+1) + processor×(max+2) + reconciler×2; a processor's two are its
+    heartbeat connection and the session that holds its presence lock.
     """
 
     def setting(name: str) -> int:
@@ -368,6 +369,6 @@ def db_connection_budget(replicas: Mapping[str, int], env: Mapping[str, str]) ->
     return (
         replicas.get("api", 0) * per_api
         + replicas.get("relay", 0) * (per_worker + 1)
-        + replicas.get("processor", 0) * per_worker
+        + replicas.get("processor", 0) * (per_worker + 2)
         + replicas.get("reconciler", 0) * 2
     )

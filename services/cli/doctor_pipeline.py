@@ -196,7 +196,7 @@ def connection_budget(settings: Settings) -> dict[str, int]:
     return {
         "api": settings.db_pool_size + settings.db_max_overflow + 1,
         "relay": worker + 1,
-        "processor": worker + 1,
+        "processor": worker + 2,  # + the heartbeat connection + the presence lock's session
         "reconciler": 2,
     }
 

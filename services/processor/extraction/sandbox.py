@@ -1,8 +1,13 @@
 """Run ``partition_file`` outside the processor: a warm fork server, one limited process per document.
 
 The server (``worker.py``) imports and warms unstructured once (~5 s), then forks a fresh child per
-job with RLIMIT_CPU and RLIMIT_AS, so a poison file costs one child, never the processor, and no job
-pays the import cost. The parent only waits on pipes: the event loop never blocks.
+job, so a poison file costs one child, never the processor, and no job pays the import cost. The parent
+only waits on pipes: the event loop never blocks.
+
+Untrusted files run confined (``confine.py``): the server is exec'd, not forked, with an allow-listed
+environment and a private HOME/TMPDIR, so the processor's secrets never enter its memory (and no
+inherited fd: asyncio closes them); it drops into its own network namespace before loading anything;
+each child gets CPU, address-space, file-size and open-file limits; and the result read back is capped.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import Any, Final
 
 import structlog
 
+from services.processor.extraction.confine import child_environment, protect_parent
 from services.processor.extraction.elements import Element
-from services.processor.extraction.worker import EXIT_OUT_OF_MEMORY
+from services.processor.extraction.outcome import RESULT_NAME, STDERR_NAME, read_outcome
 from shared.errors import ErrorCode, ProcessingError
 
 log = structlog.get_logger("kbingest.processor.extraction")
@@ -50,7 +56,9 @@ CHILD_ENV: Final[Mapping[str, str]] = {
 START_TIMEOUT_S: Final = 120.0
 # After a kill, how long to wait for the server to report the child gone (seconds).
 KILL_GRACE_S: Final = 10.0
-STDERR_TAIL_BYTES: Final = 2000
+# Largest result (JSON of the elements) read back from a child, and the largest file a child may
+# write; above the default upload limit's worth of text, below what would strain the processor.
+MAX_RESULT_BYTES: Final = 128 * 1024 * 1024
 # The warm server already maps this much address space; a lower RLIMIT_AS would fail every job.
 MIN_HEADROOM_BYTES: Final = 256 * 1024 * 1024
 
@@ -64,6 +72,7 @@ class _Server:
     ready: asyncio.Future[dict[str, Any]] | None = None
     jobs: dict[str, asyncio.Future[int]] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
+    private_dir: str | None = None
     dead: bool = False
     stopping: bool = False
 
@@ -92,11 +101,19 @@ class _Server:
 class ExtractorPool:
     """Sandboxed extraction through one warm fork server, restarted on demand if it dies."""
 
-    def __init__(self, *, python: str = sys.executable, extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        python: str = sys.executable,
+        extra_env: Mapping[str, str] | None = None,
+        max_result_bytes: int = MAX_RESULT_BYTES,
+    ) -> None:
         self._python = python
         self._extra_env = dict(extra_env or {})
+        self._max_result_bytes = max_result_bytes
         self._server: _Server | None = None
         self._baseline_vm_bytes = 0
+        self._network_isolated: bool | None = None
 
     @property
     def server_pid(self) -> int | None:
@@ -105,6 +122,11 @@ class ExtractorPool:
         if server is None or server.dead or server.process is None:
             return None
         return server.process.pid
+
+    @property
+    def network_isolated(self) -> bool | None:
+        """Whether the running server has its own network namespace (None before it is ready)."""
+        return self._network_isolated
 
     async def warm_up(self) -> None:
         """Start the server (if needed) and wait until it has loaded every extractor."""
@@ -123,7 +145,14 @@ class ExtractorPool:
         except TimeoutError as exc:
             raise ProcessingError(ErrorCode.EXTRACT_TIMEOUT, f"extraction took longer than {timeout_s:g}s") from exc
         try:
-            return await asyncio.to_thread(_read_outcome, job_dir, exit_code, cpu_seconds, memory_bytes)
+            return await asyncio.to_thread(
+                read_outcome,
+                job_dir,
+                exit_code,
+                cpu_seconds=cpu_seconds,
+                memory_bytes=memory_bytes,
+                max_result_bytes=self._max_result_bytes,
+            )
         finally:
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
 
@@ -159,10 +188,11 @@ class ExtractorPool:
             "id": job_id,
             "path": str(Path(path).resolve()),
             "media_type": media_type,
-            "result_path": str(job_dir / "result.json"),
-            "log_path": str(job_dir / "stderr.log"),
+            "result_path": str(job_dir / RESULT_NAME),
+            "log_path": str(job_dir / STDERR_NAME),
             "cpu_seconds": max(1, int(cpu_seconds)),
             "memory_bytes": int(memory_bytes),
+            "file_bytes": self._max_result_bytes,
         }
         try:
             await self._send(server, message)
@@ -202,11 +232,17 @@ class ExtractorPool:
         assert server.ready is not None
         info = await asyncio.shield(server.ready)
         self._baseline_vm_bytes = int(info.get("vm_bytes", 0))
+        isolated = bool(info.get("network_isolated"))
+        if not isolated and self._network_isolated is None:
+            log.warning("extraction.network_not_isolated", reason=info.get("network_error"))
+        self._network_isolated = isolated
         return server
 
     async def _start(self, server: _Server) -> None:
         """Spawn the server, wait for 'ready', then route its events to the waiting jobs until it exits."""
         assert server.ready is not None
+        protect_parent()
+        server.private_dir = tempfile.mkdtemp(prefix="kbingest-sandbox-")
         try:
             server.process = await asyncio.create_subprocess_exec(
                 self._python,
@@ -215,12 +251,13 @@ class ExtractorPool:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,
-                env=self._child_env(),
+                env=self._child_env(server.private_dir),
                 cwd=str(PROJECT_ROOT),
                 start_new_session=True,
             )
         except OSError as exc:
             server.fail_all(f"cannot start the extraction server: {exc}")
+            await asyncio.to_thread(shutil.rmtree, server.private_dir, True)
             return
         stdout = server.process.stdout
         assert stdout is not None
@@ -235,6 +272,7 @@ class ExtractorPool:
                 server.kill()
             exit_code = await server.process.wait()
             server.fail_all(f"the extraction server exited (exit code {exit_code})")
+            await asyncio.to_thread(shutil.rmtree, server.private_dir, True)
             report = log.info if server.stopping else log.warning
             report("extraction.server_exited", exit_code=exit_code)
 
@@ -257,37 +295,11 @@ class ExtractorPool:
                 if future is not None and not future.done():
                     future.set_result(int(event["exit_code"]))
 
-    def _child_env(self) -> dict[str, str]:
-        env = {**os.environ, **CHILD_ENV, **self._extra_env}
+    def _child_env(self, private_dir: str) -> dict[str, str]:
         paths = [str(PROJECT_ROOT), self._extra_env.get("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        return env
-
-
-def _read_outcome(job_dir: Path, exit_code: int, cpu_seconds: int, memory_bytes: int) -> list[Element]:
-    """Turn the child's result file, exit code or signal into elements or a ``ProcessingError``."""
-    result_path = job_dir / "result.json"
-    if exit_code == 0 and result_path.exists():
-        result = json.loads(result_path.read_text(encoding="utf-8"))
-        if result.get("ok"):
-            return [Element.from_json(item) for item in result["elements"]]
-        raise ProcessingError(ErrorCode(result["code"]), str(result["message"]))
-    if exit_code == -signal.SIGXCPU:
-        raise ProcessingError(ErrorCode.EXTRACT_TIMEOUT, f"extraction used more than {cpu_seconds}s of CPU time")
-    if exit_code == EXIT_OUT_OF_MEMORY:
-        raise ProcessingError(ErrorCode.EXTRACT_CRASHED, f"extraction ran out of memory ({memory_bytes >> 20} MiB)")
-    how = f"signal {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit code {exit_code}"
-    tail = _tail(job_dir / "stderr.log")
-    raise ProcessingError(ErrorCode.EXTRACT_CRASHED, f"the extractor died ({how}){': ' + tail if tail else ''}")
-
-
-def _tail(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - STDERR_TAIL_BYTES))
-            return fh.read().decode("utf-8", errors="replace").strip()
-    except OSError:
-        return ""
+        return child_environment(
+            os.environ, private_dir=private_dir, fixed={**CHILD_ENV, **self._extra_env}, python_path=paths
+        )
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Extraction child: warm the extractors once, then fork one resource-limited process per job.
+"""Extraction server: leave the network, warm the extractors once, then fork one confined process per job.
 
 Run as ``python -m services.processor.extraction.worker`` by ``sandbox.ExtractorPool``. Protocol:
 JSON lines on stdin (``{"op": "run", ...}`` / ``{"op": "kill", "id"}``), JSON lines on the original
@@ -9,11 +9,10 @@ and signal tell the parent how it ended. Everything libraries print goes to stde
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import json
 import logging
 import os
-import resource
 import select
 import signal
 import sys
@@ -22,21 +21,16 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
+from services.processor.extraction import poison
+from services.processor.extraction.confine import confine_child, isolate_network
 from services.processor.extraction.partition import partition_file, warm_up_partitioners
 from shared.errors import ErrorCode, ProcessingError
 
 EXIT_OUT_OF_MEMORY: Final = 3
 EXIT_BAD_JOB: Final = 4
+EXIT_RESULT_TOO_LARGE: Final = 5
 # How often the server looks for finished jobs while any are running (seconds).
 REAP_INTERVAL_S: Final = 0.05
-PR_SET_PDEATHSIG: Final = 1
-
-# Poison "media types" for the sandbox's own tests; honoured only when this variable is "1".
-TEST_HOOKS_ENV: Final = "KBINGEST_EXTRACT_TEST_HOOKS"
-TEST_LOOP: Final = "application/x-kbingest-test-loop"
-TEST_SLEEP: Final = "application/x-kbingest-test-sleep"
-TEST_OOM: Final = "application/x-kbingest-test-oom"
-TEST_SEGFAULT: Final = "application/x-kbingest-test-segfault"
 
 
 @dataclass
@@ -48,6 +42,7 @@ class Job:
     log_path: str
     cpu_seconds: int
     memory_bytes: int
+    file_bytes: int
     pid: int = 0
 
     @classmethod
@@ -60,6 +55,7 @@ class Job:
             log_path=str(message["log_path"]),
             cpu_seconds=int(message["cpu_seconds"]),
             memory_bytes=int(message["memory_bytes"]),
+            file_bytes=int(message["file_bytes"]),
         )
 
 
@@ -71,6 +67,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("pdfminer", "pypdf", "unstructured"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # First, while single-threaded and before any parser is loaded: children inherit the namespace.
+    network_error = isolate_network()
     started = time.monotonic()
     warm_up_partitioners()
     _send(
@@ -78,6 +76,8 @@ def main() -> int:
         {
             "event": "ready",
             "pid": os.getpid(),
+            "network_isolated": network_error is None,
+            "network_error": network_error,
             "warm_s": round(time.monotonic() - started, 3),
             "threads": _thread_count(),
             "vm_bytes": _vm_bytes(),
@@ -150,11 +150,7 @@ def _run_job(job: Job) -> None:
     try:
         _isolate(job)
         result = _extract(job)
-        tmp = job.result_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, ensure_ascii=False)
-        os.replace(tmp, job.result_path)
-        code = 0
+        code = _write_result(job.result_path, result)
     except MemoryError:
         code = EXIT_OUT_OF_MEMORY
     except BaseException:  # the forked child must never return into the server loop
@@ -173,18 +169,27 @@ def _isolate(job: Job) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    _die_with_parent()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # SIGXCPU at the soft limit; the hard limit a second later is SIGKILL if that is ignored.
-    resource.setrlimit(resource.RLIMIT_CPU, (job.cpu_seconds, job.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (job.memory_bytes, job.memory_bytes))
+    confine_child(cpu_seconds=job.cpu_seconds, memory_bytes=job.memory_bytes, file_bytes=job.file_bytes)
+
+
+def _write_result(result_path: str, result: dict[str, Any]) -> int:
+    """Write the result atomically; one bigger than RLIMIT_FSIZE is an exit code, not a traceback."""
+    tmp = result_path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, ensure_ascii=False)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            return EXIT_RESULT_TOO_LARGE
+        raise
+    os.replace(tmp, result_path)
+    return 0
 
 
 def _extract(job: Job) -> dict[str, Any]:
     try:
-        if os.environ.get(TEST_HOOKS_ENV) == "1":
-            _test_hook(job.media_type)
-        elements = partition_file(job.path, job.media_type)
+        hooked = poison.run(job.media_type, job.path, job.result_path) if poison.enabled() else None
+        elements = hooked if hooked is not None else partition_file(job.path, job.media_type)
     except ProcessingError as exc:
         return {"ok": False, "code": exc.code.value, "message": exc.message}
     except MemoryError:
@@ -193,28 +198,6 @@ def _extract(job: Job) -> dict[str, Any]:
         traceback.print_exc()
         return {"ok": False, "code": ErrorCode.INTERNAL_ERROR.value, "message": f"extractor bug: {exc!r}"[:500]}
     return {"ok": True, "elements": [e.to_json() for e in elements]}
-
-
-def _test_hook(media_type: str) -> None:
-    if media_type == TEST_LOOP:
-        while True:
-            pass
-    if media_type == TEST_SLEEP:
-        while True:
-            time.sleep(60)
-    if media_type == TEST_OOM:
-        hoard = []
-        while True:
-            hoard.append(bytearray(16 * 1024 * 1024))
-    if media_type == TEST_SEGFAULT:
-        os.kill(os.getpid(), signal.SIGSEGV)
-
-
-def _die_with_parent() -> None:
-    """If the server is killed, its jobs must not live on as orphans."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _send(status: TextIO, message: dict[str, Any]) -> None:

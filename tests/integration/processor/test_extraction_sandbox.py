@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from services.processor.extraction import worker
+from services.processor.extraction import poison, worker
 from services.processor.extraction.partition import partition_file
 from services.processor.extraction.sandbox import ExtractorPool
 from shared.errors import ErrorCode, ProcessingError
@@ -50,7 +50,7 @@ def sample_txt(tmp_path: Path) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def poison_pool() -> AsyncIterator[ExtractorPool]:
-    pool = ExtractorPool(extra_env={worker.TEST_HOOKS_ENV: "1"})
+    pool = ExtractorPool(extra_env={poison.TEST_HOOKS_ENV: "1"})
     await pool.warm_up()
     yield pool
     await pool.close()
@@ -66,7 +66,7 @@ async def test_endless_loop_hits_the_wall_clock_timeout(poison_pool: ExtractorPo
     server = poison_pool.server_pid
     started = time.monotonic()
     with pytest.raises(ProcessingError) as caught:
-        await poison_pool.extract("/dev/null", worker.TEST_LOOP, timeout_s=2, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
+        await poison_pool.extract("/dev/null", poison.TEST_LOOP, timeout_s=2, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
     assert caught.value.code == ErrorCode.EXTRACT_TIMEOUT
     assert time.monotonic() - started < 8
     assert await _until(lambda: not _children(server or 0)), "the looping child must be killed"
@@ -78,7 +78,7 @@ async def test_endless_loop_hits_the_wall_clock_timeout(poison_pool: ExtractorPo
 async def test_cpu_limit_stops_a_busy_child(poison_pool: ExtractorPool, sample_txt: Path) -> None:
     started = time.monotonic()
     with pytest.raises(ProcessingError) as caught:
-        await poison_pool.extract("/dev/null", worker.TEST_LOOP, timeout_s=60, cpu_seconds=1, memory_bytes=MEMORY_BYTES)
+        await poison_pool.extract("/dev/null", poison.TEST_LOOP, timeout_s=60, cpu_seconds=1, memory_bytes=MEMORY_BYTES)
     assert caught.value.code == ErrorCode.EXTRACT_TIMEOUT
     assert "CPU" in caught.value.message
     assert time.monotonic() - started < 20
@@ -90,7 +90,7 @@ async def test_unbounded_allocation_crashes_only_the_child(poison_pool: Extracto
     server = poison_pool.server_pid
     started = time.monotonic()
     with pytest.raises(ProcessingError) as caught:
-        await poison_pool.extract("/dev/null", worker.TEST_OOM, timeout_s=60, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
+        await poison_pool.extract("/dev/null", poison.TEST_OOM, timeout_s=60, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
     assert caught.value.code == ErrorCode.EXTRACT_CRASHED
     assert "memory" in caught.value.message
     assert time.monotonic() - started < 20
@@ -102,7 +102,7 @@ async def test_unbounded_allocation_crashes_only_the_child(poison_pool: Extracto
 async def test_a_child_killed_by_a_signal_is_a_crash(poison_pool: ExtractorPool, sample_txt: Path) -> None:
     with pytest.raises(ProcessingError) as caught:
         await poison_pool.extract(
-            "/dev/null", worker.TEST_SEGFAULT, timeout_s=30, cpu_seconds=30, memory_bytes=MEMORY_BYTES
+            "/dev/null", poison.TEST_SEGFAULT, timeout_s=30, cpu_seconds=30, memory_bytes=MEMORY_BYTES
         )
     assert caught.value.code == ErrorCode.EXTRACT_CRASHED
     assert "SIGSEGV" in caught.value.message
@@ -113,7 +113,7 @@ async def test_a_child_killed_by_a_signal_is_a_crash(poison_pool: ExtractorPool,
 async def test_cancelling_an_extraction_kills_its_child(poison_pool: ExtractorPool, sample_txt: Path) -> None:
     server = poison_pool.server_pid or 0
     task = asyncio.create_task(
-        poison_pool.extract("/dev/null", worker.TEST_SLEEP, timeout_s=300, cpu_seconds=300, memory_bytes=MEMORY_BYTES)
+        poison_pool.extract("/dev/null", poison.TEST_SLEEP, timeout_s=300, cpu_seconds=300, memory_bytes=MEMORY_BYTES)
     )
     assert await _until(lambda: bool(_children(server)))
     task.cancel()
@@ -136,7 +136,7 @@ async def test_the_event_loop_stays_responsive_during_extraction(poison_pool: Ex
     ticker = asyncio.create_task(probe())
     with pytest.raises(ProcessingError):
         await poison_pool.extract(
-            "/dev/null", worker.TEST_LOOP, timeout_s=1.5, cpu_seconds=60, memory_bytes=MEMORY_BYTES
+            "/dev/null", poison.TEST_LOOP, timeout_s=1.5, cpu_seconds=60, memory_bytes=MEMORY_BYTES
         )
     ticker.cancel()
     assert len(lags) > 50
@@ -148,7 +148,7 @@ async def test_a_dead_server_fails_its_jobs_and_is_restarted(poison_pool: Extrac
     server = poison_pool.server_pid
     assert server is not None
     task = asyncio.create_task(
-        poison_pool.extract("/dev/null", worker.TEST_SLEEP, timeout_s=60, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
+        poison_pool.extract("/dev/null", poison.TEST_SLEEP, timeout_s=60, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
     )
     assert await _until(lambda: bool(_children(server)))
     os.kill(server, signal.SIGKILL)
@@ -168,10 +168,10 @@ async def test_a_memory_limit_below_the_warm_baseline_is_refused(poison_pool: Ex
 
 
 def test_poison_types_are_not_in_the_production_allow_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(worker.TEST_HOOKS_ENV, raising=False)
+    monkeypatch.delenv(poison.TEST_HOOKS_ENV, raising=False)
     sample = tmp_path / "x.bin"
     sample.write_bytes(b"x")
-    for media_type in (worker.TEST_LOOP, worker.TEST_OOM, worker.TEST_SLEEP, worker.TEST_SEGFAULT, "audio/wav"):
+    for media_type in (*poison.ALL, "audio/wav"):
         with pytest.raises(ProcessingError) as caught:
             partition_file(str(sample), media_type)
         assert caught.value.code == ErrorCode.UNSUPPORTED_MEDIA_TYPE
@@ -183,6 +183,7 @@ def test_poison_types_are_not_in_the_production_allow_list(tmp_path: Path, monke
             log_path="",
             cpu_seconds=1,
             memory_bytes=1,
+            file_bytes=1,
         )
         assert worker._extract(job) == {
             "ok": False,

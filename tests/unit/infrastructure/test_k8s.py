@@ -249,9 +249,9 @@ def test_connection_budget_fits_postgres(rendered: list[Obj]) -> None:
 
 def test_connection_budget_formula() -> None:
     replicas = {"api": 2, "relay": 2, "processor": 3, "reconciler": 2}
-    assert v.db_connection_budget(replicas, {}) == 2 * 7 + 2 * 6 + 3 * 5 + 2 * 2
+    assert v.db_connection_budget(replicas, {}) == 2 * 7 + 2 * 6 + 3 * 7 + 2 * 2
     env = {"KBINGEST_DB_POOL_SIZE": "3", "KBINGEST_DB_MAX_OVERFLOW": "0", "KBINGEST_DB_MAX_CONNECTIONS": "4"}
-    assert v.db_connection_budget(replicas, env) == 2 * 3 + 2 * 5 + 3 * 4 + 2 * 2
+    assert v.db_connection_budget(replicas, env) == 2 * 3 + 2 * 5 + 3 * 6 + 2 * 2
 
 
 def test_json_patch() -> None:
