@@ -158,6 +158,7 @@ class AnyOf:
         for i in todo:
             # Handed back untouched when the relay stops or the lease runs out before every member was asked.
             answers[i] = every_member_failed(tried[i]) if len(tried[i]) == len(order) else Outcome.release()
+        # Every event has its answer by now; the fallback is only for the type checker.
         return [answer if answer is not None else Outcome.release() for answer in answers]
 
     async def _ask(
