@@ -117,6 +117,8 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     max_batch_files: int = Field(default=100, ge=1)
+    # Whole batch request body: past it the API stops reading and answers 413 body_too_large.
+    max_batch_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=30.0, gt=0)

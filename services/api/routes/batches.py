@@ -40,6 +40,7 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
         max_file_bytes=state.settings.max_upload_bytes,
         max_files=state.settings.max_batch_files,
         fail_fast=False,
+        max_body_bytes=state.settings.max_batch_bytes,
     )
     try:
         files = [f for f in form.files if f.field_name == "file"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Final
 
+from services.api.uploads.zipsniff import MAX_ENTRIES, BadZip, TooManyEntries, list_zip
 from shared.media_types import CSV, DOCX, EML, HTML, MARKDOWN, PDF, PPTX, TEXT, XLSX
 
 _OOXML_BY_EXT: Final = {".docx": DOCX, ".pptx": PPTX, ".xlsx": XLSX}
@@ -53,7 +53,10 @@ def _mostly_utf8(head: bytes) -> bool:
 
 
 def detect_media_type(path: Path, head: bytes, filename: str) -> str:
-    """Return the media type we will extract ``path`` as, or raise UnsupportedMediaType."""
+    """Return the media type we will extract ``path`` as, or raise UnsupportedMediaType.
+
+    Blocking (a ZIP's directory is read from disk): call it from a worker thread.
+    """
     ext = _extension(filename)
     if head.startswith(b"%PDF-"):
         return PDF
@@ -80,14 +83,17 @@ def detect_media_type(path: Path, head: bytes, filename: str) -> str:
 
 def _ooxml_type(path: Path, ext: str) -> str:
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile as exc:
+        listing = list_zip(path, prefixes=tuple(prefix for prefix, _ in _OOXML_BY_PART))
+    except TooManyEntries as exc:
+        raise UnsupportedMediaType(
+            f"a ZIP archive with more than {MAX_ENTRIES} entries is not a document we accept ({exc})"
+        ) from exc
+    except BadZip as exc:
         if ext in _OOXML_BY_EXT:
             return _OOXML_BY_EXT[ext]  # damaged OOXML: processing reports corrupt_file
         raise UnsupportedMediaType("a ZIP archive that is not a DOCX, PPTX or XLSX") from exc
-    if "[Content_Types].xml" in names:
+    if listing.has_content_types:
         for prefix, media_type in _OOXML_BY_PART:
-            if any(name.startswith(prefix) for name in names):
+            if prefix in listing.prefixes:
                 return media_type
     raise UnsupportedMediaType("a ZIP archive that is not a DOCX, PPTX or XLSX")

@@ -17,6 +17,9 @@ from shared.errors import ApiError
 
 HEAD_BYTES: Final = 8192
 MAX_FIELD_BYTES: Final = 64 * 1024
+# Non-file fields (``priority`` today): their count and total size are what the form may hold in memory.
+MAX_FORM_FIELDS: Final = 32
+MAX_FORM_BYTES: Final = 64 * 1024
 MULTIPART_OVERHEAD_BYTES: Final = 64 * 1024
 
 
@@ -57,6 +60,8 @@ class _Collector:
         self._hasher = hashlib.sha256()
         self._field_name: str | None = None
         self._field_value = bytearray()
+        self._field_count = 0
+        self._field_bytes = 0
 
     def on_part_begin(self) -> None:
         self._headers = {}
@@ -77,6 +82,9 @@ class _Collector:
         name = options.get(b"name", b"").decode("utf-8", errors="replace")
         raw_filename = options.get(b"filename")
         if raw_filename is None:
+            self._field_count += 1
+            if self._field_count > MAX_FORM_FIELDS:
+                raise body_too_large(f"at most {MAX_FORM_FIELDS} form fields besides files", max_fields=MAX_FORM_FIELDS)
             self._field_name, self._field_value = name, bytearray()
             return
         if len(self.form.files) >= self.max_files:
@@ -91,6 +99,11 @@ class _Collector:
         if self._file is None:
             if len(self._field_value) + len(chunk) > MAX_FIELD_BYTES:
                 raise ApiError(413, "field_too_large", f"form field '{self._field_name}' is too large")
+            self._field_bytes += len(chunk)
+            if self._field_bytes > MAX_FORM_BYTES:
+                raise body_too_large(
+                    f"form fields besides files total over {MAX_FORM_BYTES} bytes", max_field_bytes=MAX_FORM_BYTES
+                )
             self._field_value += chunk
             return
         current = self._file
@@ -134,19 +147,44 @@ class _Collector:
             self._handle.close()
 
 
+def body_too_large(message: str, **limits: int) -> ApiError:
+    return ApiError(413, "body_too_large", message, dict(limits))
+
+
+def default_body_limit(*, max_file_bytes: int, max_files: int) -> int:
+    """The most a well-formed request may send: its files at their limit, the form fields, the framing."""
+    return max_files * max_file_bytes + MAX_FORM_BYTES + MULTIPART_OVERHEAD_BYTES
+
+
 async def receive_multipart(
-    request: Request, *, max_file_bytes: int, max_files: int, fail_fast: bool, tmp_root: Path | None = None
+    request: Request,
+    *,
+    max_file_bytes: int,
+    max_files: int,
+    fail_fast: bool,
+    max_body_bytes: int | None = None,
+    tmp_root: Path | None = None,
 ) -> ReceivedForm:
-    """Read the body once; 413 as soon as a file passes ``max_file_bytes`` when ``fail_fast``."""
+    """Read the body once; 413 as soon as a file passes ``max_file_bytes`` when ``fail_fast``, and
+    whatever ``fail_fast`` says, as soon as the body passes ``max_body_bytes``, the form holds too many
+    fields or too many files: the rest of the body is never read."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise ApiError(422, "validation_error", "expected a multipart/form-data body with a 'file' field")
-    declared = request.headers.get("content-length")
-    if fail_fast and declared and declared.isdigit() and int(declared) > max_file_bytes + MULTIPART_OVERHEAD_BYTES:
+    body_limit = (
+        max_body_bytes
+        if max_body_bytes is not None
+        else default_body_limit(max_file_bytes=max_file_bytes, max_files=max_files)
+    )
+    declared_header = request.headers.get("content-length")
+    declared = int(declared_header) if declared_header and declared_header.isdigit() else None
+    if fail_fast and declared is not None and declared > max_file_bytes + MULTIPART_OVERHEAD_BYTES:
         raise ApiError(
             413, "file_too_large", f"file exceeds the limit of {max_file_bytes} bytes", {"max_bytes": max_file_bytes}
         )
+    if declared is not None and declared > body_limit:
+        raise body_too_large(f"the request body is over {body_limit} bytes", max_bytes=body_limit)
     form = ReceivedForm(tmp_dir=Path(tempfile.mkdtemp(prefix="kbingest-upload-", dir=tmp_root)))
     collector = _Collector(form, max_file_bytes=max_file_bytes, max_files=max_files, fail_fast=fail_fast)
     parser = MultipartParser(
@@ -161,8 +199,12 @@ async def receive_multipart(
             "on_headers_finished": collector.on_headers_finished,
         },
     )
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:
+                raise body_too_large(f"the request body is over {body_limit} bytes", max_bytes=body_limit)
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -101,7 +102,9 @@ class UploadService:
     ) -> UploadResult:
         if priority not in PRIORITIES:
             raise ApiError(422, "validation_error", f"priority must be one of {', '.join(PRIORITIES)}")
-        media_type = self.validate(received)
+        # Sniffing reads a ZIP's directory from disk: off the event loop, so one hostile archive
+        # cannot stall every other request.
+        media_type = await asyncio.to_thread(self.validate, received)
         filename = sanitize_filename(received.filename)
         request_hash = hashlib.sha256(f"{kb_id}:{filename}:{received.sha256}".encode()).hexdigest()
         async with self._db.transaction() as conn:
