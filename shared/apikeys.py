@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 KEY_PREFIX: Final = "kbi_"
 BOOTSTRAP_NAME: Final = "bootstrap"
 
+# Whether a key found earlier is still live (an open event stream re-checks its key with it).
+KEY_IS_LIVE: Final = text("SELECT 1 FROM api_keys WHERE id = :id AND revoked_at IS NULL")
 # Looks up a live key by hash (keys are 256-bit random, so a plain SHA-256 is enough).
 FIND_KEY: Final = text(
     "SELECT id, name, knowledge_base_ids FROM api_keys WHERE key_hash = :hash AND revoked_at IS NULL"
@@ -55,8 +57,8 @@ def display_prefix(key: str) -> str:
 
 async def store_key(
     conn: AsyncConnection, key: str, *, name: str, knowledge_base_ids: list[uuid.UUID] | None = None
-) -> uuid.UUID:
-    """Store a key's hash (idempotent for the same key) and return its id."""
+) -> uuid.UUID | None:
+    """Store a key's hash (idempotent for the same key) and return its id; None if that key was revoked."""
     key_id = uuid.uuid4()
     await conn.execute(
         INSERT_KEY,
@@ -69,8 +71,7 @@ async def store_key(
         },
     )
     found = await find_key(conn, key)
-    assert found is not None
-    return found.id
+    return found.id if found is not None else None
 
 
 async def find_key(conn: AsyncConnection, key: str) -> KeyRecord | None:
@@ -81,6 +82,10 @@ async def find_key(conn: AsyncConnection, key: str) -> KeyRecord | None:
     return KeyRecord(
         id=row["id"], name=row["name"], knowledge_base_ids=frozenset(kb_ids) if kb_ids is not None else None
     )
+
+
+async def key_is_live(conn: AsyncConnection, key_id: uuid.UUID) -> bool:
+    return (await conn.execute(KEY_IS_LIVE, {"id": key_id})).first() is not None
 
 
 async def touch_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -54,6 +55,16 @@ def _canonical_subscriber(entry: str) -> str:
     return SUBSCRIBER_GROUP_SEPARATOR.join(members)
 
 
+def is_loopback(host: str) -> bool:
+    """True only for addresses that no other machine can reach; a name other than localhost counts as public."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 DEFAULT_STAGE_TIMEOUTS_S: dict[str, float | None] = {
     "downloading": 60.0,
     "extracting": 120.0,
@@ -94,6 +105,15 @@ class Settings(BaseSettings):
     embedding_dim: int | None = None
 
     api_key: SecretStr | None = None
+    # Signs the other processes' calls to the API's local vector store; unset: generated in DATA_DIR.
+    internal_secret: SecretStr | None = None
+    # On a non-loopback API bind, /metrics asks for this token (or an unscoped API key).
+    metrics_token: SecretStr | None = None
+    # Largest request body of a non-upload route (JSON); uploads have their own limits.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # An open event stream re-checks its key this often and ends once the key is revoked.
+    sse_key_recheck_s: float = Field(default=20.0, gt=0)
+    sse_max_streams_per_key: int = Field(default=8, ge=1)
     api_host: str = "127.0.0.1"
     bind_host: str = "127.0.0.1"
     api_internal_url: str = ""
@@ -178,7 +198,32 @@ class Settings(BaseSettings):
             bad = [name for name, is_default in defaults.items() if is_default]
             if bad:
                 raise ValueError(f"set {', '.join(bad)}: the local default is refused in production")
+        exposed = self.exposed_secret_problems()
+        if exposed:
+            raise ValueError("; ".join(exposed))
         return self
+
+    def exposed_secret_problems(self) -> list[str]:
+        """What a listener reachable from the network must not run with: published or absent secrets."""
+        problems = []
+        if self.relay_secret.get_secret_value() == LOCAL_RELAY_SECRET and not (
+            is_loopback(self.api_host) and is_loopback(self.bind_host)
+        ):
+            problems.append(
+                "set KBINGEST_RELAY_SECRET: the published local default is refused when API_HOST or BIND_HOST "
+                "is not a loopback address (anyone could sign events)"
+            )
+        if self.is_local_qdrant and self.internal_secret is None and not is_loopback(self.api_host):
+            problems.append(
+                "set KBINGEST_INTERNAL_SECRET: the API serves its local vector store to other processes, "
+                "and API_HOST is not a loopback address"
+            )
+        return problems
+
+    @property
+    def api_is_public(self) -> bool:
+        """The API listens beyond loopback: /metrics needs credentials (docs/deploy.md)."""
+        return not is_loopback(self.api_host)
 
     @property
     def is_local_qdrant(self) -> bool:

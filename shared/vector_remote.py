@@ -7,20 +7,26 @@ processes write through it. With ``QDRANT_URL`` set, everyone talks to the Qdran
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, Literal
 
 import httpx
 
 from shared.errors import ErrorCode, ProcessingError
+from shared.internal_auth import internal_secret, sign_request
 from shared.settings import Settings
-from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from shared.vectorstore import ChunkLike, QdrantVectorStore, SearchHit, VectorStore
+from shared.vectorstore import UPSERT_BATCH, ChunkLike, QdrantVectorStore, SearchHit, VectorStore
 
 INTERNAL_PREFIX: Final = "/internal/v1/vectors"
 TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
+# The body limit of an internal upsert (every other internal call gets MAX_BODY_BYTES). Sized to a
+# full batch of UPSERT_BATCH points with the worst JSON: 4096-dim vectors (~24 bytes per float) and
+# 1,500-character chunks all escaped as \uXXXX (x6), about 30 MB; the client packs batches below it.
+INTERNAL_UPSERT_MAX_BYTES: Final = 32 * 1024 * 1024
+UPSERT_OP: Final = "upsert_chunks"
+# Keys and separators around the chunks and vectors of an upsert body, generously.
+ENVELOPE_BYTES: Final = 1024
 
 
 class RemoteVectorStore:
@@ -37,14 +43,10 @@ class RemoteVectorStore:
 
     async def _call(self, op: str, payload: dict[str, Any]) -> Any:
         body = json.dumps(payload).encode()
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-        }
+        path = f"{INTERNAL_PREFIX}/{op}"
+        headers = {"Content-Type": "application/json", **sign_request(self._secret, "POST", path, body)}
         try:
-            response = await self._client.post(f"{INTERNAL_PREFIX}/{op}", content=body, headers=headers)
+            response = await self._client.post(path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise ProcessingError(ErrorCode.INDEX_UNAVAILABLE, f"vector store (via API) unreachable: {exc}") from exc
         if response.status_code != 200:
@@ -65,16 +67,28 @@ class RemoteVectorStore:
         filename: str | None,
         chunks: Sequence[ChunkLike],
         vectors: Sequence[Sequence[float]],
+        *,
+        trim_tail: bool = True,
     ) -> int:
-        payload = {
-            "document_id": str(document_id),
-            "kb_id": str(kb_id),
-            "version": version,
-            "filename": filename,
-            "chunks": [{"chunk_no": c.chunk_no, "text": c.text, "page": c.page, "heading": c.heading} for c in chunks],
-            "vectors": [list(v) for v in vectors],
-        }
-        return int(await self._call("upsert_chunks", payload))
+        """In batches under the endpoint's body limit, in chunk order; only the last one trims the tail."""
+        head = {"document_id": str(document_id), "kb_id": str(kb_id), "version": version, "filename": filename}
+        items = [
+            ({"chunk_no": c.chunk_no, "text": c.text, "page": c.page, "heading": c.heading}, list(v))
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        budget = INTERNAL_UPSERT_MAX_BYTES - len(json.dumps(head)) - ENVELOPE_BYTES
+        spans = list(_spans([len(json.dumps(item)) for item in items], budget))
+        written = 0
+        for i, (start, end) in enumerate(spans):
+            part = items[start:end]
+            payload = {
+                **head,
+                "trim_tail": trim_tail and i == len(spans) - 1,
+                "chunks": [chunk for chunk, _ in part],
+                "vectors": [vector for _, vector in part],
+            }
+            written += int(await self._call(UPSERT_OP, payload))
+        return written
 
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None:
         await self._call("delete", {"document_id": str(document_id), "mode": "other", "version": keep_version})
@@ -99,8 +113,22 @@ class RemoteVectorStore:
         await self._client.aclose()
 
 
+def _spans(sizes: list[int], budget: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` runs of at most UPSERT_BATCH items whose encoded sizes fit ``budget`` bytes."""
+    start, used = 0, 0
+    for i, size in enumerate(sizes):
+        if size > budget:
+            raise ProcessingError(ErrorCode.INTERNAL_ERROR, f"one chunk's point is {size} bytes, over the body limit")
+        if i > start and (i - start == UPSERT_BATCH or used + size > budget):
+            yield start, i
+            start, used = i, 0
+        used += size
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
 def vector_store_for(settings: Settings, *, role: Literal["api", "processor", "other"]) -> VectorStore:
     """The API owns a local store; everyone else reaches it through the API. A server is shared."""
     if settings.is_local_qdrant and role != "api":
-        return RemoteVectorStore(settings.internal_api_url(), settings.relay_secret.get_secret_value())
+        return RemoteVectorStore(settings.internal_api_url(), internal_secret(settings))
     return QdrantVectorStore.from_settings(settings)

@@ -65,6 +65,8 @@ class VectorStore(Protocol):
         filename: str | None,
         chunks: Sequence[ChunkLike],
         vectors: Sequence[Sequence[float]],
+        *,
+        trim_tail: bool = True,
     ) -> int: ...
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None: ...
     async def delete_older_versions(self, document_id: uuid.UUID | str, version: int) -> None: ...
@@ -165,8 +167,14 @@ class QdrantVectorStore:
         filename: str | None,
         chunks: Sequence[ChunkLike],
         vectors: Sequence[Sequence[float]],
+        *,
+        trim_tail: bool = True,
     ) -> int:
-        """Write one point per chunk; re-running it leaves exactly the same point set."""
+        """Write one point per chunk; re-running it leaves exactly the same point set.
+
+        ``trim_tail=False`` is for all but the last of several calls that write one version in chunk
+        order: a middle call must not delete the chunks the next calls write.
+        """
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         if not chunks:
@@ -195,6 +203,8 @@ class QdrantVectorStore:
         ]
         for start in range(0, len(points), UPSERT_BATCH):
             await self._call("upsert", collection_name=name, points=points[start : start + UPSERT_BATCH], wait=True)
+        if not trim_tail:
+            return len(points)
         # A re-run that produced fewer chunks must not leave the old tail behind.
         highest = max(chunk.chunk_no for chunk in chunks)
         stale = _document_filter(

@@ -9,6 +9,8 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from services.api.auth_first import AuthFirst
+from services.api.body_limit import BodyLimit, body_limit_for
 from services.api.broadcast import Broadcaster
 from services.api.errors import install_error_handlers
 from services.api.routes import (
@@ -23,12 +25,15 @@ from services.api.routes import (
     search,
     ui,
 )
+from services.api.security_headers import SecurityHeaders
 from services.api.state import AppState
+from services.api.streams import StreamLimiter
 from services.api.uploads.service import AfterStoreHook, UploadService
-from shared.apikeys import BOOTSTRAP_NAME, store_key
+from shared.apikeys import BOOTSTRAP_NAME, display_prefix, store_key
 from shared.db import DatabaseUnavailable, api_database
 from shared.embedding import Embedder
 from shared.http_metrics import install_http_observability
+from shared.internal_auth import internal_secret
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
 from shared.vector_remote import vector_store_for
@@ -58,6 +63,8 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
             broadcaster=Broadcaster(settings.database_url),
             vectors=vector_store_for(settings, role="api"),
             embedder=Embedder(settings),
+            streams=StreamLimiter(settings.sse_max_streams_per_key),
+            internal_secret=internal_secret(settings) if settings.is_local_qdrant else None,
         )
         # One LISTEN session per process feeds every SSE client (it reconnects by itself).
         app.state.kb.broadcaster.start()
@@ -76,11 +83,23 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
         version="0.1.0",
         summary="Document ingestion for knowledge bases: upload, extract, chunk, embed, index.",
         lifespan=lifespan,
+        # /docs is served from a package's files (routes/ui.py); ReDoc would need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     registry = CollectorRegistry()
     install_http_observability(app, registry, "api")
     install_error_handlers(app)
-    for module in (health, knowledge_bases, documents, batches, search, internal_vectors, outbox, ui, pipeline, events):
+    # Added innermost first: headers on every answer, then the body limit, then auth before any body.
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    app.add_middleware(AuthFirst, protect_metrics=settings.api_is_public, metrics_token=metrics_token)
+    app.add_middleware(BodyLimit, limit_for=lambda method, path: body_limit_for(method, path, settings.max_body_bytes))
+    app.add_middleware(SecurityHeaders)
+    routers = [health, knowledge_bases, documents, batches, search, outbox, ui, pipeline, events]
+    # Only a local (path) Qdrant needs the API to serve vectors to other processes.
+    if settings.is_local_qdrant:
+        routers.append(internal_vectors)
+    for module in routers:
         app.include_router(module.router)
     return app
 
@@ -93,8 +112,13 @@ async def _bootstrap(settings: Settings, state: AppState) -> None:
         log.error("api.bucket_unavailable", error=str(exc), bucket=settings.s3_bucket)
     if settings.api_key is None:
         return
+    key = settings.api_key.get_secret_value()
     try:
         async with state.db.transaction() as conn:
-            await store_key(conn, settings.api_key.get_secret_value(), name=BOOTSTRAP_NAME)
+            stored = await store_key(conn, key, name=BOOTSTRAP_NAME)
     except DatabaseUnavailable as exc:
         log.error("api.bootstrap_key_not_stored", error=str(exc))
+        return
+    if stored is None:
+        # Revoked on purpose: it stays revoked; the API serves the keys that are still live.
+        log.warning("api.bootstrap_key_revoked", prefix=display_prefix(key), setting="KBINGEST_API_KEY")

@@ -39,10 +39,25 @@ def _json(
     )
 
 
+def error_response(exc: ApiError | DatabaseUnavailable | StorageUnavailable) -> JSONResponse:
+    """The answer to an expected failure, for the handlers below and for middleware outside them."""
+    if isinstance(exc, ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("api.database_unavailable", error=str(exc))
+        return _json(
+            503, "database_unavailable", "the database is unavailable; retry shortly", headers={"Retry-After": "2"}
+        )
+    log.warning("api.storage_unavailable", error=str(exc))
+    return _json(
+        503, "storage_unavailable", "the object store is unavailable; retry shortly", headers={"Retry-After": "2"}
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -57,17 +72,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DatabaseUnavailable)
     async def _db(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        log.warning("api.database_unavailable", error=str(exc))
-        return _json(
-            503, "database_unavailable", "the database is unavailable; retry shortly", headers={"Retry-After": "2"}
-        )
+        return error_response(exc)
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
-        log.warning("api.storage_unavailable", error=str(exc))
-        return _json(
-            503, "storage_unavailable", "the object store is unavailable; retry shortly", headers={"Retry-After": "2"}
-        )
+        return error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

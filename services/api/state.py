@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.api.broadcast import Broadcaster
+from services.api.streams import StreamLimiter
 from services.api.uploads.service import UploadService
 from shared.db import Database
 from shared.embedding import Embedder
@@ -22,3 +23,6 @@ class AppState:
     broadcaster: Broadcaster
     vectors: VectorStore
     embedder: Embedder
+    streams: StreamLimiter
+    # Signs other processes' calls to the local vector store; None when the API owns none.
+    internal_secret: str | None

@@ -19,6 +19,7 @@ import httpx
 from shared.embedded.lifetime import die_with_parent
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
+from shared.internal_auth import data_dir_secret
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 READY_TIMEOUT_S = 120.0
@@ -138,6 +139,8 @@ class LocalStack:
             "KBINGEST_DATABASE_URL": self.postgres.dsn,
             "KBINGEST_S3_ENDPOINT": self.s3.endpoint,
             "KBINGEST_API_KEY": api_key,
+            # Generated once per data dir, like the API key, unless the environment sets one.
+            "KBINGEST_INTERNAL_SECRET": os.environ.get("KBINGEST_INTERNAL_SECRET") or data_dir_secret(self.data_dir),
         }
 
     def start_dependencies(self) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
+import structlog
 from fastapi import APIRouter, Header
 from sqlalchemy import text
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -17,8 +19,13 @@ from services.api import queries
 from services.api.broadcast import Broadcaster, Resync
 from services.api.deps import CurrentKey, StateDep, require_kb_access
 from services.api.routes.responses import error_responses
-from shared.db import Database
+from services.api.streams import HeldEventSourceResponse
+from shared.aio import wait_for
+from shared.apikeys import key_is_live
+from shared.db import Database, DatabaseUnavailable
 from shared.errors import ApiError
+
+log = structlog.get_logger("kbingest.api")
 
 router = APIRouter(tags=["events"])
 
@@ -74,10 +81,14 @@ class Cursor:
 class Stream:
     """One client's stream: replay from the cursor, then live notices, deduplicated, in order per document."""
 
-    def __init__(self, db: Database, broadcaster: Broadcaster, kb_id: str) -> None:
+    def __init__(
+        self, db: Database, broadcaster: Broadcaster, kb_id: str, *, key_id: uuid.UUID, key_recheck_s: float
+    ) -> None:
         self._db = db
         self._broadcaster = broadcaster
         self._kb_id = kb_id
+        self._key_id = key_id
+        self._key_recheck_s = key_recheck_s
         self._sent: OrderedDict[str, None] = OrderedDict()
 
     def _remember(self, event_id: str) -> bool:
@@ -93,6 +104,17 @@ class Stream:
         async with self._db.transaction() as conn:
             seq = (await conn.execute(SEQ_OF, {"id": uuid.UUID(event_id)})).scalar_one_or_none()
         return int(seq) if seq is not None else None
+
+    async def _key_revoked(self) -> str | None:
+        """Why the stream must end now that its key is checked again, or None while the key is live."""
+        try:
+            async with self._db.transaction() as conn:
+                live = await key_is_live(conn, self._key_id)
+        except DatabaseUnavailable as exc:
+            # Unverifiable counts as revoked; the client resumes from Last-Event-ID once it can auth again.
+            log.warning("events.key_check_failed", key_id=str(self._key_id), error=str(exc))
+            return "key_unverifiable"
+        return None if live else "key_revoked"
 
     async def _max_seq(self) -> int:
         async with self._db.transaction() as conn:
@@ -132,7 +154,14 @@ class Stream:
                     yield event
             else:
                 cursor = Cursor(None, await self._max_seq())
+            next_check = time.monotonic() + self._key_recheck_s
             while True:
+                if time.monotonic() >= next_check:
+                    reason = await self._key_revoked()
+                    if reason is not None:
+                        yield _closed(reason)
+                        return
+                    next_check = time.monotonic() + self._key_recheck_s
                 if subscription.overflowed:
                     yield ServerSentEvent(
                         event="overflow",
@@ -145,7 +174,10 @@ class Stream:
                         ),
                     )
                     return
-                item = await subscription.queue.get()
+                try:
+                    item = await wait_for(subscription.queue.get(), next_check - time.monotonic())
+                except TimeoutError:
+                    continue
                 if isinstance(item, Resync):
                     async for event in self._replay(cursor):
                         yield event
@@ -163,6 +195,11 @@ def _reset(reason: str, last_event_id: str | None) -> ServerSentEvent:
     return ServerSentEvent(event="reset", data=json.dumps(body))
 
 
+def _closed(reason: str) -> ServerSentEvent:
+    message = "the API key of this stream is revoked" if reason == "key_revoked" else "the API key could not be checked"
+    return ServerSentEvent(event="closed", data=json.dumps({"reason": reason, "message": message}))
+
+
 def _valid_event_id(value: str | None) -> str | None:
     if not value:
         return None
@@ -175,7 +212,7 @@ def _valid_event_id(value: str | None) -> str | None:
 @router.get(
     "/v1/knowledge-bases/{kb_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **error_responses()},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(429)},
 )
 async def kb_events(
     kb_id: uuid.UUID,
@@ -183,15 +220,23 @@ async def kb_events(
     state: StateDep,
     last_event_id: Annotated[str | None, Header(max_length=100)] = None,
 ) -> EventSourceResponse:
-    """``event: document`` per status/stage change; ``id`` is the outbox event id (see docs/operations.md)."""
+    """``event: document`` per status/stage change; ``id`` is the outbox event id (see docs/operations.md).
+
+    At most SSE_MAX_STREAMS_PER_KEY streams per key (429 ``too_many_streams``); a stream whose key is
+    revoked ends with ``event: closed`` within SSE_KEY_RECHECK_S.
+    """
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
         if await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
-    stream = Stream(state.db, state.broadcaster, str(kb_id))
-    return EventSourceResponse(
+    release = state.streams.acquire(key.id)
+    stream = Stream(
+        state.db, state.broadcaster, str(kb_id), key_id=key.id, key_recheck_s=state.settings.sse_key_recheck_s
+    )
+    return HeldEventSourceResponse(
         stream.events(_valid_event_id(last_event_id)),
-        ping=HEARTBEAT_S,
-        send_timeout=SEND_TIMEOUT_S,
+        release=release,
+        ping_s=HEARTBEAT_S,
+        send_timeout_s=SEND_TIMEOUT_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,4 +1,8 @@
-"""Signed internal endpoints through which other processes use the API's local vector store."""
+"""Signed internal endpoints through which other processes use the API's local vector store.
+
+Mounted only when the API owns a local store (``QDRANT_URL`` a path); signed with ``INTERNAL_SECRET``
+(shared/internal_auth.py), checked from the headers before the body is read.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import StateDep
 from shared.errors import ApiError, ProcessingError
-from shared.subscriber import SignatureError, verify
+from shared.internal_auth import BodyDigest, verify_request
+from shared.subscriber import SignatureError
 from shared.vector_remote import INTERNAL_PREFIX
 
 router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
@@ -26,19 +31,29 @@ class _Chunk:
 
 
 async def _payload(request: Request, secret: str) -> dict[str, Any]:
-    body = await request.body()
+    """The JSON body, read only once the headers' signature holds (the body limit caps its size)."""
     try:
-        verify(secret, request.headers, body)
+        digest = BodyDigest(verify_request(secret, request.method, request.url.path, request.headers))
+        body = bytearray()
+        async for chunk in request.stream():
+            digest.update(chunk)
+            body += chunk
+        digest.check()
     except SignatureError as exc:
         raise ApiError(401, "invalid_signature", str(exc)) from exc
-    data: dict[str, Any] = json.loads(body or b"{}")
+    try:
+        data: dict[str, Any] = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", f"the body is not JSON: {exc}") from exc
     return data
 
 
 @router.post("/{op}")
 async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
-    """One VectorStore call: the caller proved it holds the shared secret."""
-    data = await _payload(request, state.settings.relay_secret.get_secret_value())
+    """One VectorStore call: the caller proved it holds the internal secret."""
+    if state.internal_secret is None:
+        raise ApiError(404, "not_found", "this API owns no local vector store")
+    data = await _payload(request, state.internal_secret)
     store = state.vectors
     try:
         result: Any = None
@@ -47,7 +62,13 @@ async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
         elif op == "upsert_chunks":
             chunks = [_Chunk(**c) for c in data["chunks"]]
             result = await store.upsert_chunks(
-                data["document_id"], data["kb_id"], int(data["version"]), data["filename"], chunks, data["vectors"]
+                data["document_id"],
+                data["kb_id"],
+                int(data["version"]),
+                data["filename"],
+                chunks,
+                data["vectors"],
+                trim_tail=bool(data.get("trim_tail", True)),
             )
         elif op == "delete":
             mode, document_id, version = data["mode"], data["document_id"], int(data["version"])

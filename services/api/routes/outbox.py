@@ -9,9 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
-from services.api.deps import CurrentKey, DbDep
+from services.api.deps import CurrentKey, DbDep, require_unscoped
 from services.api.routes.responses import error_responses
-from shared.apikeys import KeyRecord
 from shared.deadletters import DeadLetter, list_dead, replay
 from shared.errors import ApiError
 
@@ -44,12 +43,6 @@ class ReplayAccepted(BaseModel):
     status: Literal["pending"]
 
 
-def _require_unscoped(key: KeyRecord) -> None:
-    """Events span every knowledge base, so only keys without a KB restriction see or replay them."""
-    if key.knowledge_base_ids is not None:
-        raise ApiError(403, "forbidden", "dead letters need an API key that is not limited to knowledge bases")
-
-
 def _decode_cursor(cursor: str | None) -> int:
     if cursor is None:
         return 0
@@ -67,7 +60,7 @@ async def list_dead_letters(
     reason: Reason | None = None,
 ) -> DeadLetterList:
     """Oldest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    _require_unscoped(key)
+    require_unscoped(key)
     async with db.transaction() as conn:
         letters = await list_dead(conn, limit=limit + 1, after_seq=_decode_cursor(cursor), reason=reason)
     page = letters[:limit]
@@ -83,7 +76,7 @@ async def list_dead_letters(
 )
 async def replay_event(event_id: uuid.UUID, key: CurrentKey, db: DbDep) -> ReplayAccepted:
     """Dead → pending with a fresh attempt budget; the relay delivers it again."""
-    _require_unscoped(key)
+    require_unscoped(key)
     async with db.transaction() as conn:
         result = await replay(conn, event_id)
     if result == "not_found":

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from services.api.deps import CurrentKey, StateDep
+from services.api.deps import CurrentKey, StateDep, require_unscoped
 from services.api.routes.responses import error_responses
 from shared.flow import HISTORY_MAX_MINUTES, flow_history
 from shared.pipeline import pipeline_report
@@ -84,6 +84,7 @@ class Pipeline(BaseModel):
 @router.get("/v1/pipeline", response_model=Pipeline, responses=error_responses(503))
 async def pipeline(key: CurrentKey, state: StateDep) -> dict[str, Any]:
     """Counts, queue age, outbox, processors, the reconciler's last pass and active alerts (docs/operations.md)."""
+    require_unscoped(key)
     async with state.db.transaction() as conn:
         return await pipeline_report(conn, state.settings)
 
@@ -108,5 +109,6 @@ async def pipeline_history(
     key: CurrentKey, state: StateDep, minutes: Annotated[int, Query(ge=1, le=HISTORY_MAX_MINUTES)] = 60
 ) -> dict[str, Any]:
     """The reconciler's samples (one per pass) of the last ``minutes``, oldest first: the health page's charts."""
+    require_unscoped(key)
     async with state.db.transaction() as conn:
         return {"items": await flow_history(conn, minutes=minutes)}
