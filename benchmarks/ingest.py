@@ -33,9 +33,9 @@ FULL = (
 STAGES = ("downloading", "extracting", "chunking", "embedding", "indexing")
 
 
-async def _stage_times(pg_port: int, doc_ids: list[str]) -> dict[str, list[float]]:
+async def _stage_times(pg_dsn: str, doc_ids: list[str]) -> dict[str, list[float]]:
     """Stage durations from the committed stage_changed/indexed events (outbox created_at)."""
-    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres")
+    conn = await asyncpg.connect(pg_dsn)
     try:
         rows = await conn.fetch(
             "SELECT aggregate_id::text AS id, type, payload->'data'->>'stage' AS stage, "
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> str:
                         peak_rss = max(peak_rss, sum(p.memory_info().rss for p in family if p.is_running()))
                 time.sleep(0.5)
             elapsed = time.perf_counter() - started
-        durations = asyncio.run(_stage_times(stack.pg_port, ids))
+        durations = asyncio.run(_stage_times(stack.pg_dsn, ids))
     summary = table(
         ["documents", "pages", "chunks", "seconds", "documents/s", "pages/s", "chunks/s", "processor RSS MB (peak)"],
         [

@@ -41,7 +41,7 @@ PROCRASTINATE_CONCURRENCY = 10
 
 
 def _dsn(pg: servers.EmbeddedPostgres, database: str) -> str:
-    return f"postgresql://postgres@127.0.0.1:{pg.port}/{database}"
+    return pg.dsn_for(database, driver="postgresql")
 
 
 def _create(pg: servers.EmbeddedPostgres, database: str) -> None:

@@ -10,6 +10,10 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.embedded.postgres import LOCAL_DIRNAME as EMBEDDED_PG_DIRNAME
+from shared.embedded.postgres import database_url as embedded_database_url
+from shared.embedded.postgres import read_password as read_embedded_password
+
 LOCAL_PG_PORT = 55432
 LOCAL_S3_PORT = 9400
 LOCAL_S3_ACCESS_KEY = "kbingest"
@@ -84,7 +88,8 @@ class Settings(BaseSettings):
     env: Literal["local", "production"] = "local"
     data_dir: Path = Path(".kbingest")
 
-    database_url: str = f"postgresql+asyncpg://postgres@127.0.0.1:{LOCAL_PG_PORT}/postgres"
+    # Unset: the local stack's embedded cluster (its password is read from DATA_DIR, see below).
+    database_url: str = embedded_database_url(LOCAL_PG_PORT, password=None)
     db_max_connections: int = Field(default=5, ge=1, le=200)
     db_pool_size: int = Field(default=5, ge=1, le=100)
     db_max_overflow: int = Field(default=2, ge=0, le=100)
@@ -185,6 +190,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown stages in STAGE_TIMEOUTS: {sorted(unknown)}")
             return {**DEFAULT_STAGE_TIMEOUTS_S, **value}
         return value
+
+    @model_validator(mode="after")
+    def _local_database_password(self) -> Settings:
+        """The embedded cluster asks for the password generated beside it (shared/embedded/postgres.py)."""
+        if "database_url" not in self.model_fields_set:
+            password = read_embedded_password(self.data_dir / EMBEDDED_PG_DIRNAME)
+            if password is not None:
+                self.database_url = embedded_database_url(LOCAL_PG_PORT, password=password)
+        return self
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from shared.embedded.lifetime import die_with_parent
-from shared.embedded.postgres import EmbeddedPostgres
+from shared.embedded.postgres import LOCAL_DIRNAME, EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
 from shared.internal_auth import data_dir_secret
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
@@ -122,7 +122,7 @@ class LocalStack:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(data_dir=self.data_dir)
-        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", self.pg_port, max_connections=100)
+        self.postgres = EmbeddedPostgres(self.data_dir / LOCAL_DIRNAME, self.pg_port, max_connections=100)
         self.s3 = EmbeddedS3(
             self.data_dir / "objects",
             self.s3_port,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.engine import make_url
 
 from services.cli import doctor as doctor_checks
 from services.cli import search as search_cmd
@@ -18,6 +19,7 @@ from services.cli import status as status_cmd
 from services.cli import upload as upload_cmd
 from services.cli.localstack import MAX_LOCAL_PROCESSORS, LocalStack, bootstrap_key, plan_services
 from services.cli.outbox import outbox_app
+from shared.embedded.postgres import password_path
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_args_is_help=True)
@@ -74,7 +76,8 @@ def up(
     try:
         typer.echo(f"kbingest: data in {stack.data_dir}")
         stack.start_dependencies()
-        typer.echo(f"  postgres  {stack.postgres.dsn}")
+        shown = make_url(stack.postgres.dsn).render_as_string(hide_password=True)
+        typer.echo(f"  postgres  {shown} (password in {password_path(stack.postgres.data_dir)})")
         typer.echo(f"  s3        http://{stack.s3.endpoint} (bucket {stack.settings.s3_bucket})")
         stack.migrate(env)
         # Services in start order; each answers /readyz on its port before the stack is 'ready'.

@@ -3,22 +3,45 @@
 Postgres refuses to run as root; when we are root, the cluster runs as a system user that
 owns the data dir. We never call pgserver's ``get_server()`` (it chmods every parent dir and
 stops the server with the last Python user).
+
+Every connection needs the superuser's password (scram-sha-256), generated once per data dir and
+kept beside it (``<data dir>.password``, mode 0600): a local user other than us cannot connect.
+Each cold start applies the password in single-user mode (no listener at all) and writes our
+pg_hba.conf, so a cluster created before passwords existed is migrated on its next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+from urllib.parse import quote
 
 PG_MAJOR = "18"
 PG_SYSTEM_USER = "kbingest-pg"
 START_TIMEOUT_S = 60
+SUPERUSER: Final = "postgres"
+# The local stack's cluster lives in DATA_DIR/postgres (its password in DATA_DIR/postgres.password).
+LOCAL_DIRNAME: Final = "postgres"
+PASSWORD_SUFFIX: Final = ".password"
+HBA_CONF: Final = """\
+# Written by kbingest at every start: each connection needs the generated password (<data dir>.password).
+# TYPE  DATABASE     USER  ADDRESS        METHOD
+local   all          all                  scram-sha-256
+host    all          all   127.0.0.1/32   scram-sha-256
+host    all          all   ::1/128        scram-sha-256
+local   replication  all                  scram-sha-256
+host    replication  all   127.0.0.1/32   scram-sha-256
+host    replication  all   ::1/128        scram-sha-256
+"""
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -61,6 +84,41 @@ def _check_traversable(path: Path) -> None:
             )
 
 
+def password_path(data_dir: Path) -> Path:
+    """Beside the cluster, not in it: initdb wants an empty directory, and the URL is needed before."""
+    return data_dir.with_name(data_dir.name + PASSWORD_SUFFIX)
+
+
+def read_password(data_dir: Path) -> str | None:
+    """The cluster's password, or None if it has none yet."""
+    try:
+        return password_path(data_dir).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _read_or_create_password(data_dir: Path) -> str:
+    path = password_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two processes starting at once agree on one password; 0600 from the first byte.
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    password = read_password(data_dir)
+    if not password:
+        raise EmbeddedPostgresError(f"{path} is empty: delete it and start again (a new password is generated)")
+    return password
+
+
+def database_url(
+    port: int, database: str = "postgres", *, password: str | None, driver: str = "postgresql+asyncpg"
+) -> str:
+    """A URL for the embedded server on 127.0.0.1 (``driver="postgresql"`` for asyncpg/libpq directly)."""
+    auth = SUPERUSER if password is None else f"{SUPERUSER}:{quote(password, safe='')}"
+    return f"{driver}://{auth}@127.0.0.1:{port}/{database}"
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,36 +149,47 @@ class EmbeddedPostgres:
             _check_traversable(self.data_dir.parent)
 
     @property
-    def dsn(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+    def password(self) -> str:
+        """The superuser's password, generated on first use and kept for this data dir."""
+        return _read_or_create_password(self.data_dir)
 
-    def dsn_for(self, database: str) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+    @property
+    def dsn(self) -> str:
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str, *, driver: str = "postgresql+asyncpg") -> str:
+        return database_url(self.port, database, password=self.password, driver=driver)
 
     def _run(
-        self, *args: str, check: bool = True, timeout: float = START_TIMEOUT_S
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = START_TIMEOUT_S,
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+        full_env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", **(env or {})}
         command = [str(self._bin / args[0]), *args[1:]]
-        if self._ids is not None:
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=timeout,
-                cwd="/",
-                check=False,
-                user=self._ids[0],
-                group=self._ids[1],
-                extra_groups=[],
-            )
-        else:
-            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        owner = self._ids
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+            input=stdin,
+            cwd="/" if owner else None,
+            user=owner[0] if owner else None,
+            group=owner[1] if owner else None,
+            extra_groups=[] if owner else None,
+        )
         if check and result.returncode != 0:
-            raise EmbeddedPostgresError(
-                f"{args[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
-            )
+            detail = result.stderr.strip() or result.stdout.strip()
+            secret = read_password(self.data_dir)
+            if secret:
+                detail = detail.replace(secret, "***")
+            raise EmbeddedPostgresError(f"{args[0]} failed ({result.returncode}): {detail}")
         return result
 
     def initialized(self) -> bool:
@@ -161,11 +230,41 @@ class EmbeddedPostgres:
             return False
         return self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0
 
+    def _secured(self) -> bool:
+        try:
+            return (self.data_dir / "pg_hba.conf").read_text(encoding="utf-8") == HBA_CONF
+        except FileNotFoundError:
+            return False
+
+    def _secure(self) -> None:
+        """With the server stopped: set the superuser's password (single-user mode: no listener, no
+        window where trust is served) and require it for every connection."""
+        self._run(
+            "postgres",
+            "--single",
+            "-D",
+            str(self.data_dir),
+            "-c",
+            "listen_addresses=",
+            "postgres",
+            stdin=f"ALTER ROLE {SUPERUSER} PASSWORD '{self.password}'\n",
+        )
+        hba = self.data_dir / "pg_hba.conf"
+        draft = hba.with_name("pg_hba.conf.kbingest")
+        draft.write_text(HBA_CONF, encoding="utf-8")
+        draft.chmod(0o600)
+        self._own(draft)
+        draft.replace(hba)
+
     def start(self) -> None:
         """Start the server (idempotent); waits until it accepts connections."""
         self.init()
         if self.running():
-            return
+            if self._secured():
+                return
+            # Started before passwords existed (it trusts everyone): restart it secured.
+            self.stop()
+        self._secure()
         if not port_is_free(self.port):
             raise EmbeddedPostgresError(f"port {self.port} is taken by another process; set a different port")
         options = [
@@ -199,6 +298,7 @@ class EmbeddedPostgres:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        password_path(self.data_dir).unlink(missing_ok=True)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = self._run(
@@ -208,12 +308,13 @@ class EmbeddedPostgres:
             "-p",
             str(self.port),
             "-U",
-            "postgres",
+            SUPERUSER,
             "-d",
             database,
             "-v",
             "ON_ERROR_STOP=1",
             "-Atc",
             sql,
+            env={"PGPASSWORD": self.password},
         )
         return result.stdout

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
+from shared.embedded.postgres import database_url, read_password
 from tests.support import servers
 from tests.support.up_process import start_up, up_env
 
@@ -33,6 +36,11 @@ def test_up_upload_stop_restart_keeps_data() -> None:
         )
         assert created.status_code == 201, created.text
         doc_id = created.json()["id"]
+        assert asyncio.run(_database_answers(up.pg_dsn)), "the stack's own URL must connect"
+        anonymous = database_url(up.pg_port, password=None, driver="postgresql")
+        assert not asyncio.run(_database_answers(anonymous)), "the embedded Postgres must not trust local users"
+        password = read_password(data_dir / "postgres")
+        assert password and "password in" in up.text() and password not in up.text()
     finally:
         code = up.stop()
     assert code == 0, up.log_tail()
@@ -64,6 +72,15 @@ def test_services_do_not_outlive_a_killed_up() -> None:
         assert alive == [], f"still running after `up` died: {alive}"
     finally:
         up.stop()
+
+
+async def _database_answers(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidPasswordError:
+        return False
+    await conn.close()
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from services.cli.localstack import LocalStack
+from shared.embedded.postgres import LOCAL_DIRNAME, database_url, read_password
 from tests.support import servers
 
 READY_TIMEOUT_S = 240.0
@@ -51,7 +52,8 @@ class UpProcess:
     @property
     def pg_dsn(self) -> str:
         """The stack's Postgres for asyncpg (the services use the same database)."""
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+        password = read_password(self.data_dir / LOCAL_DIRNAME)
+        return database_url(self.pg_port, password=password, driver="postgresql")
 
     def service_env(self, **extra: str) -> dict[str, str]:
         """What ``up`` gives its services (this stack's database, objects, data dir, key), plus ``extra``.

