@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.api.app import create_app
 from shared.settings import Settings
-from tests.security.conftest import ApiProcess
+from tests.security.conftest import ApiProcess, in_process
 from tests.support.api_helpers import assert_error_shape, create_kb, upload
 from tests.support.raw_http import push_body
 
@@ -134,12 +133,7 @@ async def test_json_search_with_a_huge_query_is_413(api: httpx.AsyncClient) -> N
 
 async def test_bodies_under_the_limit_and_uploads_over_it_still_work(settings: Settings, api_key: str) -> None:
     """Uploads keep their own limit (MAX_UPLOAD_BYTES), larger than the JSON one."""
-    small = settings.model_copy(update={"max_body_bytes": 64 * 1024})
-    app = create_app(small)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        headers = {"Authorization": f"Bearer {api_key}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as client:
-            kb = await create_kb(client)
-            response = await upload(client, kb, "big.txt", b"words " * (200 * 1024), content_type="text/plain")
-            assert response.status_code == 201, response.text
+    async with in_process(settings.model_copy(update={"max_body_bytes": 64 * 1024}), api_key) as (_, client):
+        kb = await create_kb(client)
+        response = await upload(client, kb, "big.txt", b"words " * (200 * 1024), content_type="text/plain")
+        assert response.status_code == 201, response.text
