@@ -31,19 +31,23 @@ def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random |
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks us to wait (delta-seconds or HTTP-date); None if absent/invalid."""
+    """Seconds a ``Retry-After`` header asks us to wait (delta-seconds or HTTP-date); None if absent/invalid.
+
+    Whatever a subscriber sends must not raise: this runs on every answer, inside the delivery loop.
+    """
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    # str.isdigit() alone also accepts "²", "٣" or "１２", which float() rejects or misreads.
+    if value.isascii() and value.isdigit():
         return min(float(value), RETRY_AFTER_CAP_S)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        delay = (when - (now or datetime.now(UTC))).total_seconds()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delay = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(0.0, delay), RETRY_AFTER_CAP_S)
 
 

@@ -23,7 +23,7 @@ ACK_GROUP_MAX: Final = 500
 log = structlog.get_logger("kbingest.relay")
 
 Settle = Callable[[Result], Awaitable[None]]
-Finished = tuple[str, list[ClaimedEvent], list[Outcome] | BaseException]
+Finished = tuple[str, list[ClaimedEvent], list[Outcome]]
 
 
 async def run_batch(
@@ -87,8 +87,10 @@ async def _request(
     try:
         answers = await deliverer.deliver(url, chunk, may_start=may_start)
     except Exception as exc:
-        finished.put_nowait((url, chunk, exc))
-        raise
+        # One event's bad answer (or a bug on its path) must not stop the relay: every replica would
+        # claim it again and die the same way. It is a failed attempt, recorded, with backoff.
+        log.exception("outbox.delivery_error", subscriber=url, events=len(chunk), event_id=chunk[0].id)
+        answers = [Outcome.relay_error(exc)] * len(chunk)
     finished.put_nowait((url, chunk, answers))
 
 
@@ -97,8 +99,6 @@ def _absorb(dispatcher: Dispatcher, plan: Plan, item: Finished, into: Result, mo
     extra = 0
     while True:
         url, chunk, answers = item
-        if isinstance(answers, BaseException):
-            raise answers
         into.extend(dispatcher.resolve(plan, url, chunk, answers))
         if more.empty():
             return extra

@@ -18,6 +18,9 @@ Action = Literal["delivered", "retry", "dead", "release"]
 # leased by another relay: it is still undelivered, so the rule holds across replicas).
 # SKIP LOCKED lets replicas claim disjoint rows at once; pushing available_at forward by the
 # lease ($3 s) hides claimed rows from every later claim until settled, released or expired.
+# The claim spends an attempt (attempts + 1), so a relay that dies mid-delivery has used one and an
+# event that kills every relay still reaches its dead letter; outcomes that are no attempt (429,
+# release) write the count back. RETURNING gives the count from before this claim.
 # The head test is a scalar min() so it stays a per-row probe of ix_outbox_pending_aggregate
 # (as NOT EXISTS, a table without statistics yet was planned as an anti-join scanning the whole
 # index per row). It says <= where = is meant (o is pending, so min <= o.seq): the planner then
@@ -39,9 +42,9 @@ WITH due AS (
     FOR UPDATE OF o SKIP LOCKED
 )
 UPDATE outbox AS o
-SET available_at = now() + make_interval(secs => $3::float8), claimed_by = $1
+SET available_at = now() + make_interval(secs => $3::float8), claimed_by = $1, attempts = o.attempts + 1
 WHERE o.seq = ANY(ARRAY(SELECT seq FROM due))
-RETURNING o.seq, o.id, o.type, o.aggregate_id, o.payload::text AS body, o.attempts,
+RETURNING o.seq, o.id, o.type, o.aggregate_id, o.payload::text AS body, o.attempts - 1 AS attempts,
           extract(epoch FROM o.created_at)::float8 AS created_at
 """
 
@@ -65,16 +68,17 @@ WHERE o.seq = ANY($2::bigint[]) AND o.seq = u.seq AND o.claimed_by = $1
 RETURNING o.seq
 """
 
-# The common case, delivered at the first try of this claim, as one plain primary-key UPDATE.
+# The common case, delivered at the first try of this claim (already counted by it), as one plain
+# primary-key UPDATE.
 ACK: Final = """
-UPDATE outbox SET delivered_at = now(), attempts = attempts + 1, claimed_by = NULL
+UPDATE outbox SET delivered_at = now(), claimed_by = NULL
 WHERE seq = ANY($2::bigint[]) AND claimed_by = $1
 RETURNING seq
 """
 
-# Hands leases back (shutdown): the events are due again at once for any relay.
+# Hands leases back (shutdown) with the attempt their claim counted: due again at once for any relay.
 RELEASE: Final = """
-UPDATE outbox SET claimed_by = NULL, available_at = now()
+UPDATE outbox SET claimed_by = NULL, available_at = now(), attempts = attempts - 1
 WHERE seq = ANY($2::bigint[]) AND claimed_by = $1 AND delivered_at IS NULL AND dead_at IS NULL
 """
 
@@ -112,7 +116,10 @@ HEALTH: Final = str(OUTBOX_HEALTH.text)
 
 @dataclass(frozen=True, slots=True)
 class ClaimedEvent:
-    """One leased event: ``body`` is the envelope exactly as it is sent and signed."""
+    """One leased event: ``body`` is the envelope exactly as it is sent and signed.
+
+    ``attempts`` is the count before this claim (the claim itself is one more in the row).
+    """
 
     seq: int
     id: str
@@ -133,7 +140,7 @@ class Settlement:
     delay_s: float = 0.0
     reason: str | None = None
     error: dict[str, Any] | None = None
-    # A plain 2xx of a single-route event: attempts + 1, written by the cheaper ACK statement.
+    # A plain 2xx of a single-route event: the claim's count stands, written by the cheaper ACK statement.
     ack: bool = False
 
 

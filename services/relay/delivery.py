@@ -43,6 +43,11 @@ class Outcome:
         """Not attempted (the lease would expire before the request could finish, or the relay is stopping)."""
         return cls("release")
 
+    @classmethod
+    def relay_error(cls, exc: Exception) -> Outcome:
+        """A failed attempt for an exception while sending or reading the answer (a bug, an unreadable answer)."""
+        return cls("retry", None, f"relay error: {type(exc).__name__}: {exc}"[:ERROR_BODY_CHARS])
+
 
 class Sender(Protocol):
     """What a claimed batch sends its requests through: a ``Deliverer``, or a front that picks the URL."""

@@ -98,6 +98,9 @@ class Dispatcher:
                 )
             elif not targets:
                 decided.settlements.append(Settlement(event.seq, "delivered", event.attempts))
+            elif (dead := outcomes.exhausted(event, self._policy)) is not None:
+                decided.settlements.append(dead)
+                self._observe(event, dead, {}, time.time())
             elif len(targets) == 1:
                 per_url[targets[0]].append(event)
             else:
@@ -125,30 +128,42 @@ class Dispatcher:
         acked_at = time.time()
         delivered = 0
         for event, outcome in zip(events, answers, strict=True):
-            waiting = plan.fanout.get(event.seq) if plan.fanout else None
-            if waiting is not None:
-                waiting.received[url] = outcome
-                if set(waiting.received) >= waiting.expected:
-                    result.extend(self._settle_fanout(plan.fanout.pop(event.seq)))
-            elif outcome.kind == "delivered":
-                # The hot path, kept lean: one settlement, one histogram sample.
-                result.settlements.append(Settlement(event.seq, "delivered", event.attempts + 1, ack=True))
-                self._metrics.latency.observe(max(0.0, acked_at - event.created_at))
-                log.debug(
-                    "outbox.delivered",
-                    event_id=event.id,
-                    document_id=event.aggregate_id,
-                    event_type=event.type,
-                    attempt=event.attempts + 1,
-                )
-                delivered += 1
-            else:
-                settlement, step = outcomes.single(event, url, outcome, self._policy)
-                result.settlements.append(settlement)
-                self._observe(event, settlement, {url: step}, acked_at)
+            try:
+                delivered += self._resolve_one(plan, url, event, outcome, result, acked_at)
+            except Exception as exc:
+                # As in batch._request: one event's trouble is its failed attempt, not the relay's end.
+                log.exception("outbox.outcome_error", event_id=event.id, document_id=event.aggregate_id)
+                self._resolve_one(plan, url, event, Outcome.relay_error(exc), result, acked_at)
         if delivered:
             self._delivered(url).inc(delivered)
         return result
+
+    def _resolve_one(
+        self, plan: Plan, url: str, event: ClaimedEvent, outcome: Outcome, into: Result, acked_at: float
+    ) -> int:
+        """Adds the event's row updates (if it has all its answers) to ``into``; 1 for a plain delivery."""
+        waiting = plan.fanout.get(event.seq) if plan.fanout else None
+        if waiting is not None:
+            waiting.received[url] = outcome
+            if set(waiting.received) >= waiting.expected:
+                into.extend(self._settle_fanout(plan.fanout.pop(event.seq)))
+            return 0
+        if outcome.kind == "delivered":
+            # The hot path, kept lean: one settlement, one histogram sample.
+            into.settlements.append(Settlement(event.seq, "delivered", event.attempts + 1, ack=True))
+            self._metrics.latency.observe(max(0.0, acked_at - event.created_at))
+            log.debug(
+                "outbox.delivered",
+                event_id=event.id,
+                document_id=event.aggregate_id,
+                event_type=event.type,
+                attempt=event.attempts + 1,
+            )
+            return 1
+        settlement, step = outcomes.single(event, url, outcome, self._policy)
+        into.settlements.append(settlement)
+        self._observe(event, settlement, {url: step}, acked_at)
+        return 0
 
     def _delivered(self, url: str) -> Counter:
         return _child(self._delivered_by_url, self._metrics.delivered, url)

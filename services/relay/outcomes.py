@@ -72,16 +72,36 @@ def step(subscriber: str, attempts: int, outcome: Outcome, policy: RetryPolicy) 
     return Step("retry", attempt, delay, error=_error(subscriber, attempt, outcome, delay))
 
 
-def unroutable(event: ClaimedEvent) -> Settlement:
-    """Parked, not dropped: visible as a dead letter until a route exists and it is replayed."""
+def _parked(event: ClaimedEvent, reason: str, message: str) -> Settlement:
+    """A dead letter decided without a request (the claim's count is given back: nothing was sent)."""
     error = {
         "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "attempt": event.attempts,
         "subscriber": None,
         "status": None,
-        "error": f"no route for event type {event.type!r} (set KBINGEST_RELAY_ROUTES, then replay)",
+        "error": message,
     }
-    return Settlement(event.seq, "dead", event.attempts, reason=UNROUTABLE, error=error)
+    return Settlement(event.seq, "dead", event.attempts, reason=reason, error=error)
+
+
+def unroutable(event: ClaimedEvent) -> Settlement:
+    """Parked, not dropped: visible as a dead letter until a route exists and it is replayed."""
+    return _parked(
+        event, UNROUTABLE, f"no route for event type {event.type!r} (set KBINGEST_RELAY_ROUTES, then replay)"
+    )
+
+
+def exhausted(event: ClaimedEvent, policy: RetryPolicy) -> Settlement | None:
+    """A dead letter for an event whose attempts were all spent by claims that never settled.
+
+    Only relays that died (or lost their lease) mid-delivery leave the count at the budget: every
+    recorded failure at the budget is dead already. Without this, an event that kills every relay
+    that sends it would be sent forever.
+    """
+    if event.attempts < policy.max_attempts:
+        return None
+    message = f"no outcome recorded for {event.attempts} attempts: the relay stopped or lost its lease mid-delivery"
+    return _parked(event, MAX_ATTEMPTS, message)
 
 
 def single(event: ClaimedEvent, subscriber: str, outcome: Outcome, policy: RetryPolicy) -> tuple[Settlement, Step]:
@@ -132,7 +152,11 @@ def multi(
     waiting = [s for s in finals if not s.delivered and not s.dead]
     if waiting:
         delay = min(s.wait_s for s in waiting)
-        return Settlement(event.seq, "retry", attempts, delay, error=first_error), updates, steps
+        # While pending, the row counts the attempts of what is still to deliver (as for one route),
+        # so claims that never settle reach the budget (``exhausted``) and a subscriber that is done
+        # after many attempts does not.
+        pending = max(s.attempts for s in waiting)
+        return Settlement(event.seq, "retry", pending, delay, error=first_error), updates, steps
     reason = next(s.dead_reason for s in finals if s.dead) or MAX_ATTEMPTS
     return Settlement(event.seq, "dead", attempts, reason=reason, error=first_error), updates, steps
 

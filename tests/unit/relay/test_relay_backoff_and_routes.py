@@ -52,6 +52,38 @@ def test_parse_retry_after_seconds_and_dates() -> None:
 
 
 @pytest.mark.parametrize(
+    "odd",
+    [
+        "²",  # isdigit() is True, float() raises: once a crash of every relay replica
+        "٣",  # an Arabic-Indic digit: float() would read it as 3
+        "１２",  # fullwidth digits
+        "1e3",
+        "-1",
+        "+5",
+        "0x10",
+        "inf",
+        "NaN",
+        "1_000",
+        "Mon, 32 Dec 2026 25:61:00 GMT",
+        "Fri, 31 Dec 99999 23:59:59 GMT",
+        "\x00",
+    ],
+)
+def test_parse_retry_after_treats_anything_but_ascii_seconds_or_a_date_as_absent(odd: str) -> None:
+    assert parse_retry_after(odd) is None
+
+
+def test_parse_retry_after_huge_values_are_capped() -> None:
+    assert parse_retry_after("9" * 5000) == RETRY_AFTER_CAP_S
+    far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert parse_retry_after(format_datetime(far, usegmt=True)) == RETRY_AFTER_CAP_S
+    # Obsolete but valid HTTP-date forms (RFC 9110 §5.6.7) are still read.
+    now = datetime(1994, 11, 6, 8, 49, 0, tzinfo=UTC)
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now=now) == 37.0
+    assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now=now) == 37.0
+
+
+@pytest.mark.parametrize(
     ("status", "kind"),
     [
         (200, "delivered"),

@@ -152,7 +152,8 @@ def test_busy_is_never_an_attempt_nor_a_dead_letter() -> None:
 def test_multi_route_busy_subscriber_waits_shortly_while_the_other_delivers() -> None:
     busy = Outcome("busy", 429, "HTTP 429", None)
     row, updates, steps = outcomes.multi(event(1), ("a", "b"), {}, {"a": Outcome("delivered", 200), "b": busy}, POLICY)
-    assert (row.action, row.attempts, row.error) == ("retry", 1, None)
+    # While pending, the row counts the attempts of what is still to deliver: b has spent none.
+    assert (row.action, row.attempts, row.error) == ("retry", 0, None)
     assert 0 < row.delay_s <= BUSY_RETRY_MAX_S + BUSY_JITTER_S, "the row is due again as soon as b may be"
     by_url = {u.subscriber: u for u in updates}
     assert (by_url["a"].state, by_url["a"].attempts) == ("delivered", 1)
@@ -164,3 +165,15 @@ def test_multi_route_busy_subscriber_waits_shortly_while_the_other_delivers() ->
     assert row.action == "retry" and (updates[0].state, updates[0].attempts) == ("retry", 2)
     row, updates, _ = outcomes.multi(event(1), ("a", "b"), stored, {"b": Outcome("delivered", 202)}, POLICY)
     assert row.action == "delivered" and updates[0].attempts == 3
+
+
+def test_only_claims_that_never_settled_exhaust_an_event() -> None:
+    assert outcomes.exhausted(event(1, attempts=POLICY.max_attempts - 1), POLICY) is None
+    dead = outcomes.exhausted(event(1, attempts=POLICY.max_attempts), POLICY)
+    assert dead is not None and (dead.action, dead.reason, dead.attempts) == ("dead", "max_attempts", 3)
+    # A subscriber done after the whole budget leaves the row at the count of the one still waiting,
+    # so the next claim does not take the row for exhausted.
+    stored = {"a": DeliveryState("a", attempts=POLICY.max_attempts, dead=True, dead_reason="max_attempts")}
+    row, _, _ = outcomes.multi(event(1), ("a", "b"), stored, {"b": Outcome("retry", 503, "HTTP 503")}, POLICY)
+    assert (row.action, row.attempts) == ("retry", 1)
+    assert outcomes.exhausted(event(1, attempts=row.attempts), POLICY) is None
