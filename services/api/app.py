@@ -87,13 +87,13 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
         docs_url=None,
         redoc_url=None,
     )
-    registry = CollectorRegistry()
-    install_http_observability(app, registry, "api")
     install_error_handlers(app)
-    # Added innermost first: headers on every answer, then the body limit, then auth before any body.
+    # Each added middleware wraps the ones before it. Outside in: security headers on every answer;
+    # request ids and metrics (refusals counted too); the body limit; the key check before any body.
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.add_middleware(AuthFirst, protect_metrics=settings.api_is_public, metrics_token=metrics_token)
     app.add_middleware(BodyLimit, limit_for=lambda method, path: body_limit_for(method, path, settings.max_body_bytes))
+    install_http_observability(app, CollectorRegistry(), "api")
     app.add_middleware(SecurityHeaders)
     routers = [health, knowledge_bases, documents, batches, search, outbox, ui, pipeline, events]
     # Only a local (path) Qdrant needs the API to serve vectors to other processes.

@@ -30,6 +30,7 @@ async def test_every_answer_carries_nosniff_and_referrer_policy(api: httpx.Async
     for response in answers:
         assert response.headers["x-content-type-options"] == "nosniff", response.url
         assert response.headers["referrer-policy"] == "no-referrer", response.url
+        assert response.headers["x-request-id"], response.url  # refusals are logged and counted too
 
 
 @pytest.mark.parametrize("path", ["/", "/docs"])
