@@ -77,6 +77,9 @@ DEFAULT_STAGE_TIMEOUTS_S: dict[str, float | None] = {
     "indexing": 60.0,
 }
 
+# The derived ATTEMPT_TIMEOUT_S is this many times the finite stage timeouts summed.
+ATTEMPT_TIMEOUT_FACTOR: Final = 2.0
+
 
 class Settings(BaseSettings):
     """Every setting of CONTRACT.md; with nothing set, the embedded local stack is used."""
@@ -151,6 +154,8 @@ class Settings(BaseSettings):
     stage_timeouts: Annotated[dict[str, float | None], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_STAGE_TIMEOUTS_S)
     )
+    # Watchdog on one attempt's wall time (a stage without a timeout can hang); unset: see attempt_timeout().
+    attempt_timeout_s: float | None = Field(default=None, gt=0)
     processor_concurrency: int = Field(default=2, ge=1)
     retry_base_s: float = Field(default=5.0, ge=0)
     # Reconciler and pipeline health (docs/operations.md).
@@ -268,3 +273,12 @@ class Settings(BaseSettings):
 
     def stage_timeout_s(self, stage: str) -> float | None:
         return self.stage_timeouts.get(stage)
+
+    def attempt_timeout(self) -> float:
+        """ATTEMPT_TIMEOUT_S, else twice the finite STAGE_TIMEOUTS summed: every stage at its limit still fits."""
+        if self.attempt_timeout_s is not None:
+            return self.attempt_timeout_s
+        finite = [t for t in self.stage_timeouts.values() if t is not None]
+        # With every stage unlimited, the defaults still give hung work an end.
+        finite = finite or [t for t in DEFAULT_STAGE_TIMEOUTS_S.values() if t is not None]
+        return ATTEMPT_TIMEOUT_FACTOR * sum(finite)

@@ -15,6 +15,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from services.processor.deletion import PurgeFailed
 from services.processor.state import ProcessorState
 from shared.events import WORK_EVENT_TYPES
 from shared.subscriber import SignatureError, verify
@@ -25,6 +26,8 @@ router = APIRouter(tags=["events"])
 
 DELETE_TYPES: Final = frozenset({"document.delete_requested"})
 NOT_READY_RETRY_AFTER_S: Final = "2"
+# A store the purge needs was down; a short wait before the redelivery (the relay backs off further).
+PURGE_RETRY_AFTER_S: Final = "5"
 
 
 def _answer(status: int, result: str, **extra: object) -> JSONResponse:
@@ -60,7 +63,17 @@ async def receive_event(request: Request) -> JSONResponse:
         state.metrics.events.labels("ignored").inc()
         return _answer(200, "ignored")
     if event_type in DELETE_TYPES:
-        result = await state.purge(event_id, event_type, document_id)
+        try:
+            result = await state.purge(event_id, event_type, document_id)
+        except PurgeFailed as exc:
+            # Nothing was recorded: the relay's retry of this very event purges again.
+            state.metrics.events.labels("purge_failed").inc()
+            bound.warning("event.delete_failed", code=exc.code, error=exc.message[:300])
+            return JSONResponse(
+                {"error": {"code": exc.code, "message": f"purge not done, retry later: {exc.message}"}},
+                status_code=503,
+                headers={"Retry-After": PURGE_RETRY_AFTER_S},
+            )
         state.metrics.events.labels(result).inc()
         bound.info("event.delete", result=result)
         return _answer(200, result)

@@ -22,6 +22,18 @@ class ProcessorMetrics:
         self.slots_in_use = Gauge("kbingest_processor_slots_in_use", "Work slots taken", registry=registry)
         self.slots_total = Gauge("kbingest_processor_slots_total", "Work slots", registry=registry)
         self.slots_total.set(concurrency)
+        self.heartbeat_failures = Counter(
+            "kbingest_processor_heartbeat_failures_total",
+            "Lease renewals that raised, by kind (unavailable, transient: retried; error: the attempt stops)",
+            ["kind"],
+            registry=registry,
+        )
+        self.attempt_timeouts = Counter(
+            "kbingest_processor_attempt_timeouts_total",
+            "Attempts cut by the ATTEMPT_TIMEOUT_S watchdog, by the stage they were in",
+            ["stage"],
+            registry=registry,
+        )
         self.events = Counter(
             "kbingest_processor_events_total", "Events received, by result", ["result"], registry=registry
         )

@@ -13,7 +13,7 @@ from typing import Final
 import structlog
 from sqlalchemy import text
 
-from services.processor.deletion import purge_document
+from services.processor.deletion import PurgeResult, purge_document
 from services.processor.metrics import ProcessorMetrics
 from services.processor.presence import Presence
 from services.processor.registry import Registry
@@ -23,7 +23,6 @@ from shared.db import Database
 from shared.embedding import Embedder
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from shared.subscriber import record_once
 from shared.vectorstore import VectorStore
 
 log = structlog.get_logger("kbingest.processor")
@@ -59,12 +58,11 @@ class ProcessorState:
         failing = {k: v for k, v in self.checks.items() if v != "ok"}
         return "starting: " + (", ".join(f"{k} {v}" for k, v in failing.items()) or "checking dependencies")
 
-    async def purge(self, event_id: uuid.UUID, event_type: str, document_id: uuid.UUID) -> str:
-        async with self.db.transaction() as conn:
-            fresh = await record_once(conn, event_id, event_type, document_id)
-        if not fresh:
-            return "duplicate"
-        return await purge_document(self.db, self.store, self.vectors, document_id)
+    async def purge(self, event_id: uuid.UUID, event_type: str, document_id: uuid.UUID) -> PurgeResult:
+        """Purge a deleting document; raises ``PurgeFailed`` (nothing recorded) while a store is down."""
+        return await purge_document(
+            self.db, self.store, self.vectors, event_id=event_id, event_type=event_type, document_id=document_id
+        )
 
     async def _database(self) -> None:
         async with self.db.connection() as conn:

@@ -8,11 +8,13 @@ import contextvars
 import functools
 import random
 import uuid
+from collections.abc import Callable
 from typing import Final, Literal
 
 import structlog
 from sqlalchemy.exc import DBAPIError
 
+from services.processor.fence import check_lease
 from services.processor.heartbeat import LeaseLost, heartbeating
 from services.processor.metrics import ProcessorMetrics
 from services.processor.pipeline import Pipeline
@@ -61,6 +63,7 @@ class Worker:
         processor_id: str,
         metrics: ProcessorMetrics,
         pull_interval_s: float = PULL_INTERVAL_S,
+        may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -70,6 +73,8 @@ class Worker:
         self._metrics = metrics
         self._capacity = settings.processor_concurrency
         self._pull_interval_s = pull_interval_s
+        # Without its presence lock the reconciler would take a new claim back as a dead processor's.
+        self._may_claim = may_claim
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self.accepting = True
@@ -106,7 +111,7 @@ class Worker:
                 await wait_for(self._wake.wait(), self._pull_interval_s if idle else None)
 
     async def _fill(self) -> None:
-        while self.accepting and len(self._tasks) < self._capacity:
+        while self.accepting and self._may_claim() and len(self._tasks) < self._capacity:
             async with self._db.transaction() as conn:
                 lease = await lifecycle.claim_next(conn, owner=self.processor_id)
             if lease is None:
@@ -139,19 +144,27 @@ class Worker:
             current[0] = stage
             bound.info("document.stage", stage=stage)
 
-        work = asyncio.create_task(self._pipeline.run(lease, enter), name=f"pipeline:{lease.document_id}")
+        confirm = functools.partial(check_lease, self._db, lease)
+        work = asyncio.create_task(self._pipeline.run(lease, enter, confirm), name=f"pipeline:{lease.document_id}")
         try:
             async with heartbeating(
                 self._heartbeat_db,
                 lease,
                 interval_s=self._settings.heartbeat_interval_s,
                 work=work,  # type: ignore[arg-type]
+                failures=self._metrics.heartbeat_failures,
             ) as beat:
                 try:
                     outcome = await work
                 except asyncio.CancelledError:
                     if beat.lost:
                         raise LeaseLost("heartbeat found the lease gone") from None
+                    if beat.error is not None:
+                        # Without a renewable lease the work is stopped and the attempt retried, not
+                        # left running unrenewed until the reconciler rescues it as stalled.
+                        raise ProcessingError(
+                            ErrorCode.INTERNAL_ERROR, f"heartbeat failed, attempt stopped: {beat.error}"
+                        ) from None
                     raise
             async with self._db.transaction() as conn:
                 if not await lifecycle.mark_ready(conn, lease, chunk_count=outcome.chunk_count):

@@ -20,6 +20,7 @@ from services.reconciler import prune, repairs, samples, state, sweep
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
 from services.reconciler.presence_rescue import PresenceRescue
+from services.reconciler.tombstones import TombstoneRepurge
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable, worker_database
 from shared.pipeline import pipeline_report
@@ -78,6 +79,7 @@ class Reconciler:
             leadership=leadership, db=db, metrics=metrics, restart_grace_s=settings.stale_after_s
         )
         self._next_sweep_at = 0.0
+        self._tombstones = TombstoneRepurge(db, settings)
         self.last_ok_at: float | None = None
         self.last_error: str | None = None
 
@@ -116,6 +118,7 @@ class Reconciler:
             ("stale", lambda: repairs.rescue_stale(self._db, stale_after_s=s.stale_after_s)),
             ("lost_event", lambda: repairs.reemit_lost(self._db, grace_s=self.grace_s)),
             ("stuck_delete", lambda: repairs.finish_stuck_deletes(self._db, grace_s=self.grace_s)),
+            ("tombstones", self._tombstones.run),
         ]
         if time.monotonic() >= self._next_sweep_at:
             self._next_sweep_at = time.monotonic() + max(OBJECT_SWEEP_MIN_INTERVAL_S, s.reconcile_interval_s)

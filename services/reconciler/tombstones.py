@@ -1,0 +1,104 @@
+"""Re-purge recent tombstones once no fenced-out writer can still be writing (zombie vectors).
+
+Qdrant knows no lease. A processor that lost its lease mid-write takes its write back itself
+(services/processor/fence.py); one killed between the write and that check cannot, and its last
+request may even land after the purge. So a document tombstoned after a holder's lease was taken
+from it (an attempt closed as ``deleted`` or ``stalled``) has its points deleted once more,
+``settle_s`` after the tombstone: by then a live holder has noticed the loss and settled its write,
+and a dead one's last request has landed or timed out.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Final
+
+import structlog
+from sqlalchemy import text
+
+from shared.db import Database
+from shared.errors import ProcessingError
+from shared.settings import Settings
+from shared.vector_remote import vector_store_for
+from shared.vectorstore import VectorStore
+
+# Per pass; a longer list is worked off over the next passes.
+MAX_PER_PASS: Final = 200
+# How far back a reconciler that just started (or took over) looks; the cursor is in memory only.
+LOOKBACK_S: Final = 3600.0
+# The settle time on top of STALE_AFTER_S when no indexing timeout is configured.
+WRITE_SETTLE_MAX_S: Final = 60.0
+
+log = structlog.get_logger("kbingest.reconciler")
+
+# Tombstones older than the settle time, after the cursor, whose lease was once taken from a holder.
+RECENT_TOMBSTONES: Final = text(
+    """
+    SELECT d.id, d.deleted_at FROM documents d
+    WHERE d.status = 'deleting' AND d.deleted_at IS NOT NULL
+      AND d.deleted_at <= now() - make_interval(secs => :settle_s)
+      AND (d.deleted_at, d.id) > (
+        COALESCE(CAST(:after_at AS timestamptz), now() - make_interval(secs => :settle_s + :lookback_s)),
+        COALESCE(CAST(:after_id AS uuid), '00000000-0000-0000-0000-000000000000'::uuid))
+      AND EXISTS (SELECT 1 FROM document_attempts a
+                  WHERE a.document_id = d.id AND a.outcome IN ('deleted', 'stalled'))
+    ORDER BY d.deleted_at, d.id LIMIT :limit
+    """
+)
+
+VectorsFactory = Callable[[], VectorStore]
+
+
+class TombstoneRepurge:
+    """One reconciler step; remembers how far it got, so each tombstone is re-purged once per leader."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        vectors: VectorsFactory | None = None,
+        lookback_s: float = LOOKBACK_S,
+        limit: int = MAX_PER_PASS,
+    ) -> None:
+        self._db = db
+        self._vectors = vectors or functools.partial(vector_store_for, settings, role="other")
+        self._lookback_s = lookback_s
+        self._limit = limit
+        self.settle_s = settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
+        self._after: tuple[datetime, uuid.UUID] | None = None
+
+    async def run(self) -> Counter[str]:
+        """Delete the points of the tombstones that settled since the last pass."""
+        counts: Counter[str] = Counter()
+        after_at, after_id = self._after or (None, None)
+        params = {
+            "settle_s": self.settle_s,
+            "lookback_s": self._lookback_s,
+            "after_at": after_at,
+            "after_id": after_id,
+            "limit": self._limit,
+        }
+        async with self._db.transaction() as conn:
+            rows = (await conn.execute(RECENT_TOMBSTONES, params)).mappings().all()
+        if not rows:
+            return counts
+        vectors = self._vectors()
+        try:
+            for row in rows:
+                try:
+                    await vectors.delete_document(row["id"])
+                except ProcessingError as exc:
+                    # The cursor stays before this one: the next pass tries again from here.
+                    log.warning("document.tombstone_repurge_failed", document_id=str(row["id"]), error=exc.message)
+                    break
+                self._after = (row["deleted_at"], row["id"])
+                counts["tombstone_repurged"] += 1
+                log.debug("document.tombstone_repurged", document_id=str(row["id"]))
+        finally:
+            await vectors.close()
+        return counts

@@ -1,0 +1,250 @@
+"""Deletion against writers that lost their lease, and purges that fail half-way (issue 12, section 3).
+
+Zombie vectors: Qdrant knows no lease, so a holder whose document was deleted and purged while it
+was writing must take its write back (and the reconciler re-purges settled tombstones). Purge
+acknowledged before it happened: a failed purge must leave no inbox record, so the redelivery purges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from services.processor.extraction.elements import Element
+from services.reconciler.tombstones import TombstoneRepurge
+from shared import lifecycle
+from shared.db import worker_database
+from shared.errors import ErrorCode, ProcessingError
+from shared.settings import Settings
+from shared.storage import ObjectStore, StorageUnavailable
+from shared.vectorstore import QdrantVectorStore
+from tests.support.api_helpers import create_kb, upload
+from tests.support.processor_harness import deliver_due, document, post_event, processor_client, sql, wait_for
+
+TEXT = b"Lighthouse keepers trimmed the wicks every evening and logged passing ships.\n"
+
+
+async def plain_text(path: str, media_type: str) -> list[Element]:
+    with open(path, encoding="utf-8") as handle:
+        return [Element(text=handle.read(), kind="NarrativeText", page=None, heading=None)]
+
+
+class ServerSideIndex:
+    """Fake vector store: an upsert, once sent, lands when the server gets to it (``gate``), whatever the
+    client does meanwhile — as a request already on the wire does when its caller gives up on it."""
+
+    def __init__(self, inner: QdrantVectorStore) -> None:
+        self._inner = inner
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.landed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def upsert_chunks(self, **kwargs: Any) -> int:
+        self.entered.set()
+        on_the_wire = asyncio.ensure_future(self._apply(**kwargs))
+        return await asyncio.shield(on_the_wire)
+
+    async def _apply(self, **kwargs: Any) -> int:
+        await self.gate.wait()
+        written = await self._inner.upsert_chunks(**kwargs)
+        self.landed.set()
+        return written
+
+
+class IndexDown:
+    """Fake vector store whose deletes fail while ``down`` (Qdrant unreachable during a purge)."""
+
+    def __init__(self, inner: QdrantVectorStore) -> None:
+        self._inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def delete_document(self, document_id: uuid.UUID | str) -> None:
+        if self.down:
+            raise ProcessingError(ErrorCode.INDEX_UNAVAILABLE, "qdrant delete failed: connection refused (fake)")
+        await self._inner.delete_document(document_id)
+
+
+class ObjectStoreDown:
+    """Fake object store whose deletes fail while ``down`` (S3 unreachable during a purge)."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self._inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def delete(self, key: str) -> None:
+        if self.down:
+            raise StorageUnavailable("object store unreachable: connection refused (fake)")
+        await self._inner.delete(key)
+
+
+async def _until_idle(state: Any) -> None:
+    deadline = time.monotonic() + 60
+    while state.worker.in_flight:
+        assert time.monotonic() < deadline, "the attempt never ended"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "heartbeat_interval_s",
+    [
+        pytest.param(0.2, id="heartbeat-cancels-the-attempt-mid-write"),
+        # No beat within the test: only the check after the write can see the loss.
+        pytest.param(60.0, id="write-completes-then-the-lease-check"),
+    ],
+)
+async def test_a_write_that_lands_after_the_purge_is_taken_back(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, heartbeat_interval_s: float
+) -> None:
+    settings = fast_settings.model_copy(
+        update={"heartbeat_interval_s": heartbeat_interval_s, "stale_after_s": 5 * heartbeat_interval_s}
+    )
+    index = ServerSideIndex(vectors)
+    kb = await create_kb(api)
+    doc_id = (await upload(api, kb, "keepers.txt", TEXT)).json()["id"]
+    async with processor_client(settings, extractor=plain_text, vectors=index) as (client, state):  # type: ignore[arg-type]
+        await deliver_due(client, settings)
+        await asyncio.wait_for(index.entered.wait(), 60)
+        assert (await api.delete(f"/v1/documents/{doc_id}")).status_code == 202
+        assert await deliver_due(client, settings) == [200]
+        assert (await document(settings, doc_id))["deleted_at"] is not None, "the purge ran before the write landed"
+
+        index.gate.set()
+        await asyncio.wait_for(index.landed.wait(), 60)
+        await _until_idle(state)
+        assert await vectors.count(doc_id) == 0, "the late write's points outlived the deletion"
+    [attempt] = await sql(settings, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=doc_id)
+    assert attempt["outcome"] == "deleted"
+    types = [
+        r["type"]
+        for r in await sql(settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id)
+    ]
+    assert types[-1] == "document.deleted" and "document.indexed" not in types
+
+
+@pytest.mark.parametrize("failing", ["vector_store", "object_store"])
+async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, failing: str
+) -> None:
+    index = IndexDown(vectors)
+    kb = await create_kb(api)
+    doc_id = (await upload(api, kb, "keepers.txt", TEXT)).json()["id"]
+    async with processor_client(fast_settings, extractor=plain_text, vectors=index) as (client, state):  # type: ignore[arg-type]
+        await wait_for(fast_settings, doc_id, {"ready"}, client=client)
+        assert await vectors.count(doc_id) >= 1
+        objects = ObjectStoreDown(state.store)
+        state.store = objects  # type: ignore[assignment]  # the fake wraps the real store
+        fake = index if failing == "vector_store" else objects
+        fake.down = True
+
+        assert (await api.delete(f"/v1/documents/{doc_id}")).status_code == 202
+        [pending] = await sql(
+            fast_settings,
+            "SELECT payload FROM outbox WHERE aggregate_id = :id AND type = 'document.delete_requested'",
+            id=doc_id,
+        )
+        refused = await post_event(client, fast_settings, pending["payload"])
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] in {"index_unavailable", "storage_unavailable"}
+        assert refused.headers["Retry-After"]
+        assert (await document(fast_settings, doc_id))["deleted_at"] is None
+        assert (
+            await sql(
+                fast_settings,
+                "SELECT 1 FROM processor_inbox WHERE document_id = :id AND event_type = 'document.delete_requested'",
+                id=doc_id,
+            )
+            == []
+        )
+
+        fake.down = False
+        # The relay retries the very same event (it was never answered 2xx).
+        assert await deliver_due(client, fast_settings) == [200]
+        again = await post_event(client, fast_settings, pending["payload"])
+        assert again.status_code == 200 and again.json()["result"] == "duplicate"
+        assert await vectors.count(doc_id) == 0
+        assert not await state.store.exists(f"kb/{kb}/{doc_id}")
+    doc = await document(fast_settings, doc_id)
+    assert doc["status"] == "deleting" and doc["deleted_at"] is not None
+    types = [
+        r["type"]
+        for r in await sql(fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id)
+    ]
+    assert types.count("document.deleted") == 1 and types[-1] == "document.deleted"
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    chunk_no: int
+    text: str
+    page: int | None = None
+    heading: str | None = None
+
+
+class KeepOpen:
+    """The fixture's store, lent to the step without letting it close it."""
+
+    def __init__(self, inner: QdrantVectorStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_reconciler_repurges_a_settled_tombstone_once(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+) -> None:
+    """A holder killed right after its write (no check, no take-back): the tombstone's re-purge removes it."""
+    kb = await create_kb(api)
+    taken = uuid.UUID((await upload(api, kb, "taken.txt", TEXT)).json()["id"])
+    idle = uuid.UUID((await upload(api, kb, "idle.txt", TEXT + b"idle")).json()["id"])
+    db = worker_database(fast_settings.database_url, service="test", max_connections=1)
+    try:
+        async with db.transaction() as conn:
+            lease = await lifecycle.claim(conn, taken, owner="killed-processor")
+        assert lease is not None
+        for doc in (taken, idle):
+            async with db.transaction() as conn:
+                assert await lifecycle.request_delete(conn, doc) is not None
+            async with db.transaction() as conn:
+                assert await lifecycle.finish_delete(conn, doc)
+        # The killed holder's last request lands after the purge.
+        await vectors.upsert_chunks(
+            document_id=taken,
+            kb_id=kb,
+            version=lease.version,
+            filename="taken.txt",
+            chunks=[_Chunk(0, "late"), _Chunk(1, "later")],
+            vectors=[[1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382],
+        )
+        step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
+        assert await step.run() == {}, "a tombstone younger than the settle time is left alone"
+        await sql(
+            fast_settings,
+            "UPDATE documents SET deleted_at = now() - make_interval(secs => :age) WHERE id = ANY(:ids)",
+            age=step.settle_s + 1,
+            ids=[taken, idle],
+        )
+        # Only the tombstone whose lease was taken from a holder qualifies.
+        assert await step.run() == {"tombstone_repurged": 1}
+        assert await vectors.count(taken) == 0
+        assert await step.run() == {}, "each tombstone is re-purged once"
+    finally:
+        await db.dispose()
