@@ -69,8 +69,15 @@ def create_app(
             extract=extractor or default_extractor(settings),
             metrics=metrics,
         )
+        presence = Presence(settings.database_url, pid)
         worker = Worker(
-            settings=settings, db=db, heartbeat_db=heartbeat_db, pipeline=pipeline, processor_id=pid, metrics=metrics
+            settings=settings,
+            db=db,
+            heartbeat_db=heartbeat_db,
+            pipeline=pipeline,
+            processor_id=pid,
+            metrics=metrics,
+            may_claim=lambda: presence.held,
         )
         state = ProcessorState(
             settings=settings,
@@ -83,7 +90,7 @@ def create_app(
             registry=Registry(db, pid, settings.processor_concurrency),
             metrics=metrics,
             warm_up=extractor_warm_up or warm_up,
-            presence=Presence(settings.database_url, pid),
+            presence=presence,
         )
         app.state.processor = state
         state.supervise(asyncio.create_task(state.presence.run(), name="presence"))
