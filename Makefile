@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := pyproject.toml requirements/constraints.txt requirements/spacy-model.txt packaging/en_core_web_sm/pyproject.toml
 PYTEST_FAST := -m "not slow and not chaos"
 
-.PHONY: install run test test-slow chaos lint typecheck bench up down logs clean-data
+.PHONY: install run test test-unit test-integration test-e2e test-slow chaos lint typecheck bench up down logs clean-data
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ run: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_FAST) -n 2 --dist loadgroup
+
+test-unit: install
+	$(BIN)/pytest $(PYTEST_FAST) -n 2 --dist loadgroup tests/unit
+
+test-integration: install
+	$(BIN)/pytest $(PYTEST_FAST) -n 2 --dist loadgroup tests/integration
+
+test-e2e: install
+	$(BIN)/pytest $(PYTEST_FAST) -n 2 --dist loadgroup tests/e2e
 
 test-slow: install
 	$(BIN)/pytest -m "slow" -n 2 --dist loadgroup
