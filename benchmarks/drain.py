@@ -124,6 +124,12 @@ def _drain(up: UpProcess, label: str, files: list[tuple[str, bytes]], processors
     run.busy_s = sum(a["finished"] - a["started"] for a in attempts if a["finished"] is not None)
     run.span_s = max(finished, default=started) - started
     run.dead = backlog.dead_letters(up.pg_dsn, [run.kb])
+    # The table comes at the end; a long run says how each set went as it goes.
+    print(
+        f"drain: {label}, {processors} processor(s): {run.documents} documents in {run.span_s:.1f} s, "
+        f"utilization {run.utilization:.2f}, {run.dead} dead letters, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return run
 
 
