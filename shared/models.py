@@ -293,6 +293,8 @@ class ReconcilerState(Base):
     pass_finished_at: Mapped[datetime | None] = _ts(nullable=True)
     passes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     counts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # The last object key the orphan sweep handled; NULL: the next sweep starts at the bucket's beginning.
+    sweep_after: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class PipelineAlert(Base):

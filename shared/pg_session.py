@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import asyncpg
@@ -20,6 +21,19 @@ from shared.backoff import backoff_s
 from shared.db import ASYNCPG_CONNECTION_ERRORS, CONNECT_TIMEOUT_S
 
 CLOSE_TIMEOUT_S: Final = 2.0
+
+# server_settings for a session whose locks must not outlive its client: the server ends the session of a
+# host that vanished without closing its socket after idle + interval x count = 11 s of silence, or after
+# 10 s of unacknowledged data, which frees its advisory locks (the operating system's default: two hours).
+# Ignored (reads 0) on a Unix-domain socket, where a vanished peer cannot happen.
+SESSION_KEEPALIVE: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "2",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "10000",
+    }
+)
 
 log = structlog.get_logger("kbingest.pg_session")
 

@@ -160,7 +160,11 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=5.0, ge=0)
     # Reconciler and pipeline health (docs/operations.md).
     outbox_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Dead letters stay (alert dead_letters, replayable) this long after they died, then are pruned.
+    dead_letter_retention_s: float = Field(default=14 * 24 * 3600.0, gt=0)
     orphan_grace_s: float = Field(default=15 * 60.0, ge=0)
+    # Keys the orphan sweep lists and checks per pass; a larger bucket is covered over several passes.
+    orphan_sweep_page_keys: int = Field(default=10_000, ge=1)
     queue_stalled_after_s: float = Field(default=300.0, gt=0)
     processor_ready_deadline_s: float = Field(default=120.0, gt=0)
 

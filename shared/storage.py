@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,6 +156,18 @@ class ObjectStore:
             await self._run(self._client.remove_object, self.bucket, key)
         except ObjectMissing:
             return
+
+    async def list_page(self, prefix: str, *, start_after: str | None, limit: int) -> list[StoredObject]:
+        """At most ``limit`` objects after ``start_after``, in key order: ListObjectsV2 pages, fetched as needed."""
+
+        def _list() -> list[StoredObject]:
+            listing = self._client.list_objects(self.bucket, prefix=prefix, recursive=True, start_after=start_after)
+            return [
+                StoredObject(key=o.object_name or "", size=o.size or 0, last_modified=o.last_modified)
+                for o in itertools.islice(listing, limit)
+            ]
+
+        return await self._run(_list)
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
         def _list() -> list[StoredObject]:

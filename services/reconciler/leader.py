@@ -1,4 +1,11 @@
-"""Leader election: a session advisory lock held on one dedicated connection."""
+"""Leader election: a session advisory lock held on one dedicated connection.
+
+Failover after a leader host vanishes without closing its socket (power loss, a network cut): the
+server ends the lock session after about 11 s (``SESSION_KEEPALIVE``), which frees the lock, and a
+standby takes it on its next pass. The old leader, if it still runs, gives up sooner: its checks on
+the session (every presence check, every pass) time out after ``PING_TIMEOUT_S``, before the server
+frees the lock.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +17,17 @@ import structlog
 
 from shared.aio import wait_for
 from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
+from shared.pg_session import SESSION_KEEPALIVE
 
 # "kbingest" as a big-endian int64: the one lock every reconciler replica competes for.
 LOCK_KEY: Final = int.from_bytes(b"kbingest", "big")
 CONNECT_TIMEOUT_S: Final = 5.0
 PING_TIMEOUT_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
+# The session runs only tiny statements (try-lock, ping, presence check): one the server cannot finish
+# within these ends before the client's PING_TIMEOUT_S gives up on it, rather than running on unseen.
+STATEMENT_TIMEOUT_MS: Final = 4000
+LOCK_TIMEOUT_MS: Final = 2000
 
 TRY_LOCK: Final = "SELECT pg_try_advisory_lock($1)"
 UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
@@ -26,12 +38,31 @@ _CONNECTION_ERRORS: Final = ASYNCPG_CONNECTION_ERRORS
 log = structlog.get_logger("kbingest.reconciler")
 
 
+def failover_bound_s(reconcile_interval_s: float) -> float:
+    """Worst case from a leader host vanishing to a standby leading: the server drops the session, then a pass."""
+    idle, interval, count, user_timeout_ms = (
+        float(SESSION_KEEPALIVE[name])
+        for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
+    )
+    return max(idle + interval * count, user_timeout_ms / 1000) + reconcile_interval_s
+
+
+def session_settings(application_name: str) -> dict[str, str]:
+    """The lock session's server settings: keepalives (the lock dies with a vanished host) and timeouts."""
+    return {
+        "application_name": application_name,
+        **SESSION_KEEPALIVE,
+        "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+        "lock_timeout": str(LOCK_TIMEOUT_MS),
+    }
+
+
 class Leadership:
     """Holds the lock while its session lives; when the session dies, Postgres frees the lock for a standby."""
 
-    def __init__(self, database_url: str, *, identity: str, server_settings: dict[str, str]) -> None:
+    def __init__(self, database_url: str, *, identity: str, application_name: str) -> None:
         self._dsn = asyncpg_dsn(database_url)
-        self._server_settings = server_settings
+        self._server_settings = session_settings(application_name)
         self.identity = identity
         self._conn: Any = None
         # The pass and the presence check share the session; asyncpg runs one query at a time.

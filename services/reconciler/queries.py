@@ -15,10 +15,23 @@ _EVENT_IN_FLIGHT: Final = """
                  OR o.created_at > now() - make_interval(secs => :grace_s)))
 """
 
-# Re-emitting this type already hit "no route": repeating it would only add dead letters (seed 002).
-_REEMIT_UNROUTABLE: Final = """
-    EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = d.id AND o.type = :event_type
-            AND o.dead_at IS NOT NULL AND o.dead_reason = 'unroutable')
+# The reconciler's latest event of this type found no route (seed 002) or its subscriber refused it
+# (``rejected``: a 4xx such as 401 after a secret rotation): another one would only be refused too and add a
+# dead letter per pass. The dead_letters alert and a replay take over.
+_REEMIT_REFUSED: Final = """
+    COALESCE((SELECT o.dead_reason IN ('unroutable', 'rejected') FROM outbox o
+              WHERE o.aggregate_id = d.id AND o.type = :event_type AND o.payload ->> 'source' = :source
+              ORDER BY o.seq DESC LIMIT 1), false)
+"""
+
+# Back-off per document: its latest event must be older than the grace doubled for each of the reconciler's
+# events of this type that died (capped), so a subscriber that keeps failing sees fewer events, not a storm.
+_REEMIT_BACKING_OFF: Final = """
+    EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = d.id
+            AND o.created_at > now() - make_interval(secs => LEAST(CAST(:backoff_max_s AS float8),
+                :grace_s * power(2.0, LEAST(:max_doublings,
+                  (SELECT count(*) FROM outbox r WHERE r.aggregate_id = d.id AND r.type = :event_type
+                   AND r.payload ->> 'source' = :source AND r.dead_at IS NOT NULL))))))
 """
 
 # The stalest processing document whose heartbeat is older than STALE_AFTER; a row a holder is updating is skipped.
@@ -48,26 +61,27 @@ _EVENT_NOT_DEAD: Final = """
 """
 
 # A due queued document whose every event was dead-lettered (or that has none) for longer than the
-# grace: no processor was ever told. A delivered event is enough: processors pull queued documents
-# in dispatch order, so a document waiting behind a backlog is not lost and gets no new event.
+# grace, backed off and not refused: no processor was ever told. A delivered event is enough: processors
+# pull queued documents in dispatch order, so a document waiting behind a backlog gets no new event.
 LOST_DISPATCH: Final = text(
     f"""
     SELECT {DOCUMENT_COLUMNS} FROM documents d
     WHERE d.status = 'queued' AND d.deleted_at IS NULL AND d.available_at <= now()
       AND d.updated_at < now() - make_interval(secs => :grace_s)
-      AND NOT {_EVENT_NOT_DEAD} AND NOT {_REEMIT_UNROUTABLE}
+      AND NOT {_EVENT_NOT_DEAD} AND NOT {_REEMIT_BACKING_OFF} AND NOT {_REEMIT_REFUSED}
     ORDER BY d.available_at LIMIT 1
     FOR UPDATE OF d SKIP LOCKED
     """
 )
 
-# A deletion with no delete event in flight for longer than the grace: the purge never ran or died.
+# A deletion with no delete event in flight for longer than the (backed-off) grace, not refused: the purge
+# never ran or died.
 STUCK_DELETE: Final = text(
     f"""
     SELECT d.id FROM documents d
     WHERE d.status = 'deleting' AND d.deleted_at IS NULL
       AND d.updated_at < now() - make_interval(secs => :grace_s)
-      AND NOT {_EVENT_IN_FLIGHT} AND NOT {_REEMIT_UNROUTABLE}
+      AND NOT {_EVENT_IN_FLIGHT} AND NOT {_REEMIT_BACKING_OFF} AND NOT {_REEMIT_REFUSED}
     ORDER BY d.updated_at LIMIT 1
     FOR UPDATE OF d SKIP LOCKED
     """
@@ -83,12 +97,26 @@ OWNED_KEYS: Final = text(
     """
 )
 
-# Documents that will still read their object, created before the listing started.
+# Documents that will still read their object, created before the listing started, whose key falls in the
+# listed page (after, upto]; NULL bounds are open. COLLATE "C" compares bytes, as S3 orders its keys.
 ACTIVE_OBJECTS: Final = text(
     """
     SELECT id, object_key, lease_epoch FROM documents
     WHERE status IN ('queued', 'processing') AND deleted_at IS NULL AND created_at < :listed_at
+      AND (CAST(:after AS text) IS NULL OR object_key COLLATE "C" > CAST(:after AS text))
+      AND (CAST(:upto AS text) IS NULL OR object_key COLLATE "C" <= CAST(:upto AS text))
     ORDER BY created_at LIMIT :limit
+    """
+)
+
+# Where the paged orphan sweep resumes; no row yet (a first pass) reads as the bucket's beginning.
+SWEEP_CURSOR: Final = text("SELECT sweep_after FROM reconciler_state WHERE name = :name")
+
+# Remembers the sweep's position for the next pass (and the next leader); creates the row on a first pass.
+SAVE_SWEEP_CURSOR: Final = text(
+    """
+    INSERT INTO reconciler_state (name, leader_id, sweep_after) VALUES (:name, :leader_id, :after)
+    ON CONFLICT (name) DO UPDATE SET sweep_after = EXCLUDED.sweep_after
     """
 )
 
@@ -98,6 +126,15 @@ PRUNE_OUTBOX: Final = text(
     DELETE FROM outbox WHERE seq IN (
       SELECT seq FROM outbox WHERE delivered_at < now() - make_interval(secs => :retention_s)
       ORDER BY delivered_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+)
+
+# One batch of dead letters past their own retention (ix_outbox_dead); the dead_letters alert shows them until then.
+PRUNE_DEAD: Final = text(
+    """
+    DELETE FROM outbox WHERE seq IN (
+      SELECT seq FROM outbox WHERE dead_at < now() - make_interval(secs => :retention_s)
+      ORDER BY dead_at LIMIT :batch FOR UPDATE SKIP LOCKED)
     """
 )
 

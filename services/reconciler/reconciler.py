@@ -9,17 +9,18 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from services.reconciler import prune, repairs, samples, state, sweep
+from services.reconciler import prune, repairs, samples, state
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
 from services.reconciler.presence_rescue import PresenceRescue
+from services.reconciler.sweep import ObjectSweep
 from services.reconciler.tombstones import TombstoneRepurge
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable, worker_database
@@ -27,7 +28,7 @@ from shared.pipeline import pipeline_report
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
 
-# Listing the whole bucket is the expensive step: at most once a minute (and on a replica's first pass).
+# A round of the object sweep (every page of the bucket) starts at most once a minute; its pages run each pass.
 OBJECT_SWEEP_MIN_INTERVAL_S: Final = 60.0
 # A queued/deleting document gets this many intervals for its event to be delivered before it is re-emitted.
 GRACE_INTERVALS: Final = 2
@@ -67,10 +68,10 @@ class Reconciler:
         store: ObjectStore,
         leadership: Leadership,
         metrics: ReconcilerMetrics,
+        step_overrides: Mapping[str, Step] | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
-        self._store = store
         self._leadership = leadership
         self.metrics = metrics
         self.reconciler_id = leadership.identity
@@ -78,14 +79,28 @@ class Reconciler:
         self.presence = PresenceRescue(
             leadership=leadership, db=db, metrics=metrics, restart_grace_s=settings.stale_after_s
         )
-        self._next_sweep_at = 0.0
         self._tombstones = TombstoneRepurge(db, settings)
+        self._objects = ObjectSweep(
+            db,
+            store,
+            leader_id=self.reconciler_id,
+            grace_s=settings.orphan_grace_s,
+            page_keys=settings.orphan_sweep_page_keys,
+            min_round_s=max(OBJECT_SWEEP_MIN_INTERVAL_S, settings.reconcile_interval_s),
+        )
+        # Replaces named steps: how tests make one step fail and watch the others run.
+        self._step_overrides = dict(step_overrides or {})
         self.last_ok_at: float | None = None
         self.last_error: str | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, registry: CollectorRegistry, reconciler_id: str | None = None
+        cls,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry,
+        reconciler_id: str | None = None,
+        step_overrides: Mapping[str, Step] | None = None,
     ) -> Reconciler:
         """Two connections at most: the lock session, plus one NullPool connection for the work."""
         identity = reconciler_id or new_reconciler_id()
@@ -95,18 +110,24 @@ class Reconciler:
             max_connections=1,
             statement_timeout_s=settings.db_statement_timeout_s,
         )
-        server_settings = {"application_name": f"{APPLICATION_NAME}.leader"}
         return cls(
             settings=settings,
             db=db,
             store=ObjectStore.from_settings(settings),
-            leadership=Leadership(settings.database_url, identity=identity, server_settings=server_settings),
+            leadership=Leadership(
+                settings.database_url, identity=identity, application_name=f"{APPLICATION_NAME}.leader"
+            ),
             metrics=ReconcilerMetrics(registry),
+            step_overrides=step_overrides,
         )
 
     @property
     def is_leader(self) -> bool:
         return self._leadership.is_leader
+
+    @property
+    def leadership(self) -> Leadership:
+        return self._leadership
 
     @property
     def grace_s(self) -> float:
@@ -119,26 +140,37 @@ class Reconciler:
             ("lost_event", lambda: repairs.reemit_lost(self._db, grace_s=self.grace_s)),
             ("stuck_delete", lambda: repairs.finish_stuck_deletes(self._db, grace_s=self.grace_s)),
             ("tombstones", self._tombstones.run),
+            ("objects", self._objects.run),
+            (
+                "prune",
+                lambda: prune.prune(
+                    self._db, retention_s=s.outbox_retention_s, dead_retention_s=s.dead_letter_retention_s
+                ),
+            ),
+            ("sample", lambda: samples.record_sample(self._db)),
         ]
-        if time.monotonic() >= self._next_sweep_at:
-            self._next_sweep_at = time.monotonic() + max(OBJECT_SWEEP_MIN_INTERVAL_S, s.reconcile_interval_s)
-            steps.append(("objects", lambda: sweep.sweep_objects(self._db, self._store, grace_s=s.orphan_grace_s)))
-        steps.append(("prune", lambda: prune.prune(self._db, retention_s=s.outbox_retention_s)))
-        steps.append(("sample", lambda: samples.record_sample(self._db)))
-        return steps
+        return [(name, self._step_overrides.get(name, step)) for name, step in steps]
 
     async def _repair(self) -> tuple[Counter[str], list[str]]:
+        """Run every step; one that fails is logged, counted and reported, and the others still run."""
         counts: Counter[str] = Counter()
         failed: list[str] = []
         for name, step in self._steps():
             try:
                 counts.update(await step())
             except (DatabaseUnavailable, StorageUnavailable) as exc:
-                failed.append(name)
-                self.metrics.errors.labels(name).inc()
+                # An outage, not a bug: no traceback; the next pass retries.
+                self._step_failed(failed, name)
                 log.warning("reconciler.step_failed", step=name, error=str(exc)[:300])
+            except Exception as exc:  # a bug in one step must not stop the other repairs; traceback logged
+                self._step_failed(failed, name)
+                log.exception("reconciler.step_failed", step=name, error=f"{type(exc).__name__}: {exc}"[:300])
         self.metrics.count_repairs(counts)
         return counts, failed
+
+    def _step_failed(self, failed: list[str], name: str) -> None:
+        failed.append(name)
+        self.metrics.errors.labels(name).inc()
 
     async def run_once(self) -> PassResult:
         """One full pass: repairs and a recorded pass if this replica leads; the pipeline gauges either way."""

@@ -16,6 +16,11 @@ from shared.db import Database
 # Per pass and repair kind; a backlog larger than this is worked off over the next passes.
 MAX_PER_PASS: Final = 500
 SOURCE: Final = "kbingest/reconciler"
+# A re-emit waits the grace doubled per earlier re-emit that died, at most this long: a subscriber that
+# stays down for a day costs each waiting document a few dozen events, not one per pass.
+REEMIT_BACKOFF_MAX_S: Final = 3600.0
+# Bounds the exponent (the cap is reached long before); keeps power() finite for a document with many dead events.
+REEMIT_MAX_DOUBLINGS: Final = 20
 
 log = structlog.get_logger("kbingest.reconciler")
 
@@ -69,10 +74,21 @@ async def _rescue(
     return counts
 
 
+def reemit_params(event_type: str, grace_s: float) -> dict[str, Any]:
+    """The parameters of LOST_DISPATCH / STUCK_DELETE: grace, back-off and whose refusals count."""
+    return {
+        "grace_s": grace_s,
+        "event_type": event_type,
+        "source": SOURCE,
+        "backoff_max_s": max(grace_s, REEMIT_BACKOFF_MAX_S),
+        "max_doublings": REEMIT_MAX_DOUBLINGS,
+    }
+
+
 async def reemit_lost(db: Database, *, grace_s: float, limit: int = MAX_PER_PASS) -> Counter[str]:
-    """Re-emit ``document.requeued`` for due queued documents that have no event in flight."""
+    """Re-emit ``document.requeued`` for due queued documents that have no event in flight (backed off, not refused)."""
     counts: Counter[str] = Counter()
-    params = {"grace_s": grace_s, "event_type": "document.requeued"}
+    params = reemit_params("document.requeued", grace_s)
     for _ in range(limit):
         async with db.transaction() as conn:
             row = (await conn.execute(queries.LOST_DISPATCH, params)).mappings().first()
@@ -85,9 +101,9 @@ async def reemit_lost(db: Database, *, grace_s: float, limit: int = MAX_PER_PASS
 
 
 async def finish_stuck_deletes(db: Database, *, grace_s: float, limit: int = MAX_PER_PASS) -> Counter[str]:
-    """Re-emit ``document.delete_requested`` for deletions with no event in flight."""
+    """Re-emit ``document.delete_requested`` for deletions with no event in flight (backed off, not refused)."""
     counts: Counter[str] = Counter()
-    params = {"grace_s": grace_s, "event_type": "document.delete_requested"}
+    params = reemit_params("document.delete_requested", grace_s)
     for _ in range(limit):
         async with db.transaction() as conn:
             document_id = (await conn.execute(queries.STUCK_DELETE, params)).scalar_one_or_none()

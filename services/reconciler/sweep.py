@@ -1,7 +1,13 @@
-"""Objects against rows: delete orphan objects after a grace period, fail rows whose object is gone."""
+"""Objects against rows: delete orphan objects after a grace period, fail rows whose object is gone.
+
+The bucket is swept one page of keys per pass, in key order, resuming where the last pass stopped
+(``reconciler_state.sweep_after``, so a new leader resumes too) and wrapping around at the end: a
+pass's cost is bounded by the page, not by the bucket (a million objects is a hundred passes).
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -12,11 +18,12 @@ import structlog
 from services.reconciler import queries
 from shared import lifecycle
 from shared.db import Database
+from shared.pipeline import RECONCILER_STATE_NAME
 from shared.storage import ObjectStore, StoredObject
 
 PREFIX: Final = "kb/"
 KEYS_PER_QUERY: Final = 500
-# Per pass; the rest of a large backlog goes in the next sweeps.
+# Per pass; a page with more orphans ends at the last one deleted and the next pass goes on from there.
 MAX_DELETES_PER_SWEEP: Final = 1000
 MAX_ACTIVE_CHECKED: Final = 10_000
 
@@ -30,48 +37,97 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-async def sweep_objects(db: Database, store: ObjectStore, *, grace_s: float) -> Counter[str]:
-    """One listing of ``kb/`` serves both checks; a fresh upload in flight is protected by ``grace_s``."""
-    async with db.transaction() as conn:
-        listed_at: datetime = (await conn.execute(queries.DB_NOW)).scalar_one()
-    objects = await store.list(PREFIX)
-    counts = await _delete_orphans(db, store, objects, cutoff=listed_at - timedelta(seconds=grace_s), grace_s=grace_s)
-    counts.update(await _fail_missing(db, store, {o.key for o in objects}, listed_at=listed_at))
-    return counts
+class ObjectSweep:
+    """One reconciler step: a page per pass while a round is under way; a new round at most every ``min_round_s``."""
 
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        *,
+        leader_id: str,
+        grace_s: float,
+        page_keys: int,
+        min_round_s: float,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._leader_id = leader_id
+        self._grace_s = grace_s
+        self._page_keys = page_keys
+        self._min_round_s = min_round_s
+        # A replica's first pass starts a round at once (or resumes the stored one).
+        self._next_round_at = 0.0
 
-async def _delete_orphans(
-    db: Database, store: ObjectStore, objects: Sequence[StoredObject], *, cutoff: datetime, grace_s: float
-) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    old = [o for o in objects if o.last_modified is not None and o.last_modified < cutoff]
-    for chunk in _chunks(old, KEYS_PER_QUERY):
-        async with db.transaction() as conn:
-            rows = await conn.execute(queries.OWNED_KEYS, {"keys": [o.key for o in chunk], "grace_s": grace_s})
-            owned = set(rows.scalars())
-        for obj in chunk:
-            if obj.key in owned:
-                continue
-            if counts["orphan_object"] >= MAX_DELETES_PER_SWEEP:
-                return counts
-            await store.delete(obj.key)
-            counts["orphan_object"] += 1
-            log.warning(
-                "object.orphan_deleted",
-                key=obj.key,
-                document_id=obj.key.rsplit("/", 1)[-1],
-                size=obj.size,
-                last_modified=obj.last_modified.isoformat() if obj.last_modified else None,
+    async def run(self) -> Counter[str]:
+        """Sweep the next page: its orphans deleted, the rows whose key falls in it checked for their object."""
+        async with self._db.transaction() as conn:
+            after: str | None = (
+                await conn.execute(queries.SWEEP_CURSOR, {"name": RECONCILER_STATE_NAME})
+            ).scalar_one_or_none()
+            listed_at: datetime = (await conn.execute(queries.DB_NOW)).scalar_one()
+        if after is None and time.monotonic() < self._next_round_at:
+            return Counter()
+        page = await self._store.list_page(PREFIX, start_after=after, limit=self._page_keys)
+        counts, handled = await self._delete_orphans(page, cutoff=listed_at - timedelta(seconds=self._grace_s))
+        # A full page (or one cut short by the delete cap) ends at its last handled key; a short one reached the
+        # end of the bucket: its range is open-ended and the next round starts over.
+        more = len(page) >= self._page_keys or len(handled) < len(page)
+        upto = handled[-1].key if more else None
+        counts.update(await _fail_missing(self._db, self._store, handled, listed_at=listed_at, after=after, upto=upto))
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                queries.SAVE_SWEEP_CURSOR, {"name": RECONCILER_STATE_NAME, "leader_id": self._leader_id, "after": upto}
             )
-    return counts
+        if upto is None:
+            self._next_round_at = time.monotonic() + self._min_round_s
+            log.info("reconciler.sweep_round_done", last_page_keys=len(handled))
+        return counts
+
+    async def _delete_orphans(
+        self, page: Sequence[StoredObject], *, cutoff: datetime
+    ) -> tuple[Counter[str], Sequence[StoredObject]]:
+        """Delete the page's unowned objects older than the cutoff; returns the part of the page handled."""
+        counts: Counter[str] = Counter()
+        old = [o for o in page if o.last_modified is not None and o.last_modified < cutoff]
+        for chunk in _chunks(old, KEYS_PER_QUERY):
+            async with self._db.transaction() as conn:
+                rows = await conn.execute(
+                    queries.OWNED_KEYS, {"keys": [o.key for o in chunk], "grace_s": self._grace_s}
+                )
+                owned = set(rows.scalars())
+            for obj in chunk:
+                if obj.key in owned:
+                    continue
+                await self._store.delete(obj.key)
+                counts["orphan_object"] += 1
+                log.warning(
+                    "object.orphan_deleted",
+                    key=obj.key,
+                    document_id=obj.key.rsplit("/", 1)[-1],
+                    size=obj.size,
+                    last_modified=obj.last_modified.isoformat() if obj.last_modified else None,
+                )
+                if counts["orphan_object"] >= MAX_DELETES_PER_SWEEP:
+                    return counts, page[: page.index(obj) + 1]
+        return counts, page
 
 
-async def _fail_missing(db: Database, store: ObjectStore, listed: set[str], *, listed_at: datetime) -> Counter[str]:
+async def _fail_missing(
+    db: Database,
+    store: ObjectStore,
+    page: Sequence[StoredObject],
+    *,
+    listed_at: datetime,
+    after: str | None,
+    upto: str | None,
+) -> Counter[str]:
+    """Fail the active rows whose key falls in the page's range (after, upto] but was not listed."""
     counts: Counter[str] = Counter()
+    listed = {o.key for o in page}
+    params = {"listed_at": listed_at, "after": after, "upto": upto, "limit": MAX_ACTIVE_CHECKED}
     async with db.transaction() as conn:
-        rows = (
-            await conn.execute(queries.ACTIVE_OBJECTS, {"listed_at": listed_at, "limit": MAX_ACTIVE_CHECKED})
-        ).mappings()
+        rows = (await conn.execute(queries.ACTIVE_OBJECTS, params)).mappings()
         suspects = [dict(r) for r in rows if r["object_key"] not in listed]
     for row in suspects:
         # The listing is a snapshot; ask once more before failing a document for good.

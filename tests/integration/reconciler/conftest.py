@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.reconciler.reconciler import Reconciler
+from services.reconciler.reconciler import Reconciler, Step
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -34,11 +34,13 @@ ReconcilerFactory = Callable[..., Reconciler]
 
 @pytest.fixture
 async def make_reconciler(settings: Settings) -> AsyncIterator[ReconcilerFactory]:
-    """Reconcilers on the test database; ``overrides`` replace settings (intervals, graces)."""
+    """Reconcilers on the test database; ``overrides`` replace settings, ``step_overrides`` named steps."""
     made: list[Reconciler] = []
 
-    def factory(**overrides: Any) -> Reconciler:
-        reconciler = Reconciler.from_settings(settings.model_copy(update=overrides), registry=CollectorRegistry())
+    def factory(*, step_overrides: Mapping[str, Step] | None = None, **overrides: Any) -> Reconciler:
+        reconciler = Reconciler.from_settings(
+            settings.model_copy(update=overrides), registry=CollectorRegistry(), step_overrides=step_overrides
+        )
         made.append(reconciler)
         return reconciler
 
