@@ -13,16 +13,13 @@ import structlog
 from shared import presence
 from shared.aio import wait_for
 from shared.db import asyncpg_dsn
-from shared.pg_session import KeptSession, SessionLost
+from shared.pg_session import SESSION_KEEPALIVE, KeptSession, SessionLost
 
 # A closed socket is noticed at once (termination listener); the ping catches a peer that vanished silently.
 PING_INTERVAL_S: Final = 1.0
 # A lost session frees the lock: re-take it before the reconciler's two checks (~0.5 s apart) both miss it.
 RECONNECT_BASE_S: Final = 0.05
 RECONNECT_MAX_S: Final = 1.0
-# The server notices a vanished client host (no FIN) after about idle + interval × count = 11 s and ends
-# its session, which frees the lock; the operating system's default would take two hours.
-KEEPALIVE: Final = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
 APPLICATION_NAME: Final = "kbingest.processor.presence"
 # Start-up waits this long for the lock before reporting why it is missing (well within its check deadline).
 START_WAIT_S: Final = 5.0
@@ -46,7 +43,7 @@ class Presence:
         self._session = KeptSession(
             asyncpg_dsn(database_url),
             name="processor.presence",
-            server_settings={"application_name": APPLICATION_NAME, **KEEPALIVE},
+            server_settings={"application_name": APPLICATION_NAME, **SESSION_KEEPALIVE},
             on_open=self._lock,
             ping_interval_s=PING_INTERVAL_S,
             reconnect_base_s=RECONNECT_BASE_S,
