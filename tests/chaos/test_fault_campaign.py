@@ -1,0 +1,128 @@
+"""Fault campaign: the real services as processes, a mixed workload, seeded random faults, and an invariant
+checker that reads Postgres, the bucket and the vector store directly (docs/chaos.md).
+
+The default suite runs a short campaign (``SHORT_WINDOW_S`` of faults, about two minutes in all);
+``make chaos DURATION=30m SEED=…`` runs a long one. ``SEED`` replays a run's fault sequence; without
+it a seed is drawn and printed. The campaign runs once per module; each test below is one invariant,
+so a known defect can be marked on its own test without hiding the others.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.chaos_report import Report
+from tests.support.chaos_run import parse_duration, run_campaign, summary
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("chaos-campaign"), pytest.mark.timeout(5400)]
+
+SHORT_WINDOW_S = 60.0
+LONG_DEFAULT = "5m"
+
+
+def _seed() -> int:
+    return int(os.environ["SEED"]) if os.environ.get("SEED") else random.SystemRandom().randrange(1, 10**6)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param("short"), pytest.param("long", marks=pytest.mark.chaos)],
+)
+def campaign(request: pytest.FixtureRequest) -> Iterator[Report]:
+    long_run = request.param == "long"
+    window = parse_duration(os.environ.get("DURATION") or LONG_DEFAULT) if long_run else SHORT_WINDOW_S
+    report = run_campaign(_seed(), window, long_run=long_run)
+    summary(report)
+    yield report
+
+
+def _items(report: Report, *invariants: str) -> list[str]:
+    return [f"{i}: {item}" for i in invariants for item in report.findings.items.get(i, [])]
+
+
+def _explain(report: Report, what: list[str]) -> str:
+    return f"SEED={report.seed}: " + "\n".join(what[:20]) + "\n\nfaults:\n" + report.fault_log()
+
+
+def test_the_harness_ran_its_faults(campaign: Report) -> None:
+    assert not campaign.harness_errors, _explain(campaign, campaign.harness_errors)
+    assert campaign.faults, "no fault was injected"
+    assert campaign.findings.stats["accepted"] > 0, "no upload was accepted"
+
+
+def test_no_accepted_upload_is_lost(campaign: Report) -> None:
+    lost = _items(
+        campaign,
+        "accepted upload has no row",
+        "ready without all its points",
+        "live row without its object",
+        "acknowledged event never received",
+    )
+    assert not lost, _explain(campaign, lost)
+
+
+def test_every_document_ends_ready_or_failed_with_a_code(campaign: Report) -> None:
+    stuck = _items(campaign, "not terminal at the end", "failed without an error code")
+    assert not stuck, _explain(campaign, stuck)
+
+
+def test_no_duplicates(campaign: Report) -> None:
+    duplicated = _items(campaign, "ready with extra points or versions", "search returned a chunk twice")
+    assert not duplicated, _explain(campaign, duplicated)
+
+
+def test_no_orphan_points(campaign: Report) -> None:
+    orphans = _items(campaign, "points without a ready document of that version")
+    assert not orphans, _explain(campaign, orphans)
+
+
+def test_no_orphan_objects(campaign: Report) -> None:
+    orphans = _items(campaign, "object without a live row", "deleted document still has its object")
+    assert not orphans, _explain(campaign, orphans)
+
+
+@pytest.mark.xfail(
+    reason="issue 12 §3 'Upload into a KB being deleted': an upload racing DELETE /v1/knowledge-bases/{id} "
+    "commits a live document (processed, indexed) into the deleted KB; the fix is owned by the API work",
+    strict=False,
+)
+def test_no_live_document_in_a_deleted_kb(campaign: Report) -> None:
+    orphans = _items(campaign, "live document in a deleted KB", "points of a live document in a deleted KB")
+    assert not orphans, _explain(campaign, orphans)
+
+
+def test_search_never_returns_a_deleted_document(campaign: Report) -> None:
+    bad = _items(campaign, "search returned a deleted document")
+    assert not bad, _explain(campaign, bad)
+
+
+def test_no_event_waits_past_its_due_time(campaign: Report) -> None:
+    overdue = _items(campaign, "event overdue")
+    assert not overdue, _explain(campaign, overdue)
+
+
+def test_dead_letters_only_for_refusals(campaign: Report) -> None:
+    dead = _items(campaign, "dead letter that is no refusal")
+    assert not dead, _explain(campaign, dead)
+
+
+def test_connections_within_the_budget(campaign: Report) -> None:
+    over = campaign.monitor["connection_violations"]
+    assert not over, _explain(campaign, over)
+
+
+def test_no_service_exits_by_itself(campaign: Report) -> None:
+    exits = [
+        f"{e['service']} exited {e['returncode']} at {e['at_s']} s:\n{e['log'][-1500:]}"
+        for e in campaign.monitor["unexpected_exits"]
+    ]
+    assert not exits, _explain(campaign, exits)
+
+
+def test_postgres_restarts_recover(campaign: Report) -> None:
+    slow = [f"{f.at_s} s {f.kind}: {f.note}" for f in campaign.faults if f.kind.startswith("postgres") and f.note]
+    assert not slow, _explain(campaign, slow)
