@@ -31,6 +31,7 @@ KINDS: tuple[tuple[str, int], ...] = (
     ("sigkill processor", 4),
     ("sigterm processor", 2),
     ("sigkill extraction server", 3),
+    ("sigterm extraction server", 1),
     ("sigstop processor", 2),
     ("sigkill reconciler", 2),
     ("sigterm reconciler", 1),
@@ -136,14 +137,14 @@ class Injector:
             svc = self._service(target, fault.pick)
             record.target = svc.name
             self._kill_and_restart(svc, signal.SIGKILL if kind.startswith("sigkill") else signal.SIGTERM, fault.hold_s)
-        elif kind == "sigkill extraction server":
+        elif kind.endswith("extraction server"):
             svc = self._service("processor", fault.pick)
             server = svc.extraction_server()
             record.target, record.hold_s = f"{svc.name} extraction server", 0.0
             if server is None:
                 record.note = "no extraction server running (processor starting)"
             else:
-                server.send_signal(signal.SIGKILL)
+                server.send_signal(signal.SIGKILL if kind.startswith("sigkill") else signal.SIGTERM)
         elif kind == "sigstop processor":
             svc = self._service("processor", fault.pick)
             record.target = svc.name
