@@ -87,13 +87,18 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
     assert events == []
 
 
-async def test_saturated_processor_notes_events_and_fills_the_freed_slot(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
-) -> None:
-    one_slot = fast_settings.model_copy(update={"processor_concurrency": 1})
+async def _one_slot_two_queued(api: httpx.AsyncClient, settings: Settings) -> tuple[Settings, str, str]:
+    """A processor with one work slot and two documents queued for it, oldest first."""
     kb = await create_kb(api)
     first = (await upload(api, kb, "a.txt", TEXT)).json()["id"]
     second = (await upload(api, kb, "b.txt", TEXT + b"more")).json()["id"]
+    return settings.model_copy(update={"processor_concurrency": 1}), first, second
+
+
+async def test_saturated_processor_notes_events_and_fills_the_freed_slot(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+) -> None:
+    one_slot, first, second = await _one_slot_two_queued(api, fast_settings)
     async with processor_client(one_slot, extractor=gated, vectors=vectors) as (client, state):
         # Busy is not a refusal: events are wake-ups and the second document waits in the queue.
         assert await deliver_due(client, one_slot) == [202, 202]
@@ -116,10 +121,7 @@ async def test_saturated_processor_notes_events_and_fills_the_freed_slot(
 async def test_shutdown_hands_back_the_document_in_progress(
     api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
 ) -> None:
-    one_slot = fast_settings.model_copy(update={"processor_concurrency": 1})
-    kb = await create_kb(api)
-    first = (await upload(api, kb, "a.txt", TEXT)).json()["id"]
-    second = (await upload(api, kb, "b.txt", TEXT + b"more")).json()["id"]
+    one_slot, first, second = await _one_slot_two_queued(api, fast_settings)
     async with processor_client(one_slot, extractor=gated, vectors=vectors) as (client, _state):
         await deliver_due(client, one_slot)
         await asyncio.wait_for(gated.entered.wait(), 30)
