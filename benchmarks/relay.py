@@ -3,8 +3,11 @@
 ``python -m benchmarks.relay [--quick] [--events N] [--latency-seconds S] [--rate R]``
 
 (a) Throughput: a pre-filled outbox of N events drained by one in-process ``Relay`` (uvloop) into a
-    no-op subscriber process (uvicorn + httptools), in batch mode and in one-request-per-event
-    mode; pgqueuer and procrastinate enqueue N no-op jobs and drain them, each in its own database.
+    subscriber process that verifies every signature and counts the event ids it accepted
+    (``tests/support/subscriber_server.py --raw``), in batch mode and in one-request-per-event mode;
+    pgqueuer and procrastinate enqueue N no-op jobs and drain them, each in its own database. Each
+    row also gives the CPU time spent per event by the worker process, Postgres and the subscriber
+    (read from /proc), which stays comparable when other work loads the machine.
 (b) Latency: a real ``kbingest relay`` process; a producer commits one event (INSERT + NOTIFY) at
     a time at R events/s; the subscriber records when each arrives. Latency = arrival - commit.
 """
@@ -19,9 +22,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,6 +35,7 @@ import uvloop
 
 from benchmarks.support import percentile, table
 from services.relay.build import open_relay
+from services.relay.main import freeze_heap
 from shared.events import NOTIFY_CHANNEL
 from shared.logging import configure_logging
 from tests.support import servers
@@ -38,6 +45,79 @@ from tests.support.relay_helpers import FILL, SECRET, metrics, relay_settings, s
 ROOT = servers.ROOT
 PGQUEUER_BATCHES = (10, 100, 1000)
 PROCRASTINATE_CONCURRENCY = 10
+# procrastinate drains ~500 jobs/s here: more would only make the benchmark long.
+PROCRASTINATE_EVENTS = 20_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (field 3 onwards); [] for a gone process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return []
+
+
+def _cpu_s(pids: Iterable[int], *, reaped: bool = False) -> float:
+    """User + system CPU seconds of these processes so far (and of their exited children if ``reaped``)."""
+    total = 0
+    for pid in pids:
+        if fields := _stat(pid):
+            total += sum(int(f) for f in fields[11 : 15 if reaped else 13])
+    return total / CLOCK_TICKS
+
+
+def _postgres_cpu_s(pg: servers.EmbeddedPostgres) -> float:
+    """All of Postgres' CPU: the postmaster, its live children, and the backends it has reaped."""
+    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _parent(stat) == postmaster]
+    return _cpu_s([postmaster], reaped=True) + _cpu_s(children)
+
+
+def _parent(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class Drain:
+    """One drain: events/s and CPU µs per event of the worker process, Postgres and the subscriber."""
+
+    rate: float
+    worker_us: float
+    postgres_us: float
+    subscriber_us: float | None = None
+
+    def cpu(self) -> str:
+        subscriber = f" · {self.subscriber_us:.0f}" if self.subscriber_us is not None else ""
+        return f"{self.worker_us:.0f} · {self.postgres_us:.0f}{subscriber}"
+
+
+class CpuMeter:
+    """CPU per event of this process, Postgres and optionally a subscriber process, over one drain."""
+
+    def __init__(self, pg: servers.EmbeddedPostgres, subscriber_pid: int | None = None) -> None:
+        self._pg = pg
+        self._subscriber = [subscriber_pid] if subscriber_pid else []
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._sample()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.elapsed_s = time.perf_counter() - self._started
+        self._end = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        # Backends come and go during a drain; both samples read the whole tree as it is then.
+        return _cpu_s([os.getpid()]), _postgres_cpu_s(self._pg), _cpu_s(self._subscriber)
+
+    def result(self, events: int) -> Drain:
+        worker, postgres, subscriber = (1e6 * (b - a) / events for a, b in zip(self._start, self._end, strict=True))
+        return Drain(events / self.elapsed_s, worker, postgres, subscriber if self._subscriber else None)
 
 
 def _dsn(pg: servers.EmbeddedPostgres, database: str) -> str:
@@ -60,13 +140,13 @@ async def _fill(dsn: str, events: int) -> None:
         await conn.close()
 
 
-async def _relay_drain(pg: servers.EmbeddedPostgres, events: int, *, batch: bool, **tuning: Any) -> float:
-    """Events/s of one relay draining a pre-filled outbox into the no-op subscriber."""
+async def _relay_drain(pg: servers.EmbeddedPostgres, events: int, *, batch: bool, **tuning: Any) -> Drain:
+    """One relay draining a pre-filled outbox into a subscriber that verifies every signature."""
     database = f"bench_relay_{'batch' if batch else 'single'}"
     _create(pg, database)
     servers.migrate(pg.dsn_for(database))
     await _fill(_dsn(pg, database), events)
-    subscriber = start_subscriber("--no-verify", "--no-record")
+    subscriber = start_subscriber("--raw", "--no-record")
     try:
         url = subscriber.batch_url if batch else subscriber.url
         settings = relay_settings(
@@ -77,18 +157,20 @@ async def _relay_drain(pg: servers.EmbeddedPostgres, events: int, *, batch: bool
             **tuning,
         )
         async with open_relay(settings, metrics()) as relay:
-            started = time.perf_counter()
-            settled = await relay.run_once()
-            elapsed = time.perf_counter() - started
-        if settled != events:
-            raise RuntimeError(f"relay settled {settled} of {events}")
-        return events / elapsed
+            freeze_heap()  # as `kbingest relay` does once started
+            with CpuMeter(pg, subscriber.proc.pid) as meter:
+                settled = await relay.run_once()
+        stats = await subscriber.stats()
+        # Nothing lost, nothing forged: every event acknowledged, each id accepted once verified.
+        if settled != events or stats["unique"] != events or stats["rejected_signatures"]:
+            raise RuntimeError(f"relay settled {settled} of {events}; subscriber stats {stats}")
+        return meter.result(events)
     finally:
         await subscriber.close()
 
 
-async def _pgqueuer(pg: servers.EmbeddedPostgres, events: int, batch_size: int) -> tuple[float, float]:
-    """(enqueue/s, drain/s) of pgqueuer: batch enqueue, then a QueueManager in drain mode."""
+async def _pgqueuer(pg: servers.EmbeddedPostgres, events: int, batch_size: int) -> tuple[float, Drain]:
+    """(enqueue/s, drain) of pgqueuer: batch enqueue, then a QueueManager in drain mode."""
     from pgqueuer import AsyncpgDriver, PgQueuer, Queries
     from pgqueuer.domain.types import QueueExecutionMode
 
@@ -111,16 +193,15 @@ async def _pgqueuer(pg: servers.EmbeddedPostgres, events: int, batch_size: int) 
         nonlocal done
         done += 1
 
-    started = time.perf_counter()
-    await worker.qm.run(batch_size=batch_size, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=1))
-    drain_s = time.perf_counter() - started
+    with CpuMeter(pg) as meter:
+        await worker.qm.run(batch_size=batch_size, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=1))
     if done != events:
         raise RuntimeError(f"pgqueuer ran {done} of {events}")
-    return events / enqueue_s, events / drain_s
+    return events / enqueue_s, meter.result(events)
 
 
-async def _procrastinate(pg: servers.EmbeddedPostgres, events: int) -> tuple[float, float]:
-    """(enqueue/s, drain/s) of procrastinate: batch_defer_async, then run_worker_async(wait=False)."""
+async def _procrastinate(pg: servers.EmbeddedPostgres, events: int) -> tuple[float, Drain]:
+    """(enqueue/s, drain) of procrastinate: batch_defer_async, then run_worker_async(wait=False)."""
     import procrastinate
 
     database = "bench_procrastinate"
@@ -139,55 +220,118 @@ async def _procrastinate(pg: servers.EmbeddedPostgres, events: int) -> tuple[flo
         for start in range(0, events, 1000):
             await noop.batch_defer_async(*({} for _ in range(min(1000, events - start))))
         enqueue_s = time.perf_counter() - started
-        started = time.perf_counter()
-        await app.run_worker_async(
-            wait=False, concurrency=PROCRASTINATE_CONCURRENCY, install_signal_handlers=False, delete_jobs="never"
-        )
-        drain_s = time.perf_counter() - started
+        with CpuMeter(pg) as meter:
+            await app.run_worker_async(
+                wait=False, concurrency=PROCRASTINATE_CONCURRENCY, install_signal_handlers=False, delete_jobs="never"
+            )
     if done != events:
         raise RuntimeError(f"procrastinate ran {done} of {events}")
-    return events / enqueue_s, events / drain_s
+    return events / enqueue_s, meter.result(events)
 
 
-def _best(runs: int, make: Callable[[], Awaitable[Any]], key: Callable[[Any], float] = float) -> Any:
-    """Best of ``runs`` (the machine is shared: the best run is the least disturbed one)."""
-    return max((uvloop.run(make()) for _ in range(runs)), key=key)
+@dataclass(frozen=True)
+class Contender:
+    """One throughput row: what it runs in a fresh process, and its label."""
+
+    label: str
+    run: Callable[[servers.EmbeddedPostgres, int], Coroutine[Any, Any, tuple[str, Drain]]]
+    max_events: int | None = None
 
 
-def throughput(pg: servers.EmbeddedPostgres, events: int, single_events: int, runs: int) -> str:
-    relay_batch = _best(runs, lambda: _relay_drain(pg, events, batch=True, relay_claim_batch=1000, relay_batch_max=250))
-    relay_single = _best(runs, lambda: _relay_drain(pg, single_events, batch=False, relay_concurrency=4))
-    pgq = {
-        size: _best(runs, lambda size=size: _pgqueuer(pg, events, size), key=lambda r: r[1])
-        for size in PGQUEUER_BATCHES
-    }
-    proc_events = min(events, single_events)
-    proc = _best(runs, lambda: _procrastinate(pg, proc_events), key=lambda r: r[1])
-    best_pgq = max(drain for _, drain in pgq.values())
-    rows: list[list[object]] = [
-        ["kbingest relay → batch subscriber over HTTP", events, "(pre-filled)", relay_batch, relay_batch / best_pgq],
-        [
-            "kbingest relay → one POST per event over HTTP",
-            single_events,
-            "(pre-filled)",
-            relay_single,
-            relay_single / best_pgq,
-        ],
-    ]
-    for size, (enqueue, drain) in pgq.items():
-        rows.append(
-            [f"pgqueuer batch_size={size}, no-op job in-process", events, f"{enqueue:.0f}/s", drain, drain / best_pgq]
+async def _relay_row(pg: servers.EmbeddedPostgres, events: int, *, batch: bool) -> tuple[str, Drain]:
+    tuning: dict[str, Any] = {"relay_claim_batch": 1000, "relay_batch_max": 250} if batch else {}
+    return "(pre-filled)", await _relay_drain(pg, events, batch=batch, **tuning)
+
+
+async def _pgqueuer_row(pg: servers.EmbeddedPostgres, events: int, *, size: int, frozen: bool) -> tuple[str, Drain]:
+    if frozen:
+        freeze_heap()
+    enqueue, drain = await _pgqueuer(pg, events, size)
+    return f"{enqueue:.0f}/s", drain
+
+
+async def _procrastinate_row(pg: servers.EmbeddedPostgres, events: int) -> tuple[str, Drain]:
+    enqueue, drain = await _procrastinate(pg, events)
+    return f"{enqueue:.0f}/s", drain
+
+
+CONTENDERS: dict[str, Contender] = {
+    "relay-batch": Contender("kbingest relay → batch subscriber over HTTP", partial(_relay_row, batch=True)),
+    "relay-single": Contender("kbingest relay → one POST per event over HTTP", partial(_relay_row, batch=False)),
+    **{
+        f"pgqueuer-{size}": Contender(
+            f"pgqueuer batch_size={size}, no-op job in-process", partial(_pgqueuer_row, size=size, frozen=False)
         )
-    rows.append(
-        [
-            f"procrastinate concurrency={PROCRASTINATE_CONCURRENCY}, no-op job in-process",
-            proc_events,
-            f"{proc[0]:.0f}/s",
-            proc[1],
-            proc[1] / best_pgq,
-        ]
+        for size in PGQUEUER_BATCHES
+    },
+    "pgqueuer-frozen": Contender(
+        f"pgqueuer batch_size={PGQUEUER_BATCHES[-1]}, heap frozen like the relay's (not a default)",
+        partial(_pgqueuer_row, size=PGQUEUER_BATCHES[-1], frozen=True),
+    ),
+    "procrastinate": Contender(
+        f"procrastinate concurrency={PROCRASTINATE_CONCURRENCY}, no-op job in-process",
+        _procrastinate_row,
+        PROCRASTINATE_EVENTS,
+    ),
+}
+
+
+def _run_contender(pg: servers.EmbeddedPostgres, key: str, events: int) -> tuple[str, Drain]:
+    """One drain in a fresh interpreter: no row inherits another's heap, garbage or warm caches."""
+    command = [sys.executable, "-m", "benchmarks.relay", "--contender", key, "--pg", f"{pg.data_dir}:{pg.port}"]
+    out = subprocess.run(
+        [*command, "--events", str(events)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    return table(["system", "events", "enqueue", "drain events/s", "× best pgqueuer"], rows)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["enqueue"], Drain(**result["drain"])
+
+
+def _contender_main(key: str, pg_at: str, events: int) -> None:
+    data_dir, _, port = pg_at.rpartition(":")
+    pg = servers.EmbeddedPostgres(Path(data_dir), int(port), durable=False)
+    enqueue, drain = uvloop.run(CONTENDERS[key].run(pg, events))
+    print(json.dumps({"enqueue": enqueue, "drain": asdict(drain)}))
+
+
+def throughput(pg: servers.EmbeddedPostgres, events: int, runs: int) -> str:
+    """Every contender drains ``events`` once per run, runs interleaved; each row keeps its best run.
+
+    The machine is shared: the best run is the least disturbed one, and interleaving gives every
+    row the same chances when the load changes during the benchmark.
+    """
+    load = os.getloadavg()[0]
+    best: dict[str, tuple[str, Drain]] = {}
+    for _ in range(runs):
+        for key, contender in CONTENDERS.items():
+            enqueue, drain = _run_contender(pg, key, min(events, contender.max_events or events))
+            if key not in best or drain.rate > best[key][1].rate:
+                best[key] = (enqueue, drain)
+    best_pgq = max(best[f"pgqueuer-{size}"][1].rate for size in PGQUEUER_BATCHES)
+    rows = [
+        [
+            CONTENDERS[key].label,
+            min(events, CONTENDERS[key].max_events or events),
+            enqueue,
+            drain.rate,
+            drain.rate / best_pgq,
+            drain.cpu(),
+        ]
+        for key, (enqueue, drain) in best.items()
+    ]
+    headers = [
+        "system",
+        "events",
+        "enqueue",
+        "drain events/s",
+        "× best pgqueuer",
+        "CPU µs/event: worker · Postgres · subscriber",
+    ]
+    loads = f"load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    return table(headers, rows) + f"\n\n{loads}; best of {runs} run(s) per row, runs interleaved."
 
 
 @contextmanager
@@ -261,7 +405,7 @@ def latency(pg: servers.EmbeddedPostgres, rate: float, seconds: float) -> str:
         committed = await _produce(_dsn(pg, database), rate, seconds)
 
         async def all_arrived() -> bool:
-            return (await subscriber.stats())["total"] >= len(committed)
+            return int((await subscriber.stats())["total"]) >= len(committed)
 
         await _wait_for(all_arrived, 30)
         return committed, await subscriber.deliveries()
@@ -271,7 +415,7 @@ def latency(pg: servers.EmbeddedPostgres, rate: float, seconds: float) -> str:
             committed, deliveries = uvloop.run(run())
     finally:
         asyncio.run(subscriber.close())
-    first = {}
+    first: dict[str, float] = {}
     for d in deliveries:
         first.setdefault(d["id"], d["received_at"])
     values = [first[i] - t for i, t in committed.items() if i in first]
@@ -297,10 +441,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--runs", type=int, default=1, help="repeat each throughput run, keep the best")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--pg", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configure_logging(service="bench", level="WARNING")
+    if args.contender:
+        _contender_main(args.contender, args.pg, args.events)
+        return ""
     events = args.events or (20_000 if args.quick else 100_000)
-    single_events = min(events, 20_000)
     seconds = args.latency_seconds or (10.0 if args.quick else 60.0)
     pg = servers.start_postgres(max_connections=100)
     out = []
@@ -308,7 +456,7 @@ def main(argv: list[str] | None = None) -> str:
         if not args.skip_throughput:
             out.append(
                 "### Throughput (one Postgres, one relay process, 2 cores shared)\n\n"
-                + throughput(pg, events, single_events, args.runs)
+                + throughput(pg, events, args.runs)
             )
         if not args.skip_latency:
             out.append("### Latency: outbox commit → subscriber receives\n\n" + latency(pg, args.rate, seconds))

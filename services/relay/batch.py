@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
@@ -23,7 +25,28 @@ ACK_GROUP_MAX: Final = 500
 log = structlog.get_logger("kbingest.relay")
 
 Settle = Callable[[Result], Awaitable[None]]
-Finished = tuple[str, list[ClaimedEvent], list[Outcome]]
+
+
+class _Acks:
+    """Row updates of finished requests waiting for the next group write, and the batch's progress."""
+
+    def __init__(self, decided: Result, requests: int) -> None:
+        self.pending = decided
+        self.remaining = requests
+        # Set when the writer has something to do: a first update to time, a full group, the end.
+        self.wake = asyncio.Event()
+
+    def add(self, result: Result) -> None:
+        was_empty = not self.pending
+        self.pending.extend(result)
+        self.remaining -= 1
+        if was_empty or not self.remaining or len(self.pending) >= ACK_GROUP_MAX:
+            self.wake.set()
+
+    def take(self) -> Result:
+        # Taken out before writing: a cancellation mid-write must not write it twice.
+        group, self.pending = self.pending, Result()
+        return group
 
 
 async def run_batch(
@@ -42,65 +65,71 @@ async def run_batch(
         log.warning("outbox.dispatch_deferred", events=len(events), error=f"{type(exc).__name__}: {exc}")
         await settle(Result([Settlement(e.seq, "release", e.attempts) for e in events]))
         return
-    # Requests report into a queue as they finish: O(1) per answer, however large the batch.
-    finished: asyncio.Queue[Finished] = asyncio.Queue()
-    tasks = [asyncio.create_task(_request(deliverer, url, chunk, may_start, finished)) for url, chunk in plan.units]
-    pending = Result()
-    pending.extend(plan.decided)
-
-    async def flush() -> None:
-        # Taken out of ``pending`` before writing: a cancellation mid-write must not write it twice.
-        nonlocal pending
-        group, pending = pending, Result()
-        await settle(group)
-
+    acks = _Acks(plan.decided, len(plan.units))
+    # One worker per request slot of a URL sends its requests in turn and resolves each answer as it
+    # comes: no task per event, none waiting on the slot semaphore, and this loop wakes per group
+    # write, not per answer (a batch of 1,000 events would otherwise be 1,000 tasks and wake-ups).
+    queues: dict[str, deque[list[ClaimedEvent]]] = defaultdict(deque)
+    for url, chunk in plan.units:
+        queues[url].append(chunk)
+    workers = [
+        asyncio.create_task(_work(deliverer, dispatcher, plan, url, chunks, may_start, acks))
+        for url, chunks in queues.items()
+        for _ in range(min(len(chunks), deliverer.capacity(url)))
+    ]
     try:
-        remaining = len(tasks)
         flushed_at = time.monotonic()
-        while remaining:
-            wait_s = max(0.0, flushed_at + ACK_INTERVAL_S - time.monotonic()) if pending else None
-            try:
-                item = await wait_for(finished.get(), wait_s)
-            except TimeoutError:
-                await flush()
+        while acks.remaining or acks.pending:
+            _raise_failed(workers)
+            due = flushed_at + ACK_INTERVAL_S
+            if acks.pending and (not acks.remaining or len(acks.pending) >= ACK_GROUP_MAX or time.monotonic() >= due):
+                await settle(acks.take())
                 flushed_at = time.monotonic()
                 continue
-            remaining -= 1 + _absorb(dispatcher, plan, item, pending, finished)
-            if pending and (not remaining or len(pending) >= ACK_GROUP_MAX):
-                await flush()
-                flushed_at = time.monotonic()
-        if pending:
-            await flush()
+            # Until the first update to write (then until its group is due), a full group, the end, or a failure.
+            acks.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await wait_for(_first(acks.wake, workers), max(0.0, due - time.monotonic()) if acks.pending else None)
+        _raise_failed(workers)
     except asyncio.CancelledError:
-        for task in tasks:
-            task.cancel()
-        while not finished.empty():
-            _absorb(dispatcher, plan, finished.get_nowait(), pending, finished)
-        if pending:
-            await flush()
+        for worker in workers:
+            worker.cancel()
+        if acks.pending:
+            await settle(acks.take())
         raise
 
 
-async def _request(
-    deliverer: Sender, url: str, chunk: list[ClaimedEvent], may_start: MayStart, finished: asyncio.Queue[Finished]
+async def _work(
+    deliverer: Sender,
+    dispatcher: Dispatcher,
+    plan: Plan,
+    url: str,
+    chunks: deque[list[ClaimedEvent]],
+    may_start: MayStart,
+    acks: _Acks,
 ) -> None:
+    while chunks:
+        chunk = chunks.popleft()
+        try:
+            answers = await deliverer.deliver(url, chunk, may_start=may_start)
+        except Exception as exc:
+            # One event's bad answer (or a bug on its path) must not stop the relay: every replica would
+            # claim it again and die the same way. It is a failed attempt, recorded, with backoff.
+            log.exception("outbox.delivery_error", subscriber=url, events=len(chunk), event_id=chunk[0].id)
+            answers = [Outcome.relay_error(exc)] * len(chunk)
+        acks.add(dispatcher.resolve(plan, url, chunk, answers))
+
+
+async def _first(wake: asyncio.Event, workers: Sequence[asyncio.Task[None]]) -> None:
+    """Until ``wake`` is set or a worker ends (one that ends before the batch is done has failed)."""
+    waiter = asyncio.ensure_future(wake.wait())
     try:
-        answers = await deliverer.deliver(url, chunk, may_start=may_start)
-    except Exception as exc:
-        # One event's bad answer (or a bug on its path) must not stop the relay: every replica would
-        # claim it again and die the same way. It is a failed attempt, recorded, with backoff.
-        log.exception("outbox.delivery_error", subscriber=url, events=len(chunk), event_id=chunk[0].id)
-        answers = [Outcome.relay_error(exc)] * len(chunk)
-    finished.put_nowait((url, chunk, answers))
+        await asyncio.wait([waiter, *(w for w in workers if not w.done())], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
-def _absorb(dispatcher: Dispatcher, plan: Plan, item: Finished, into: Result, more: asyncio.Queue[Finished]) -> int:
-    """Resolve ``item`` and every answer already queued behind it; returns how many extra were taken."""
-    extra = 0
-    while True:
-        url, chunk, answers = item
-        into.extend(dispatcher.resolve(plan, url, chunk, answers))
-        if more.empty():
-            return extra
-        item = more.get_nowait()
-        extra += 1
+def _raise_failed(workers: Sequence[asyncio.Task[None]]) -> None:
+    for worker in workers:
+        if worker.done() and not worker.cancelled() and (exc := worker.exception()) is not None:
+            raise exc

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-from services.relay.delivery import Deliverer, build_client
-from services.relay.groups import batch_endpoints, endpoints
+from services.relay.delivery import Deliverer
+from services.relay.groups import batch_endpoints
+from services.relay.http1 import Http1Client
 from services.relay.metrics import RelayMetrics
 from services.relay.pool import create_pool
-from services.relay.routes import Router
 from services.relay.worker import Relay
 from shared.aio import wait_for
 from shared.settings import Settings
@@ -21,13 +21,8 @@ POOL_CLOSE_TIMEOUT_S: Final = 5.0
 @asynccontextmanager
 async def open_relay(settings: Settings, metrics: RelayMetrics, **options: Any) -> AsyncIterator[Relay]:
     """A ready ``Relay``; on exit its HTTP client and pool are closed (connections terminated if stuck)."""
-    # RELAY_CONCURRENCY is per URL: a group's members each get that many connections.
-    urls = max(1, len(endpoints(Router(settings.effective_routes()).subscribers)))
-    client = build_client(
-        connect_timeout_s=settings.relay_connect_timeout_s,
-        timeout_s=settings.relay_timeout_s,
-        max_connections=settings.relay_concurrency * urls,
-    )
+    # Connections per URL (each member of a group) stay within RELAY_CONCURRENCY: one per request in flight.
+    client = Http1Client(connect_timeout_s=settings.relay_connect_timeout_s)
     pool = await create_pool(settings)
     try:
         deliverer = Deliverer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import asyncpg
 
@@ -114,8 +114,7 @@ ON CONFLICT (event_seq, subscriber) DO UPDATE SET
 HEALTH: Final = str(OUTBOX_HEALTH.text)
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedEvent:
+class ClaimedEvent(NamedTuple):
     """One leased event: ``body`` is the envelope exactly as it is sent and signed.
 
     ``attempts`` is the count before this claim (the claim itself is one more in the row).
@@ -130,9 +129,12 @@ class ClaimedEvent:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """What happens to one claimed outbox row (``attempts`` is the new absolute count)."""
+class Settlement(NamedTuple):
+    """What happens to one claimed outbox row (``attempts`` is the new absolute count).
+
+    This and ``ClaimedEvent`` are made once per event on the relay's hot path: a NamedTuple is
+    immutable like a frozen dataclass at half the construction cost.
+    """
 
     seq: int
     action: Action

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
-
-import httpx
+from typing import Any, Final, Literal, Protocol
 
 from services.relay.backoff import parse_retry_after
 from services.relay.claim import ClaimedEvent
-from shared.subscriber import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from services.relay.http1 import Answer, HTTPError
+from shared.subscriber import EVENT_ID_HEADER, SIGNATURE_HEADER, SIGNATURE_PREFIX, TIMESTAMP_HEADER
 
 EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
@@ -54,11 +55,19 @@ class Sender(Protocol):
 
     async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, may_start: MayStart) -> list[Outcome]: ...
 
+    def capacity(self, url: str) -> int:
+        """Requests that may be in flight to ``url`` (a subscriber, maybe a group) at once."""
+        ...
+
+
+# One shared instance per 2xx status: an outcome is made per event, and it is immutable.
+DELIVERED: Final = {status: Outcome("delivered", status) for status in range(200, 300)}
+
 
 def classify(status: int, *, retry_after: str | None = None, body: str = "") -> Outcome:
     """2xx delivered; 429 busy; 408/425/5xx retry (both read Retry-After); anything else rejected."""
     if 200 <= status < 300:
-        return Outcome("delivered", status)
+        return DELIVERED[status]
     message = f"HTTP {status}" + (f": {body[:ERROR_BODY_CHARS]}" if body else "")
     if status == BUSY_STATUS:
         return Outcome("busy", status, message, parse_retry_after(retry_after))
@@ -67,16 +76,25 @@ def classify(status: int, *, retry_after: str | None = None, body: str = "") -> 
     return Outcome("rejected", status, message)
 
 
-def build_client(*, connect_timeout_s: float, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
-    """Keep-alive client with explicit timeouts; redirects are not followed (a moved subscriber is a config error)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=30.0
-        ),
-        follow_redirects=False,
-        trust_env=False,
-    )
+class Poster(Protocol):
+    """Sends one POST (``http1.Http1Client``; tests pass a fake).
+
+    Raises ``http1.HTTPError`` when no complete answer came, ``TimeoutError`` when none came in time.
+    """
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float) -> Answer: ...
+
+
+class Signer:
+    """``X-Kbingest-Signature`` values (``shared.subscriber.sign``), the HMAC key schedule computed once."""
+
+    def __init__(self, secret: str) -> None:
+        self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+    def __call__(self, timestamp: str, body: bytes) -> str:
+        mac = self._keyed.copy()
+        mac.update(timestamp.encode() + b"." + body)
+        return SIGNATURE_PREFIX + mac.hexdigest()
 
 
 class Deliverer:
@@ -84,7 +102,7 @@ class Deliverer:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: Poster,
         *,
         secret: str,
         concurrency: int,
@@ -93,16 +111,20 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._secret = secret.encode()
+        self._sign = Signer(secret)
         self._concurrency = concurrency
         self._batch_subscribers = frozenset(batch_subscribers)
-        # httpx's read timeout restarts with every chunk; this bounds a whole request (the lease depends on it).
+        # Bounds a whole request, connect included (the lease is sized from it).
         self._request_timeout_s = request_timeout_s
         self._clock = clock
         self._slots: dict[str, asyncio.Semaphore] = {}
 
     def takes_batches(self, url: str) -> bool:
         return url in self._batch_subscribers
+
+    def capacity(self, url: str) -> int:
+        """Requests that may be in flight to ``url`` at once."""
+        return self._concurrency
 
     def _slot(self, url: str) -> asyncio.Semaphore:
         slot = self._slots.get(url)
@@ -118,6 +140,9 @@ class Deliverer:
         """
         if self.takes_batches(url):
             return await self._post_batch(url, events, may_start)
+        if len(events) == 1:
+            # The usual unit (one event per request): no gather, no extra task per event.
+            return [await self._post_one(url, events[0], may_start)]
         return list(await asyncio.gather(*(self._post_one(url, event, may_start) for event in events)))
 
     def _headers(self, body: bytes, content_type: str) -> dict[str, str]:
@@ -125,18 +150,15 @@ class Deliverer:
         return {
             "Content-Type": content_type,
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            SIGNATURE_HEADER: self._sign(timestamp, body),
         }
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response | Outcome:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer | Outcome:
         try:
-            async with asyncio.timeout(self._request_timeout_s):
-                return await self._client.post(url, content=body, headers=headers)
+            return await self._client.post(url, body, headers, timeout_s=self._request_timeout_s)
         except TimeoutError:
             return Outcome("retry", None, f"timeout: no answer within {self._request_timeout_s:.1f}s from {url}")
-        except httpx.TimeoutException as exc:
-            return Outcome("retry", None, f"timeout ({type(exc).__name__}) posting to {url}")
-        except httpx.TransportError as exc:
+        except HTTPError as exc:
             return Outcome("retry", None, f"connection error posting to {url}: {type(exc).__name__}: {exc}")
 
     async def _post_one(self, url: str, event: ClaimedEvent, may_start: MayStart) -> Outcome:
@@ -166,24 +188,26 @@ class Deliverer:
         return _batch_results(response, events)
 
 
-def _classify_response(response: httpx.Response) -> Outcome:
-    if 200 <= response.status_code < 300:
-        return Outcome("delivered", response.status_code)
-    return classify(response.status_code, retry_after=response.headers.get("retry-after"), body=response.text)
+def _classify_response(response: Answer) -> Outcome:
+    if 200 <= response.status < 300:
+        return DELIVERED[response.status]
+    return classify(response.status, retry_after=response.headers.get("retry-after"), body=response.text)
 
 
-def _batch_results(response: httpx.Response, events: Sequence[ClaimedEvent]) -> list[Outcome]:
+def _batch_results(response: Answer, events: Sequence[ClaimedEvent]) -> list[Outcome]:
     """Per-event outcomes from ``{"results": [{"id": …, "status": …}]}``; an event left out is retried."""
     try:
-        results = {str(item["id"]): item for item in response.json()["results"]}
+        results: dict[str, dict[str, Any]] = {
+            str(item["id"]): item for item in json.loads(response.body)["results"] if isinstance(item, dict)
+        }
     except (ValueError, KeyError, TypeError) as exc:
         error = f"batch response without per-event results ({type(exc).__name__}): {response.text[:ERROR_BODY_CHARS]}"
-        return [Outcome("retry", response.status_code, error)] * len(events)
+        return [Outcome("retry", response.status, error)] * len(events)
     outcomes = []
     for event in events:
         item = results.get(event.id)
         if item is None or not isinstance(item.get("status"), int):
-            outcomes.append(Outcome("retry", response.status_code, "event missing from the batch response"))
+            outcomes.append(Outcome("retry", response.status, "event missing from the batch response"))
             continue
         retry_after = item.get("retry_after")
         outcomes.append(

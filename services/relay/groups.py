@@ -118,6 +118,12 @@ class AnyOf:
         self._groups = {name: Group(name, clock=clock) for name in subscribers if is_group(name)}
         self._member_failures = member_failures
 
+    def capacity(self, url: str) -> int:
+        group = self._groups.get(url)
+        if group is None:
+            return self._deliverer.capacity(url)
+        return sum(self._deliverer.capacity(member.url) for member in group.members)
+
     async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, may_start: MayStart) -> list[Outcome]:
         group = self._groups.get(url)
         if group is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from types import FrameType
 
@@ -14,6 +15,18 @@ from shared.logging import configure_logging
 from shared.settings import Settings
 
 log = structlog.get_logger("kbingest.relay")
+
+
+def freeze_heap() -> None:
+    """Take what start-up built (modules, classes, settings) out of the cyclic garbage collector's walks.
+
+    The relay allocates a few short-lived containers per event, so collections run every few dozen
+    events; each older-generation pass walked every object loaded at start-up, ~4 µs per event or a
+    fifth of the relay's own CPU (docs/benchmarks.md#relay). Garbage is collected first, so nothing
+    unreachable is kept forever.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run(settings: Settings) -> int:
@@ -43,6 +56,7 @@ def run(settings: Settings) -> int:
     # in place that re-raise only logs, so a clean drain exits 0 instead of dying by SIGTERM.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _handled)
+    freeze_heap()
     server.run()
     if failures:
         return 1

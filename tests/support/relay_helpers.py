@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 from prometheus_client import CollectorRegistry
 
+from services.relay.http1 import Answer, ClosedError, ConnectError
 from services.relay.metrics import RelayMetrics
 from services.relay.pool import asyncpg_dsn
 from shared.settings import Settings
@@ -104,6 +105,29 @@ def start_subscriber(*args: str, secret: str = SECRET) -> SubscriberProcess:
             time.sleep(0.05)
     stop_process(proc, timeout_s=10)
     raise RuntimeError("subscriber did not start")
+
+
+class MockPoster:
+    """The relay's ``Poster`` answered in memory, like ``httpx.MockTransport``: ``handler(request) -> response``.
+
+    The handler may raise ``httpx.ConnectError`` (refused), ``httpx.TimeoutException`` (the relay's
+    request budget ran out) or another ``httpx.TransportError`` (closed before the answer).
+    """
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self._handler = handler
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float) -> Answer:
+        request = httpx.Request("POST", url, content=body, headers=dict(headers))
+        try:
+            response = self._handler(request)
+        except httpx.ConnectError as exc:
+            raise ConnectError(str(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(str(exc)) from exc
+        except httpx.TransportError as exc:
+            raise ClosedError(str(exc)) from exc
+        return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
 
 
 def relay_settings(database_url: str, routes: dict[str, list[str]], **overrides: Any) -> Settings:

@@ -148,3 +148,28 @@ async def _true(value: bool) -> bool:
 
 async def _count(subscriber: SubscriberProcess, n: int) -> bool:
     return len(await subscriber.deliveries()) >= n
+
+
+async def test_the_benchmark_subscriber_verifies_signatures_like_the_default_one(database_url: str) -> None:
+    raw, forged = start_subscriber("--raw"), start_subscriber("--raw", secret="not-the-relay-secret")
+    try:
+        settings = relay_settings(database_url, {"document.uploaded": [raw.url], "document.deleted": [forged.url]})
+        await fill(database_url, count=30, aggregates=10)
+        await fill(database_url, count=3, aggregates=3, event_type="document.deleted")
+        await raw.control(status=503, count=1, retry_after="1")
+        async with open_relay(settings, metrics()) as relay:
+
+            async def drained() -> bool:
+                await relay.run_once()
+                return await pending(database_url) == 0
+
+            await wait_until(drained, timeout_s=60, what="the outbox to drain")
+        report = analyse(await raw.deliveries())
+        assert (report.unique, report.order_violations) == (30, [])
+        assert (await raw.stats())["rejected_signatures"] == 0 and (await raw.stats())["unique"] == 30
+        assert (await forged.stats())["rejected_signatures"] == 3
+        dead = await query(database_url, "SELECT dead_reason, last_error FROM outbox WHERE dead_at IS NOT NULL")
+        assert [r["dead_reason"] for r in dead] == ["rejected"] * 3 and "ForgedSignature" in dead[0]["last_error"]
+    finally:
+        await raw.close()
+        await forged.close()

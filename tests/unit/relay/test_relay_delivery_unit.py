@@ -1,4 +1,4 @@
-"""Deliverer against httpx.MockTransport, and the outcome → row-update rules (no servers)."""
+"""Deliverer against an in-memory poster (httpx models), and the outcome → row-update rules (no servers)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from services.relay.claim import ClaimedEvent, DeliveryState
 from services.relay.delivery import BATCH_CONTENT_TYPE, Deliverer, Outcome
 from services.relay.outcomes import RetryPolicy
 from shared.subscriber import verify
+from tests.support.relay_helpers import MockPoster
 
 SECRET = "unit-secret"
 POLICY = RetryPolicy(max_attempts=3, base_s=1.0, max_s=10.0, rng=random.Random(3))
@@ -25,8 +26,7 @@ def event(n: int, attempts: int = 0) -> ClaimedEvent:
 
 
 def deliverer(handler, **options) -> Deliverer:  # type: ignore[no-untyped-def]
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return Deliverer(client, secret=SECRET, concurrency=4, **options)
+    return Deliverer(MockPoster(handler), secret=SECRET, concurrency=4, **options)
 
 
 async def test_single_delivery_is_signed_with_event_id() -> None:

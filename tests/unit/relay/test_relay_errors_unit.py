@@ -47,6 +47,9 @@ def dispatcher() -> Dispatcher:
 class Sender:
     """Answers 503 to every event but ``e2``, whose request raises (a bug, an unreadable answer)."""
 
+    def capacity(self, url: str) -> int:
+        return 2
+
     async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, may_start: MayStart) -> list[Outcome]:
         if any(e.id == "e2" for e in events):
             raise RuntimeError("could not read the answer")

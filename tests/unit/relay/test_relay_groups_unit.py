@@ -1,4 +1,4 @@
-"""Any-of subscriber groups: parsing, rotation, failover within a delivery, cool-down (MockTransport, fake clock)."""
+"""Any-of subscriber groups: parsing, rotation, failover within a delivery, cool-down (in-memory poster, fake clock)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.relay.delivery import Deliverer
 from services.relay.groups import COOLDOWN_BASE_S, AnyOf, batch_endpoints, endpoints, is_batch
 from services.relay.metrics import RelayMetrics
 from shared.settings import Settings
+from tests.support.relay_helpers import MockPoster
 
 A, B, C = "http://a/v1/events", "http://b/v1/events", "http://c/v1/events"
 GROUP = f"{A}|{B}"
@@ -57,8 +58,7 @@ Built = tuple[AnyOf, RelayMetrics, Clock]
 
 
 def any_of(replicas: Replicas, *subscribers: str, batch: frozenset[str] = frozenset()) -> Built:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(replicas))
-    deliverer = Deliverer(client, secret="s", concurrency=4, batch_subscribers=batch)
+    deliverer = Deliverer(MockPoster(replicas), secret="s", concurrency=4, batch_subscribers=batch)
     metrics, clock = RelayMetrics(CollectorRegistry()), Clock()
     sender = AnyOf(deliverer, subscribers or (GROUP,), member_failures=metrics.member_failures, clock=clock)
     return sender, metrics, clock

@@ -7,6 +7,7 @@ import hmac
 
 import pytest
 
+from services.relay.delivery import Signer
 from shared.subscriber import (
     ForgedSignature,
     MissingSignature,
@@ -29,6 +30,13 @@ def test_sign_is_hmac_sha256_of_timestamp_dot_body() -> None:
     expected = hmac.new(SECRET.encode(), f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
     assert sign(SECRET, NOW, BODY) == f"sha256={expected}"
     assert sign(SECRET.encode(), str(NOW), BODY.decode()) == sign(SECRET, NOW, BODY)
+
+
+def test_the_relays_keyed_signer_signs_like_shared_sign() -> None:
+    signer = Signer(SECRET)
+    for body in (BODY, b"", b"x" * 10_000):
+        assert signer(str(NOW), body) == sign(SECRET, NOW, body)
+    assert signer(str(NOW), BODY) == signer(str(NOW), BODY), "the keyed state is copied, never consumed"
 
 
 def test_valid_signature_passes_with_any_header_case() -> None:
