@@ -257,6 +257,8 @@ class IdempotencyKey(Base):
     """First response to an ``Idempotency-Key`` upload, replayed on repeats."""
 
     __tablename__ = "idempotency_keys"
+    # Keyed uploads prune keys past the retention, oldest first.
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     api_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)

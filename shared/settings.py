@@ -28,6 +28,8 @@ PROCESSOR_EVENT_TYPES = (
     "document.requeued",
     "document.retry_scheduled",
     "document.delete_requested",
+    # Purges the KB's points by its id: the per-document purges miss a point no row stands for.
+    "knowledge_base.deleted",
 )
 
 # Event types no built-in service consumes; other services may subscribe to them via RELAY_ROUTES.
@@ -36,7 +38,6 @@ INFORMATIONAL_EVENT_TYPES = (
     "document.indexed",
     "document.failed",
     "document.deleted",
-    "knowledge_base.deleted",
 )
 
 # Joins the URLs of an "any of" subscriber group in RELAY_ROUTES ("http://a/v1/events|http://b/v1/events":
@@ -147,6 +148,8 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(default=100, ge=1)
     # Whole batch request body: past it the API stops reading and answers 413 body_too_large.
     max_batch_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    # An Idempotency-Key's answer is replayed this long; older keys are pruned by later keyed uploads.
+    idempotency_key_retention_s: float = Field(default=24 * 3600.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=30.0, gt=0)

@@ -99,6 +99,9 @@ class RemoteVectorStore:
     async def delete_document(self, document_id: uuid.UUID | str) -> None:
         await self._call("delete", {"document_id": str(document_id), "mode": "all", "version": 0})
 
+    async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None:
+        await self._call("delete", {"kb_id": str(kb_id), "mode": "knowledge_base"})
+
     async def search(self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int) -> list[SearchHit]:
         hits = await self._call("search", {"kb_id": str(kb_id), "vector": list(vector), "limit": limit})
         return [SearchHit(**hit) for hit in hits]

@@ -71,6 +71,7 @@ class VectorStore(Protocol):
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None: ...
     async def delete_older_versions(self, document_id: uuid.UUID | str, version: int) -> None: ...
     async def delete_document(self, document_id: uuid.UUID | str) -> None: ...
+    async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None: ...
     async def search(self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int) -> list[SearchHit]: ...
     async def count(self, document_id: uuid.UUID | str | None = None) -> int: ...
     async def health(self) -> None: ...
@@ -232,6 +233,16 @@ class QdrantVectorStore:
     async def delete_document(self, document_id: uuid.UUID | str) -> None:
         """Remove every point of the document, in every collection (any model it was indexed with)."""
         await self._delete_everywhere(_document_filter(document_id))
+
+    async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None:
+        """Remove every point of a knowledge base, in every collection, whatever document wrote it."""
+        from qdrant_client import models
+
+        await self._delete_everywhere(
+            models.Filter(
+                must=[models.FieldCondition(key="knowledge_base_id", match=models.MatchValue(value=str(kb_id)))]
+            )
+        )
 
     async def search(self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int) -> list[SearchHit]:
         """The ``limit`` chunks of knowledge base ``kb_id`` closest to ``vector``."""

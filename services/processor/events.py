@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.processor.deletion import PurgeFailed
+from services.processor.kb_purge import KB_DELETED_TYPE, purge_knowledge_base
 from services.processor.state import ProcessorState
 from shared.events import WORK_EVENT_TYPES
 from shared.subscriber import SignatureError, verify
@@ -59,6 +60,8 @@ async def receive_event(request: Request) -> JSONResponse:
         state.metrics.events.labels("malformed").inc()
         return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
     bound = log.bind(event_id=str(event_id), event_type=event_type, document_id=str(document_id))
+    if event_type == KB_DELETED_TYPE:
+        return await _purge_knowledge_base(state, envelope, event_id, bound)
     if document_id is None or (event_type not in WORK_EVENT_TYPES and event_type not in DELETE_TYPES):
         state.metrics.events.labels("ignored").inc()
         return _answer(200, "ignored")
@@ -66,14 +69,7 @@ async def receive_event(request: Request) -> JSONResponse:
         try:
             result = await state.purge(event_id, event_type, document_id)
         except PurgeFailed as exc:
-            # Nothing was recorded: the relay's retry of this very event purges again.
-            state.metrics.events.labels("purge_failed").inc()
-            bound.warning("event.delete_failed", code=exc.code, error=exc.message[:300])
-            return JSONResponse(
-                {"error": {"code": exc.code, "message": f"purge not done, retry later: {exc.message}"}},
-                status_code=503,
-                headers={"Retry-After": PURGE_RETRY_AFTER_S},
-            )
+            return _purge_failed(state, exc, bound)
         state.metrics.events.labels(result).inc()
         bound.info("event.delete", result=result)
         return _answer(200, result)
@@ -81,3 +77,31 @@ async def receive_event(request: Request) -> JSONResponse:
     state.metrics.events.labels(outcome).inc()
     bound.info("event.received", result=outcome)
     return _answer(202 if outcome == "accepted" else 200, outcome)
+
+
+def _purge_failed(state: ProcessorState, exc: PurgeFailed, bound: structlog.BoundLogger) -> JSONResponse:
+    # Nothing was recorded: the relay's retry of this very event purges again.
+    state.metrics.events.labels("purge_failed").inc()
+    bound.warning("event.delete_failed", code=exc.code, error=exc.message[:300])
+    return JSONResponse(
+        {"error": {"code": exc.code, "message": f"purge not done, retry later: {exc.message}"}},
+        status_code=503,
+        headers={"Retry-After": PURGE_RETRY_AFTER_S},
+    )
+
+
+async def _purge_knowledge_base(
+    state: ProcessorState, envelope: dict[str, Any], event_id: uuid.UUID, bound: structlog.BoundLogger
+) -> JSONResponse:
+    try:
+        kb_id = uuid.UUID(envelope["data"]["knowledge_base_id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        state.metrics.events.labels("malformed").inc()
+        return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
+    try:
+        result = await purge_knowledge_base(state.db, state.vectors, event_id=event_id, kb_id=kb_id)
+    except PurgeFailed as exc:
+        return _purge_failed(state, exc, bound)
+    state.metrics.events.labels(result).inc()
+    bound.info("event.knowledge_base_deleted", knowledge_base_id=str(kb_id), result=result)
+    return _answer(200, result)

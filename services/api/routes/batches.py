@@ -11,6 +11,7 @@ from services.api import queries
 from services.api.deps import CurrentKey, DbDep, StateDep, require_kb_access
 from services.api.routes.responses import error_responses
 from services.api.schemas import Accepted, BatchCreated, BatchFileResult, BatchProgress, ErrorDetail
+from services.api.uploads import kb_lock
 from services.api.uploads.receive import receive_multipart
 from shared.errors import ApiError, DocumentError, ErrorCode
 from shared.lifecycle import cancel_queued, retry_failed
@@ -48,6 +49,8 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
             raise ApiError(422, "validation_error", "at least one multipart field 'file' is required")
         batch_id = uuid.uuid4()
         async with state.db.transaction() as conn:
+            if await kb_lock.lock_for_upload(conn, kb_id) is None:
+                raise ApiError(404, "not_found", "knowledge base not found")
             created = (
                 await conn.execute(
                     text(

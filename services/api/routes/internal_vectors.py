@@ -70,6 +70,8 @@ async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
                 data["vectors"],
                 trim_tail=bool(data.get("trim_tail", True)),
             )
+        elif op == "delete" and data.get("mode") == "knowledge_base":
+            await store.delete_knowledge_base(data["kb_id"])
         elif op == "delete":
             mode, document_id, version = data["mode"], data["document_id"], int(data["version"])
             if mode == "all":

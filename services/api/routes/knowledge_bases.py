@@ -12,6 +12,7 @@ from services.api import queries
 from services.api.deps import CurrentKey, DbDep, require_kb_access
 from services.api.routes.responses import error_responses
 from services.api.schemas import Accepted, KnowledgeBase, KnowledgeBaseCreate, KnowledgeBaseList
+from services.api.uploads import kb_lock
 from shared.errors import ApiError
 from shared.lifecycle import request_delete
 from shared.outbox import add_event
@@ -92,17 +93,12 @@ async def delete_kb(kb_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     """Mark the KB deleted (its name is free again) and request deletion of each document."""
     require_kb_access(key, kb_id)
     async with db.transaction() as conn:
-        deleted = (
-            await conn.execute(
-                text(
-                    "UPDATE knowledge_bases SET deleted_at = now(), updated_at = now() "
-                    "WHERE id = :id AND deleted_at IS NULL RETURNING id"
-                ),
-                {"id": kb_id},
-            )
-        ).scalar_one_or_none()
-        if deleted is None:
+        # Waits for uploads committing into this KB, so the list below includes their documents.
+        if not await kb_lock.lock_for_delete(conn, kb_id):
             raise ApiError(404, "not_found", "knowledge base not found")
+        await conn.execute(
+            text("UPDATE knowledge_bases SET deleted_at = now(), updated_at = now() WHERE id = :id"), {"id": kb_id}
+        )
         doc_ids = (
             (
                 await conn.execute(
