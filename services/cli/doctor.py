@@ -124,6 +124,7 @@ def _all_checks(deep: bool) -> list[Callable[[Settings], Awaitable[list[CheckRes
         p.check_processors,
         p.check_reconciler,
         p.check_connection_budget,
+        p.check_supervisor,
     ]
 
 

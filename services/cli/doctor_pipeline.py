@@ -1,4 +1,5 @@
-"""``kbingest doctor`` checks beyond the dependencies: vectors, embedder, routes, processors, reconciler, budget."""
+"""``kbingest doctor`` checks beyond the dependencies: vectors, embedder, routes, processors, reconciler, budget,
+and the restarts ``kbingest up`` made."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from services.cli.doctor import CheckResult
 from shared.aio import wait_for
 from shared.db import worker_database
 from shared.pipeline import PROCESSOR_ALIVE_S, RECONCILER_MISSED_PASSES, RECONCILER_STATE_NAME
-from shared.settings import PROCESSOR_EVENT_TYPES, Settings
+from shared.settings import PROCESSOR_EVENT_TYPES, Settings, subscriber_members
+from shared.supervision import STATUS_FILENAME, read_status, status_path_from_env, supervisor_alive
 
 HTTP_TIMEOUT_S: Final = 3.0
 DEEP_EMBED_TIMEOUT_S: Final = 60.0
@@ -152,7 +154,10 @@ async def check_routes(settings: Settings) -> list[CheckResult]:
             "add them to KBINGEST_RELAY_ROUTES (they would be parked as unroutable, seed 002)",
         )
     ]
-    urls = list(dict.fromkeys(url for targets in routes.values() for url in targets))
+    # Every member of an any-of group: a dead replica is skipped by the relay, so only this check names it.
+    urls = list(
+        dict.fromkeys(url for targets in routes.values() for entry in targets for url in subscriber_members(entry))
+    )
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
         for url in urls:
             health = _health_url(url)
@@ -188,6 +193,37 @@ async def check_reconciler(settings: Settings) -> list[CheckResult]:
     leader, age = row[0], float(row[1])
     ok = age <= window
     return [CheckResult("reconciler", ok, f"leader {leader}, last pass {age:.0f} s ago (limit {window:g} s)", fix)]
+
+
+async def check_supervisor(settings: Settings) -> list[CheckResult]:
+    """What ``kbingest up`` restarted; nothing when the services do not run under a live ``up``."""
+    status = read_status(status_path_from_env(os.environ) or settings.data_dir / STATUS_FILENAME)
+    if status is None or not supervisor_alive(status):
+        return []
+    fix = "read its log lines in the `kbingest up` terminal"
+    window = f"{status.crash_window_s:g} s"
+    results = []
+    for proc in status.processes:
+        last = f"last: {proc.last_exit}" + (
+            f" at {proc.last_exit_at.astimezone():%H:%M:%S}" if proc.last_exit_at else ""
+        )
+        state = (
+            "running"
+            if proc.running
+            else f"down, restart due {proc.next_restart_at.astimezone():%H:%M:%S}"
+            if proc.next_restart_at
+            else "down"
+        )
+        if proc.crash_looping:
+            detail = f"{proc.name} is crash-looping: {proc.recent_restarts} restarts in {window} ({last}); {state}"
+            results.append(CheckResult("supervisor", False, detail, fix))
+        elif proc.restarts or not proc.running:
+            detail = f"{proc.name} restarted {proc.restarts} time(s) by `kbingest up` ({last}); {state}"
+            results.append(CheckResult("supervisor", True, detail, fix, warn=True))
+    if not results:
+        names = ", ".join(p.name for p in status.processes)
+        results.append(CheckResult("supervisor", True, f"`kbingest up` (pid {status.pid}) runs {names}: no restarts"))
+    return results
 
 
 def connection_budget(settings: Settings) -> dict[str, int]:

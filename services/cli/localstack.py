@@ -1,4 +1,8 @@
-"""The embedded local stack in a data dir: PostgreSQL, nanio, and the kbingest services."""
+"""The embedded local stack in a data dir: PostgreSQL, nanio, and the kbingest services.
+
+``kbingest up`` supervises all of them (``services.cli.supervisor``): a process that dies is started
+again with backoff, the embedded Postgres and nanio included.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +20,21 @@ from pathlib import Path
 
 import httpx
 
+from services.cli.supervisor import Exit, Unit
 from shared.embedded.lifetime import die_with_parent
 from shared.embedded.postgres import LOCAL_DIRNAME, EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
 from shared.internal_auth import data_dir_secret
-from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
+from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, SUBSCRIBER_GROUP_SEPARATOR, Settings
+from shared.supervision import STATUS_FILE_ENV, STATUS_FILENAME
 
 READY_TIMEOUT_S = 120.0
 # Each processor holds its own extraction server and embedding model (~1.5 GB): more is a typo.
 MAX_LOCAL_PROCESSORS = 16
 DOCTOR_TIMEOUT_S = 120.0
 STOP_GRACE_S = 40.0
+# `pg_ctl status` is a process of its own: ask it less often than the services are polled.
+POSTGRES_CHECK_S = 5.0
 
 PROCESS_ENV = {
     "DO_NOT_TRACK": "1",
@@ -57,11 +65,82 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _spawn(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", command],
+        env=env,
+        stdout=sys.stdout.buffer,
+        stderr=sys.stderr.buffer if sys.stderr else log,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
+    )
+    log.close()
+    return proc
+
+
 @dataclass
 class Service:
+    """A kbingest service process; ``start()`` runs it again with the same command and environment."""
+
     name: str
     port: int
+    command: str
+    env: dict[str, str]
+    log_path: Path
     proc: subprocess.Popen[bytes]
+
+    def start(self) -> None:
+        self.proc = _spawn(self.command, self.env, self.log_path)
+
+    def exited(self) -> Exit | None:
+        code = self.proc.poll()
+        return None if code is None else Exit(code)
+
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+
+@dataclass
+class PostgresUnit:
+    """The embedded Postgres as a supervised unit: a daemon, so "alive" is ``pg_ctl status``."""
+
+    postgres: EmbeddedPostgres
+    name: str = "postgres"
+    _checked_at: float = field(default_factory=time.monotonic)
+    _running: bool = True
+
+    def start(self) -> None:
+        self.postgres.start()
+        self._checked_at, self._running = time.monotonic(), True
+
+    def exited(self) -> Exit | None:
+        if time.monotonic() - self._checked_at >= POSTGRES_CHECK_S:
+            self._checked_at, self._running = time.monotonic(), self.postgres.running()
+        return None if self._running else Exit()
+
+    def pid(self) -> int | None:
+        try:
+            first = (self.postgres.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+        except FileNotFoundError:
+            return None
+        return int(first) if first.strip().isdigit() else None
+
+
+@dataclass
+class S3Unit:
+    s3: EmbeddedS3
+    name: str = "s3"
+
+    def start(self) -> None:
+        self.s3.start()
+
+    def exited(self) -> Exit | None:
+        code = self.s3.returncode()
+        return None if code is None else Exit(code)
+
+    def pid(self) -> int | None:
+        return self.s3.pid
 
 
 @dataclass(frozen=True)
@@ -75,11 +154,11 @@ class Planned:
 
 
 def routes_to_processors(settings: Settings, ports: Sequence[int]) -> dict[str, list[str]]:
-    """The default routes with the local processor replaced by one processor on each of ``ports``."""
+    """The default routes with the local processor replaced by one any-of group of the processors on ``ports``."""
     one = settings.processor_url()
-    urls = [f"http://127.0.0.1:{port}/v1/events" for port in ports]
+    group = SUBSCRIBER_GROUP_SEPARATOR.join(f"http://127.0.0.1:{port}/v1/events" for port in ports)
     return {
-        event_type: [url for sub in subs for url in (urls if sub == one else [sub])]
+        event_type: [group if sub == one else sub for sub in subs]
         for event_type, subs in settings.effective_routes().items()
     }
 
@@ -87,8 +166,9 @@ def routes_to_processors(settings: Settings, ports: Sequence[int]) -> dict[str, 
 def plan_services(settings: Settings, processors: int = 1) -> list[Planned]:
     """API, relay, ``processors`` processors, reconciler: the extra processors on free ports.
 
-    Every processor gets every work event (a wake-up; each then claims the next due document), so
-    unless RELAY_ROUTES is set, the relay's routes list all of them.
+    Processors pull work and a work event is only a wake-up, so unless RELAY_ROUTES is set the relay
+    routes it to one any-of group of all of them: one live member is woken, the others poll; a dead
+    one is skipped instead of holding deliveries until they are dead-lettered.
     """
     ports = [settings.processor_port, *(free_port() for _ in range(processors - 1))]
     workers = [
@@ -118,6 +198,14 @@ class LocalStack:
     s3_port: int = LOCAL_S3_PORT
     services: list[Service] = field(default_factory=list)
 
+    @property
+    def status_path(self) -> Path:
+        return self.data_dir / STATUS_FILENAME
+
+    def units(self) -> list[Unit]:
+        """Everything ``up`` supervises, dependencies first."""
+        return [PostgresUnit(self.postgres), S3Unit(self.s3), *self.services]
+
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +229,7 @@ class LocalStack:
             "KBINGEST_API_KEY": api_key,
             # Generated once per data dir, like the API key, unless the environment sets one.
             "KBINGEST_INTERNAL_SECRET": os.environ.get("KBINGEST_INTERNAL_SECRET") or data_dir_secret(self.data_dir),
+            STATUS_FILE_ENV: str(self.status_path),
         }
 
     def start_dependencies(self) -> None:
@@ -151,17 +240,8 @@ class LocalStack:
         subprocess.run([sys.executable, "-m", "services.cli.main", "migrate"], env=env, check=True)
 
     def start_service(self, name: str, port: int, env: dict[str, str], command: str | None = None) -> None:
-        log = (self.data_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", command or name],
-            env=env,
-            stdout=sys.stdout.buffer,
-            stderr=sys.stderr.buffer if sys.stderr else log,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-        log.close()
-        self.services.append(Service(name, port, proc))
+        command, log_path = command or name, self.data_dir / f"{name}.log"
+        self.services.append(Service(name, port, command, env, log_path, _spawn(command, env, log_path)))
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> list[str]:
         """Wait until every service answers /readyz 200; returns the ones that did not."""

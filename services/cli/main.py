@@ -19,7 +19,9 @@ from services.cli import status as status_cmd
 from services.cli import upload as upload_cmd
 from services.cli.localstack import MAX_LOCAL_PROCESSORS, LocalStack, bootstrap_key, plan_services
 from services.cli.outbox import outbox_app
+from services.cli.supervisor import CHECK_INTERVAL_S, Supervisor
 from shared.embedded.postgres import password_path
+from shared.logging import configure_logging
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
 
 app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_args_is_help=True)
@@ -55,8 +57,10 @@ def up(
         ),
     ] = 1,
 ) -> None:
-    """Run the whole local stack on embedded dependencies until Ctrl-C."""
+    """Run the whole local stack on embedded dependencies until Ctrl-C; restart any of its processes that dies."""
     stack = LocalStack(data_dir, pg_port=pg_port, s3_port=s3_port)
+    configure_logging(service="up", log_format=stack.settings.log_format, level=stack.settings.log_level)
+    supervisor: Supervisor | None = None
     key, generated = bootstrap_key(stack.data_dir)
     env = stack.env(key)
     stopping = False
@@ -84,6 +88,9 @@ def up(
         planned = plan_services(stack.settings, processors)
         for service in planned:
             stack.start_service(service.name, service.port, {**env, **service.env}, command=service.command)
+        supervisor = Supervisor(stack.units(), status_path=stack.status_path)
+        supervisor.check()
+        # A service that cannot start at all is a configuration problem: stop and say so, no restart loop.
         failed = stack.wait_ready()
         if failed:
             typer.secho(f"kbingest: not ready: {', '.join(failed)} (see the logs above)", fg=typer.colors.RED)
@@ -94,15 +101,15 @@ def up(
         typer.echo(f"  API key   {key}" + ("  (generated, saved in data dir)" if generated else ""))
         typer.secho(f"kbingest ready: {api}  (UI {api}/, docs {api}/docs)  Ctrl-C stops", fg=typer.colors.GREEN)
         stack.doctor(env)
-        while all(s.proc.poll() is None for s in stack.services):
-            time.sleep(0.5)
-        dead = [s.name for s in stack.services if s.proc.poll() is not None]
-        typer.secho(f"kbingest: {', '.join(dead)} exited; stopping", fg=typer.colors.RED)
-        raise typer.Exit(1)
+        while True:
+            supervisor.check()
+            time.sleep(CHECK_INTERVAL_S)
     except KeyboardInterrupt:
         typer.echo("kbingest: stopping…")
     finally:
         stack.stop()
+        if supervisor is not None:
+            supervisor.remove_status()
         typer.echo("kbingest: stopped")
 
 

@@ -76,6 +76,14 @@ class EmbeddedS3:
         self.stop()
         raise EmbeddedS3Error(f"nanio did not listen on 127.0.0.1:{self.port} within {START_TIMEOUT_S:g}s")
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def returncode(self) -> int | None:
+        """nanio's exit status once it ended; None while it runs (or before ``start``)."""
+        return None if self._proc is None else self._proc.poll()
+
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return

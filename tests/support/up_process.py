@@ -85,6 +85,20 @@ class UpProcess:
                     found.append(int(stat.parent.name))
         return found
 
+    def descendants(self, pid: int | None = None) -> list[int]:
+        """PIDs of every process below ``pid`` (default: ``up``), children of children included."""
+        parents: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with suppress(OSError):
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(stat.parent.name))
+        found, todo = [], [pid or self.proc.pid]
+        while todo:
+            below = parents.get(todo.pop(), [])
+            found += below
+            todo += below
+        return found
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM (what ``up`` handles like Ctrl-C; SIGINT is ignored in background jobs), then force."""
         if self.proc.poll() is None:

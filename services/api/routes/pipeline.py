@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from services.api.deps import CurrentKey, StateDep, require_unscoped
 from services.api.routes.responses import error_responses
 from shared.flow import HISTORY_MAX_MINUTES, flow_history
 from shared.pipeline import pipeline_report
+from shared.supervision import SupervisorStatus, read_status, status_path_from_env
 
 router = APIRouter(tags=["pipeline"])
 
@@ -79,6 +81,9 @@ class Pipeline(BaseModel):
     reconciler: ReconcilerHealth
     database: DatabaseHealth
     alerts: list[PipelineAlert]
+    supervisor: SupervisorStatus | None = Field(
+        None, description="`kbingest up`'s restarts of its processes; null when the API does not run under `up`"
+    )
 
 
 @router.get("/v1/pipeline", response_model=Pipeline, responses=error_responses(503))
@@ -86,7 +91,9 @@ async def pipeline(key: CurrentKey, state: StateDep) -> dict[str, Any]:
     """Counts, queue age, outbox, processors, the reconciler's last pass and active alerts (docs/operations.md)."""
     require_unscoped(key)
     async with state.db.transaction() as conn:
-        return await pipeline_report(conn, state.settings)
+        report = await pipeline_report(conn, state.settings)
+    # `up` hands its status file to the processes it starts; any other API has no such variable.
+    return {**report, "supervisor": read_status(status_path_from_env(os.environ))}
 
 
 class PipelineSample(BaseModel):
