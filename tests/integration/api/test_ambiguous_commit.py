@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.api.app import create_app
 from services.api.state import AppState
 from services.api.uploads.service import UploadService
-from shared.db import Database, DatabaseUnavailable, asyncpg_dsn
+from shared.db import Database, DatabaseUnavailable
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.settings import Settings
 from tests.conftest import _client_for
@@ -100,13 +100,17 @@ async def test_an_ambiguous_commit_keeps_the_object_only_if_the_row_exists(
 
 @pytest.fixture
 async def standby_pg() -> AsyncIterator[EmbeddedPostgres]:
-    """A server of its own: the test makes every commit on it wait for a standby that never comes."""
+    """A server of its own whose synchronous standby never comes.
+
+    Commits wait for it only in sessions with ``synchronous_commit = on`` (the server's default is
+    off), so the test chooses which sessions' commits hang.
+    """
     pg = EmbeddedPostgres(
         servers.scratch_dir("kbi-pg-") / "data",
         servers.free_port(),
         max_connections=40,
         durable=False,
-        extra_settings={"synchronous_commit": "on"},
+        extra_settings={"synchronous_standby_names": ABSENT_STANDBY},
     )
     pg.start()
     servers.prepare_template(pg)
@@ -114,42 +118,29 @@ async def standby_pg() -> AsyncIterator[EmbeddedPostgres]:
     pg.destroy()
 
 
-async def _until_waiting(admin: asyncpg.Connection, database: str, application_name: str) -> int:
-    """The pid of a session of ``application_name`` whose COMMIT waits for the absent standby."""
+async def _until_waiting(admin: asyncpg.Connection, database: str) -> int:
+    """The pid of the API session whose COMMIT waits for the absent standby."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
         pid = await admin.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 AND wait_event = 'SyncRep'",
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'kbingest.api' "
+            "AND wait_event = 'SyncRep'",
             database,
-            application_name,
         )
         if pid is not None:
             return int(pid)
-        assert time.monotonic() < deadline, f"no COMMIT of {application_name} waits for the standby"
+        assert time.monotonic() < deadline, "no COMMIT of the API waits for the standby"
         await asyncio.sleep(0.02)
 
 
-async def _require_standby(admin: asyncpg.Connection, database_url: str, database: str) -> None:
-    """Every commit from now on waits for the standby: proven by a probe commit that does wait."""
-    await admin.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{ABSENT_STANDBY}'")
-    await admin.execute("SELECT pg_reload_conf()")
-    probe = await asyncpg.connect(asyncpg_dsn(database_url), server_settings={"application_name": "probe"})
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            # A transaction with an xid writes a commit record, so its COMMIT waits once the reload took effect.
-            committing = asyncio.create_task(probe.fetchval("SELECT pg_current_xact_id()::text"))
-            waiting = asyncio.create_task(_until_waiting(admin, database, "probe"))
-            done, _ = await asyncio.wait({committing, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            if waiting in done:
-                await admin.execute("SELECT pg_cancel_backend($1)", waiting.result())
-                await committing
-                return
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
-            assert time.monotonic() < deadline, "the server never started waiting for the standby"
-    finally:
-        await probe.close()
+async def _commits_wait(admin: asyncpg.Connection, database: str, state: AppState, *, wait: bool) -> None:
+    """Make the API's sessions from now on wait (or not) for the standby at every commit that wrote."""
+    if wait:
+        await admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = on")
+    else:
+        await admin.execute(f"ALTER DATABASE {database} RESET synchronous_commit")
+    # A database's settings apply when a session starts: the pool's open sessions must go.
+    await state.db.engine.dispose()
 
 
 async def test_connection_lost_while_commit_waits_keeps_the_committed_upload(
@@ -159,20 +150,20 @@ async def test_connection_lost_while_commit_waits_keeps_the_committed_upload(
     database = servers.clone_database(standby_pg)
     tuned = settings.model_copy(update={"database_url": standby_pg.dsn_for(database)})
     admin = await asyncpg.connect(standby_pg.dsn_for("postgres", driver="postgresql"))
+    app = create_app(tuned)
     try:
-        async for client in _client_for(create_app(tuned), api_key):
+        async for client in _client_for(app, api_key):
             kb = await create_kb(client)
-            # No key touch may write (and so wait) before the upload's own commit.
+            # The key's last-use touch must not write (and so wait) before the upload's own commit.
             await fetch_all(tuned, "UPDATE api_keys SET last_used_at = now() + interval '1 day' RETURNING id")
-            await _require_standby(admin, tuned.database_url, database)
+            await _commits_wait(admin, database, app.state.kb, wait=True)
             try:
                 uploading = asyncio.create_task(upload(client, kb, "committed.txt", TEXT))
-                pid = await _until_waiting(admin, database, "kbingest.api")
+                pid = await _until_waiting(admin, database)
                 await admin.execute("SELECT pg_terminate_backend($1)", pid)
                 response = await uploading
             finally:
-                await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
-                await admin.execute("SELECT pg_reload_conf()")
+                await _commits_wait(admin, database, app.state.kb, wait=False)
             assert response.status_code == 201, response.text
             document_id = response.json()["id"]
             rows = await fetch_all(tuned, "SELECT id, object_key FROM documents")
