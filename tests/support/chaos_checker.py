@@ -73,6 +73,7 @@ COLUMNS = {
         "object without a live row",
         "deleted document still has its object",
         "live document in a deleted KB",
+        "acknowledged deletion not done",
     ),
     "stuck": ("not terminal at the end", "failed without an error code", "event overdue"),
 }
@@ -129,7 +130,10 @@ def check(
     rows = asyncio.run(_fetch(dsn, DOCUMENTS))
     objects = {o.key for o in asyncio.run(store_for(env).list("kb/"))}
     by_id = {r["id"]: r for r in rows}
-    _check_accepted(found, ledger, by_id)
+    live_kbs = {
+        r["id"] for r in asyncio.run(_fetch(dsn, "SELECT id::text AS id FROM knowledge_bases WHERE deleted_at IS NULL"))
+    }
+    _check_accepted(found, ledger, by_id, {kb for kb in ledger.kbs if kb not in live_kbs})
     _check_rows(found, rows, objects)
     _check_points(found, rows, points)
     _check_objects(found, rows, objects)
@@ -157,10 +161,20 @@ def check(
     return found
 
 
-def _check_accepted(found: Findings, ledger: Ledger, by_id: dict[str, dict[str, Any]]) -> None:
+def _check_accepted(found: Findings, ledger: Ledger, by_id: dict[str, dict[str, Any]], kbs: set[str]) -> None:
+    """Every 201 has its row; every acknowledged deletion (202) happened."""
     for doc in ledger.snapshot():
-        if doc.id not in by_id:
+        row = by_id.get(doc.id)
+        if row is None:
             found.add("accepted upload has no row", f"{doc.id} ({doc.name}, {doc.source}, 201 at {doc.accepted_s} s)")
+        elif doc.deleted_s is not None and not row["tombstoned"]:
+            found.add(
+                "acknowledged deletion not done",
+                f"document {doc.id} ({doc.name}): 202 at {doc.deleted_s} s, ends status={row['status']}",
+            )
+    for kb, deleted_s in ledger.kbs.items():
+        if deleted_s is not None and kb not in kbs:
+            found.add("acknowledged deletion not done", f"knowledge base {kb}: 202 at {deleted_s} s, still live")
 
 
 def _check_rows(found: Findings, rows: list[dict[str, Any]], objects: set[str]) -> None:

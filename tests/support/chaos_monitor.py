@@ -29,22 +29,20 @@ OVERDUE_EVERY_S = 5.0
 # An event may wait this long past its due time (Postgres restarts and relay restarts included).
 OVERDUE_BOUND_S = 60.0
 
-# Head-of-aggregate events (the only ones the relay may send) due for longer than the bound.
-OVERDUE = """
+# How long each sendable event (the head of its aggregate: later ones wait for it by design) has been
+# due: since its available_at, or since its predecessor was settled, whichever is later.
+LATENESS = """
 SELECT o.seq, o.id::text AS id, o.type, o.aggregate_id::text AS aggregate_id, o.attempts,
-       extract(epoch FROM now() - o.available_at)::float8 AS late_s
+       extract(epoch FROM now() - greatest(o.available_at, (
+           SELECT max(coalesce(p.delivered_at, p.dead_at)) FROM outbox AS p
+           WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq)))::float8 AS late_s
 FROM outbox AS o
-WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.available_at < now() - make_interval(secs => $1)
-  AND o.seq = (SELECT min(e.seq) FROM outbox AS e
-               WHERE e.aggregate_id = o.aggregate_id AND e.delivered_at IS NULL AND e.dead_at IS NULL)
-ORDER BY o.available_at LIMIT 20
-"""
-MAX_LATENESS = """
-SELECT coalesce(max(extract(epoch FROM now() - o.available_at)), 0)::float8 FROM outbox AS o
 WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.available_at < now()
   AND o.seq = (SELECT min(e.seq) FROM outbox AS e
                WHERE e.aggregate_id = o.aggregate_id AND e.delivered_at IS NULL AND e.dead_at IS NULL)
 """
+OVERDUE = f"SELECT * FROM ({LATENESS}) AS h WHERE h.late_s > $1 ORDER BY h.late_s DESC LIMIT 20"
+MAX_LATENESS = f"SELECT coalesce(max(h.late_s), 0)::float8 FROM ({LATENESS}) AS h"
 SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'kbingest.%'"
 
 

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
 
@@ -21,7 +21,7 @@ import httpx
 
 from tests.support import servers
 from tests.support.chaos_checker import check, read_points, store_for
-from tests.support.chaos_faults import PROBE_KB, Injector, plan
+from tests.support.chaos_faults import PROBE_KB, Fault, Injector, plan
 from tests.support.chaos_monitor import Monitor
 from tests.support.chaos_report import Report
 from tests.support.chaos_stack import TUNING, ChaosStack, chaos_stack
@@ -70,26 +70,14 @@ def run_campaign(seed: int, duration_s: float, *, long_run: bool = False, only: 
         monitor = Monitor(stack, injector.lock, ledger.started)
         monitor.start()
         try:
-            deadline = time.monotonic() + duration_s
-            faults = threading.Thread(
-                target=injector.run, args=(plan(seed, long_run=long_run, only=only), deadline), daemon=True
-            )
-            faults.start()
             workload = Workload(stack.api_url, stack.api_key, seed, ledger, probe_kb)
-            asyncio.run(_until(workload, deadline))
-            log(f"fault window over after {len(injector.records)} faults; healing")
-            faults.join(timeout=300)
-            injector.stop.set()
-            faults.join(timeout=60)
+            _fault_window(injector, workload, plan(seed, long_run=long_run, only=only), duration_s)
+            _restart_missing(stack, injector.lock)
+            stack.wait_ready()
+            log(f"settled: {_settle(stack, settle_s)}")
+            _final_sweep(stack, injector.lock)
         finally:
-            injector.stop.set()
-            injector.heal()
-        _restart_missing(stack, injector.lock)
-        stack.wait_ready()
-        settled = _settle(stack, settle_s)
-        log(f"settled: {settled}")
-        _final_sweep(stack, injector.lock)
-        monitor.close()
+            monitor.close()
         record = httpx.get(f"{stack.subscriber_url}/record", timeout=30).json()
         api = stack.services["api"]
         api.held = True
@@ -140,6 +128,25 @@ def run_campaign(seed: int, duration_s: float, *, long_run: bool = False, only: 
             )
         _write_artifacts(stack, report)
     return report
+
+
+def _fault_window(injector: Injector, workload: Workload, faults: Iterator[Fault], duration_s: float) -> None:
+    """Workload and faults side by side for ``duration_s``; the fault under way is finished, then all healed.
+
+    On any failure the injector is stopped and joined before the stack goes down, so it cannot
+    restart a service behind the stack's back.
+    """
+    deadline = time.monotonic() + duration_s
+    thread = threading.Thread(target=injector.run, args=(faults, deadline), name="chaos-faults", daemon=True)
+    thread.start()
+    try:
+        asyncio.run(_until(workload, deadline))
+        log(f"fault window over after {len(injector.records)} faults; healing")
+        thread.join(timeout=300)
+    finally:
+        injector.stop.set()
+        thread.join(timeout=180)
+        injector.heal()
 
 
 async def _until(workload: Workload, deadline: float) -> None:

@@ -6,8 +6,8 @@
 - ``POST /garbage/v1/events``: during a spell (``POST /control {"spell": true, "rate": 0.8}``) a
   request gets, at that rate, one of: 503 with a 4 MB body, 503 with a malformed ``Retry-After``
   (``²`` among them: digit-like, not ASCII), a connection reset, a 10 s stall, a body cut short.
-  Events whose id hashes into ``POISON_ONE_IN`` always get garbage: those are the refusals that
-  must end as dead letters. Otherwise 200.
+  Otherwise 200, except for events whose id hashes into ``POISON_ONE_IN``: those are refused
+  (410), and must end as dead letters.
 - ``GET /record``: what each side saw, per event id (the checker accounts dead letters with it).
 
 Hand-written HTTP/1.1 on asyncio streams (one request per connection) so a reset is a real RST
@@ -101,7 +101,11 @@ class ChaosSubscriber:
     async def garbage_event(self, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter) -> None:
         event_id = headers.get("x-kbingest-event-id", "")
         answers = self.garbage.setdefault(event_id, [])
-        if not (poisoned(event_id) or (self.spell and self.rng.random() < self.rate)):
+        if poisoned(event_id):
+            answers.append("refused")
+            await _answer(writer, 410, b'{"error":"this subscriber will never take this event"}')
+            return
+        if not (self.spell and self.rng.random() < self.rate):
             answers.append("ok")
             await _answer(writer, 200, b'{"status":"ok"}')
             return
