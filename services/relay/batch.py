@@ -16,6 +16,7 @@ from services.relay.delivery import MayStart, Outcome, Sender
 from services.relay.dispatch import Dispatcher, Plan, Result
 from services.relay.pool import is_transient
 from shared.aio import wait_for
+from shared.redact import redact_url
 
 # Finished deliveries are written at most this long after their answer, in one UPDATE per group:
 # a slow subscriber never holds back the acks (and the successors) of fast ones.
@@ -115,7 +116,7 @@ async def _work(
         except Exception as exc:
             # One event's bad answer (or a bug on its path) must not stop the relay: every replica would
             # claim it again and die the same way. It is a failed attempt, recorded, with backoff.
-            log.exception("outbox.delivery_error", subscriber=url, events=len(chunk), event_id=chunk[0].id)
+            log.exception("outbox.delivery_error", subscriber=redact_url(url), events=len(chunk), event_id=chunk[0].id)
             answers = [Outcome.relay_error(exc)] * len(chunk)
         acks.add(dispatcher.resolve(plan, url, chunk, answers))
 

@@ -17,6 +17,7 @@ from services.relay.groups import batch_endpoints, is_batch
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy, Step
 from services.relay.routes import Router
+from shared.redact import redact_url
 
 log = structlog.get_logger("kbingest.relay")
 
@@ -191,7 +192,7 @@ class Dispatcher:
                     event_id=event.id,
                     document_id=event.aggregate_id,
                     event_type=event.type,
-                    subscriber=url,
+                    subscriber=redact_url(url),
                     attempts=step.attempts,
                     retry_in_s=round(step.delay_s, 3),
                 )
@@ -202,7 +203,7 @@ class Dispatcher:
                     event_id=event.id,
                     document_id=event.aggregate_id,
                     event_type=event.type,
-                    subscriber=url,
+                    subscriber=redact_url(url),
                     attempt=step.attempts,
                     retry_in_s=round(step.delay_s, 3),
                     error=step.error["error"] if step.error else None,

@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from services.relay.backoff import busy_delay_s
 from services.relay.claim import ClaimedEvent
 from services.relay.delivery import Deliverer, MayStart, Outcome
+from shared.redact import redact_text, redact_url
 from shared.settings import subscriber_members
 
 # A member that failed is passed over for this long (doubling per consecutive failure, capped), so
@@ -205,13 +206,13 @@ class AnyOf:
         if change == "down":
             log.warning(
                 "outbox.member_down",
-                subscriber=group.name,
-                member=member.url,
-                error=answer.error,
+                subscriber=redact_text(group.name),
+                member=redact_url(member.url),
+                error=redact_text(answer.error or ""),
                 cool_down_s=COOLDOWN_BASE_S,
             )
         elif change == "up":
-            log.info("outbox.member_up", subscriber=group.name, member=member.url)
+            log.info("outbox.member_up", subscriber=redact_text(group.name), member=redact_url(member.url))
 
 
 def every_member_failed(tried: Sequence[tuple[str, Outcome]]) -> Outcome:

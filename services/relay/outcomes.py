@@ -11,6 +11,7 @@ from typing import Any, Final, Literal
 from services.relay.backoff import busy_delay_s, retry_delay_s
 from services.relay.claim import Action, ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from services.relay.delivery import Outcome
+from shared.redact import redact_text, redact_url
 
 UNROUTABLE: Final = "unroutable"
 REJECTED: Final = "rejected"
@@ -44,9 +45,9 @@ def _error(subscriber: str, attempt: int, outcome: Outcome, delay_s: float | Non
     record: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "attempt": attempt,
-        "subscriber": subscriber,
+        "subscriber": redact_url(subscriber),
         "status": outcome.status,
-        "error": outcome.error or outcome.kind,
+        "error": redact_text(outcome.error or outcome.kind),
     }
     if delay_s is not None:
         record["retry_in_s"] = round(delay_s, 3)
