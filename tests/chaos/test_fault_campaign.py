@@ -93,11 +93,6 @@ def test_acknowledged_deletions_happen(campaign: Report) -> None:
     assert not undone, _explain(campaign, undone)
 
 
-@pytest.mark.xfail(
-    reason="issue 12 §3 'Upload into a KB being deleted': an upload racing DELETE /v1/knowledge-bases/{id} "
-    "commits a live document (processed, indexed) into the deleted KB; the fix is owned by the API work",
-    strict=False,
-)
 def test_no_live_document_in_a_deleted_kb(campaign: Report) -> None:
     orphans = _items(campaign, "live document in a deleted KB", "points of a live document in a deleted KB")
     assert not orphans, _explain(campaign, orphans)
