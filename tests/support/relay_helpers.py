@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from services.relay.http1 import Answer, ClosedError, ConnectError
 from services.relay.metrics import RelayMetrics
-from services.relay.pool import asyncpg_dsn
+from shared.db import asyncpg_dsn
 from shared.settings import Settings
 from tests.support.pipeline_helpers import stop_process
 from tests.support.servers import ROOT, free_port
