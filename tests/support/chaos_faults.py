@@ -159,9 +159,9 @@ class Injector:
             record.note = asyncio.run(_terminate_sessions(self.stack.pg_dsn, 1 + fault.pick % 5, fault.pick))
         elif kind == "object store down":
             record.target = "nanio"
-            self.stack.s3.kill()
+            self.stack.stop_s3()
             self.stop.wait(fault.hold_s)
-            self.stack.s3.start()
+            self.stack.restart_s3()
         elif kind == "vector store down":
             record.target = "processors → vector store"
             self.stack.vector_proxy.set_cut(True)
@@ -222,8 +222,7 @@ class Injector:
         _control(self.stack, spell=False)
         if not self.stack.postgres.running():
             self.stack.postgres.start()
-        if self.stack.s3._proc is None or self.stack.s3._proc.poll() is not None:
-            self.stack.s3.start()
+        self.stack.restart_s3()
         for svc in self.stack.services.values():
             svc.signal(signal.SIGCONT)
 

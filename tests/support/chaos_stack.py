@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ class ChaosStack:
     subscriber_port: int
     api_key: str
     env: dict[str, str]
+    s3_keeper: ThreadPoolExecutor
     services: dict[str, Service] = field(default_factory=dict)
 
     @property
@@ -170,6 +172,19 @@ class ChaosStack:
     @property
     def qdrant_path(self) -> Path:
         return Path(self.env["KBINGEST_DATA_DIR"]) / "qdrant"
+
+    def restart_s3(self) -> None:
+        """(Re)start nanio from the keeper thread: nanio dies with the thread that started it
+        (PR_SET_PDEATHSIG is per thread), and the fault injector's thread ends before the checks."""
+        self.s3_keeper.submit(self._start_s3_if_down).result(timeout=60)
+
+    def _start_s3_if_down(self) -> None:
+        process = self.s3._proc
+        if process is None or process.poll() is not None:
+            self.s3.start()
+
+    def stop_s3(self) -> None:
+        self.s3_keeper.submit(self.s3.kill).result(timeout=60)
 
     def processors(self) -> list[Service]:
         return [s for name, s in self.services.items() if name.startswith("processor")]
@@ -245,8 +260,10 @@ def chaos_stack(seed: int) -> Iterator[ChaosStack]:
         postgres.start()
         started.append(lambda: postgres.stop("immediate"))
         servers.migrate(postgres.dsn)
-        s3 = servers.start_s3()
-        started.append(s3.stop)
+        keeper = ThreadPoolExecutor(1, thread_name_prefix="chaos-s3")
+        started.append(lambda: keeper.shutdown(wait=True))
+        s3 = keeper.submit(servers.start_s3).result(timeout=60)
+        started.append(lambda: keeper.submit(s3.stop).result(timeout=60))
         with fake_embedder() as embedder:
             subscriber_port = servers.free_port()
             subscriber = _start_subscriber(subscriber_port, seed, root / "subscriber.log")
@@ -276,7 +293,7 @@ def chaos_stack(seed: int) -> Iterator[ChaosStack]:
                 "KBINGEST_API_INTERNAL_URL": f"http://127.0.0.1:{ports['proxy']}",
             }
             (root / "data").mkdir()
-            stack = ChaosStack(root, postgres, s3, embedder, proxy, subscriber, subscriber_port, api_key, env)
+            stack = ChaosStack(root, postgres, s3, embedder, proxy, subscriber, subscriber_port, api_key, env, keeper)
             plan = [("api", "api", ports["api"]), ("relay", "relay", ports["relay"])]
             plan += [(f"processor-{i + 1}", "processor", port) for i, port in enumerate(processor_ports)]
             plan.append(("reconciler", "reconciler", ports["reconciler"]))
