@@ -147,9 +147,10 @@ class AnyOf:
                 break
             outcomes = await self._ask(group, member, order[k + 1 :], asked, [events[i] for i in todo], may_start)
             if outcomes is None:
-                assert member.last is not None  # only a member with a recorded failure or 429 cools down
+                # A concurrent delivery may have marked it healthy (clearing ``last``) since it was passed over.
+                last = member.last or Outcome("retry", None, "skipped: cooling down after a failure")
                 for i in todo:
-                    tried[i].append((member.url, member.last))
+                    tried[i].append((member.url, last))
                 continue
             if outcomes[0].kind == "release":
                 break
