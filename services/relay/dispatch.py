@@ -184,30 +184,23 @@ class Dispatcher:
         for url, step in steps.items():
             if step.state == "delivered":
                 self._delivered(url).inc()
-            elif step.state == "busy":
+            if step.state not in ("busy", "retry"):
+                continue
+            about = {
+                "event_id": event.id,
+                "document_id": event.aggregate_id,
+                "event_type": event.type,
+                "subscriber": redact_url(url),
+                "retry_in_s": round(step.delay_s, 3),
+            }
+            if step.state == "busy":
                 # Routine under load (one per 429), hence debug: a warning here would be noise.
                 self._busy(url).inc()
-                log.debug(
-                    "outbox.busy",
-                    event_id=event.id,
-                    document_id=event.aggregate_id,
-                    event_type=event.type,
-                    subscriber=redact_url(url),
-                    attempts=step.attempts,
-                    retry_in_s=round(step.delay_s, 3),
-                )
+                log.debug("outbox.busy", attempts=step.attempts, **about)
             elif step.state == "retry":
                 self._metrics.retries.inc()
-                log.info(
-                    "outbox.retry_scheduled",
-                    event_id=event.id,
-                    document_id=event.aggregate_id,
-                    event_type=event.type,
-                    subscriber=redact_url(url),
-                    attempt=step.attempts,
-                    retry_in_s=round(step.delay_s, 3),
-                    error=step.error["error"] if step.error else None,
-                )
+                error = step.error["error"] if step.error else None
+                log.info("outbox.retry_scheduled", attempt=step.attempts, error=error, **about)
         if settlement.action == "delivered":
             self._metrics.latency.observe(max(0.0, acked_at - event.created_at))
             log.debug(
