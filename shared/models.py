@@ -33,6 +33,11 @@ NAMING = {
 DOCUMENT_STATUSES = ("queued", "processing", "ready", "failed", "deleting")
 STAGES = ("downloading", "extracting", "chunking", "embedding", "indexing")
 PRIORITIES = ("high", "normal", "low")
+BUILD_PURPOSES = ("replace", "reindex")
+VERSION_STATUSES = ("pending", "active", "failed", "superseded", "retained", "purged")
+GENERATION_STATES = ("active", "building", "retired", "cancelled")
+# User documents (not build rows) that are not deleted: the scope of the per-KB unique names and contents.
+LIVE_USER_DOCUMENT = "deleted_at IS NULL AND parent_id IS NULL"
 
 NOW = text("now()")
 
@@ -68,6 +73,36 @@ class KnowledgeBase(Base):
     deleted_at: Mapped[datetime | None] = _ts(nullable=True)
     # When a processor last took one of this KB's documents: the round-robin key of fair dispatch.
     last_dispatched_at: Mapped[datetime | None] = _ts(nullable=True)
+    # The index generation search uses (index_generations); docs/documents-change.md.
+    active_generation: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+
+
+class IndexGeneration(Base):
+    """One index build of a knowledge base with its settings (NULL: the server's default)."""
+
+    __tablename__ = "index_generations"
+    __table_args__ = (
+        CheckConstraint(_in("state", GENERATION_STATES), name="state"),
+        Index(
+            "uq_index_generations_building",
+            "knowledge_base_id",
+            unique=True,
+            postgresql_where=text("state = 'building'"),
+        ),
+    )
+
+    knowledge_base_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
+    chunk_overlap: Mapped[int | None] = mapped_column(Integer)
+    embedding_model: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text)
+    total: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    activated_at: Mapped[datetime | None] = _ts(nullable=True)
+    finished_at: Mapped[datetime | None] = _ts(nullable=True)
 
 
 class Batch(Base):
@@ -88,20 +123,25 @@ class Document(Base):
         CheckConstraint(_in("status", DOCUMENT_STATUSES), name="status"),
         CheckConstraint(f"stage IS NULL OR {_in('stage', STAGES)}", name="stage"),
         CheckConstraint(_in("priority", PRIORITIES), name="priority"),
+        CheckConstraint(
+            f"(parent_id IS NULL AND purpose IS NULL) OR (parent_id IS NOT NULL AND {_in('purpose', BUILD_PURPOSES)})",
+            name="purpose",
+        ),
         Index(
             "uq_documents_live_filename",
             "knowledge_base_id",
             "filename",
             unique=True,
-            postgresql_where=text("deleted_at IS NULL"),
+            postgresql_where=text(LIVE_USER_DOCUMENT),
         ),
         Index(
             "uq_documents_live_sha256",
             "knowledge_base_id",
             "sha256",
             unique=True,
-            postgresql_where=text("deleted_at IS NULL"),
+            postgresql_where=text(LIVE_USER_DOCUMENT),
         ),
+        Index("ix_documents_parent", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
         # Reconciler: processing documents by heartbeat age (stale scan).
         Index(
             "ix_documents_processing_heartbeat",
@@ -126,7 +166,8 @@ class Document(Base):
     media_type: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(Text)
-    object_key: Mapped[str] = mapped_column(Text, unique=True)
+    # The active version's file; a re-index build reads its document's file, so keys repeat.
+    object_key: Mapped[str] = mapped_column(Text, index=True)
     status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
     stage: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[str] = mapped_column(Text, server_default=text("'normal'"))
@@ -143,6 +184,38 @@ class Document(Base):
     heartbeat_at: Mapped[datetime | None] = _ts(nullable=True)
     processed_at: Mapped[datetime | None] = _ts(nullable=True)
     deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+    # Build rows (docs/documents-change.md): a hidden row that processes a replacement or a re-index
+    # of the user document ``parent_id``; NULL on user documents.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    purpose: Mapped[str | None] = mapped_column(Text)
+    # The content version this row processes (user documents: the active one).
+    content_version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    # The index generation this row's points belong to.
+    generation: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    # The row whose points answer search for this document (NULL: the row itself).
+    served_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("documents.id", ondelete="SET NULL"))
+
+
+class DocumentVersion(Base):
+    """One uploaded content of a document: 1 at upload, +1 per replacement."""
+
+    __tablename__ = "document_versions"
+    __table_args__ = (CheckConstraint(_in("status", VERSION_STATUSES), name="status"),)
+
+    document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(Text)
+    original_filename: Mapped[str] = mapped_column(Text)
+    # The orphan sweep keeps every key a version still references.
+    object_key: Mapped[str] = mapped_column(Text, index=True)
+    status: Mapped[str] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The row that processes (processed) this version: the document itself or a ``replace`` build.
+    build_id: Mapped[uuid.UUID | None] = mapped_column()
+    created_at: Mapped[datetime] = _ts(default_now=True)
+    activated_at: Mapped[datetime | None] = _ts(nullable=True)
 
 
 class DocumentAttempt(Base):

@@ -43,8 +43,8 @@ def test_upgrade_check_downgrade_upgrade(pg_server: EmbeddedPostgres) -> None:
 def test_partial_unique_indexes_exist(pg_server: EmbeddedPostgres) -> None:
     sql = "SELECT indexdef FROM pg_indexes WHERE tablename = 'documents' AND indexdef LIKE '%UNIQUE%WHERE%'"
     defs = pg_server.psql(sql, servers.TEMPLATE_DB)
-    assert "(knowledge_base_id, filename) WHERE (deleted_at IS NULL)" in defs
-    assert "(knowledge_base_id, sha256) WHERE (deleted_at IS NULL)" in defs
+    assert "(knowledge_base_id, filename) WHERE ((deleted_at IS NULL) AND (parent_id IS NULL))" in defs
+    assert "(knowledge_base_id, sha256) WHERE ((deleted_at IS NULL) AND (parent_id IS NULL))" in defs
 
 
 def test_stale_scan_uses_its_index(pg_server: EmbeddedPostgres) -> None:
