@@ -15,9 +15,16 @@ from shared.errors import ApiError, ErrorCode, ProcessingError
 
 router = APIRouter(tags=["search"])
 
-# Hits only count while their document is ready and at the version that was indexed.
-READY_VERSIONS = text(
-    "SELECT id, version, filename FROM documents WHERE id = ANY(:ids) AND status = 'ready' AND deleted_at IS NULL"
+# A hit counts only while the row that wrote it (the document itself or one of its builds) is ready, at
+# the version that wrote it, and is the build serving a live ready document (docs/documents-change.md):
+# switching ``served_by`` in one transaction moves search from one build to the next, never both or neither.
+SERVING_BUILDS = text(
+    """
+    SELECT b.id AS build_id, b.version, d.id AS document_id, d.filename
+    FROM documents b JOIN documents d ON d.id = COALESCE(b.parent_id, b.id)
+    WHERE b.id = ANY(:ids) AND b.status = 'ready'
+      AND d.deleted_at IS NULL AND d.status = 'ready' AND COALESCE(d.served_by, d.id) = b.id
+    """
 )
 OVERFETCH = 3
 
@@ -58,14 +65,15 @@ async def search(kb_id: uuid.UUID, body: SearchRequest, key: CurrentKey, state: 
         return SearchResponse(items=[])
     async with state.db.transaction() as conn:
         rows = (
-            (await conn.execute(READY_VERSIONS, {"ids": list({uuid.UUID(h.document_id) for h in hits})}))
+            (await conn.execute(SERVING_BUILDS, {"ids": list({uuid.UUID(h.document_id) for h in hits})}))
             .mappings()
             .all()
         )
-    ready = {str(r["id"]): r for r in rows}
+    # A hit's ``document_id`` is the row that wrote it; the user sees the document that row serves.
+    ready = {str(r["build_id"]): r for r in rows}
     items = [
         SearchItem(
-            document_id=uuid.UUID(h.document_id),
+            document_id=ready[h.document_id]["document_id"],
             filename=ready[h.document_id]["filename"],
             chunk_no=h.chunk_no,
             text=h.text,
