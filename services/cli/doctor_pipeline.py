@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from services.cli.doctor import CheckResult
 from shared.aio import wait_for
+from shared.connection_budget import CONNECTION_HEADROOM, connection_budget
 from shared.db import worker_database
 from shared.pipeline import PROCESSOR_ALIVE_S, RECONCILER_MISSED_PASSES, RECONCILER_STATE_NAME
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings, subscriber_members
@@ -22,8 +23,6 @@ from shared.supervision import STATUS_FILENAME, read_status, status_path_from_en
 
 HTTP_TIMEOUT_S: Final = 3.0
 DEEP_EMBED_TIMEOUT_S: Final = 60.0
-# Kept free on top of the services' budget: superuser_reserved_connections, a migration, an operator's psql.
-CONNECTION_HEADROOM: Final = 5
 # Hosted providers litellm reads a key for; a missing key with no api_base is worth a warning.
 PROVIDER_KEYS: Final = {
     "openai": "OPENAI_API_KEY",
@@ -226,24 +225,13 @@ async def check_supervisor(settings: Settings) -> list[CheckResult]:
     return results
 
 
-def connection_budget(settings: Settings) -> dict[str, int]:
-    """Worst-case connections of one replica of each service (see docs/operations.md)."""
-    worker = settings.db_max_connections
-    return {
-        "api": settings.db_pool_size + settings.db_max_overflow + 1,
-        "relay": worker + 1,
-        "processor": worker + 2,  # + the heartbeat connection + the presence lock's session
-        "reconciler": 2,
-    }
-
-
 async def check_connection_budget(settings: Settings) -> list[CheckResult]:
     row = await _fetch_one(settings, SERVER_LIMITS)
     maximum, reserved = int(row[0]), int(row[1])
     budget = connection_budget(settings)
-    total = sum(budget.values())
+    total = sum(service.total for service in budget.values())
     usable = maximum - reserved - CONNECTION_HEADROOM
-    parts = " + ".join(f"{name} {n}" for name, n in budget.items())
+    parts = " + ".join(f"{name} {service.total}" for name, service in budget.items())
     detail = f"one replica of each service may open {total} ({parts}) of {usable} usable (max_connections {maximum})"
     if total > usable:
         return [

@@ -9,18 +9,15 @@ process that holds them, whatever ``application_name`` it set.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from unittest import mock
 
 import asyncpg
 import psutil
 
-from services.cli.doctor_pipeline import connection_budget
-from shared.settings import Settings
+from shared.connection_budget import connection_budget, limits_from_env
 from tests.support.chaos_stack import ChaosStack
 
 TICK_S = 0.5
@@ -48,8 +45,7 @@ SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'k
 
 def budget_for(stack: ChaosStack) -> dict[str, int]:
     """``doctor``'s connection budget (the one formula), for the settings the services run with."""
-    with mock.patch.dict(os.environ, stack.env, clear=True):
-        return connection_budget(Settings(_env_file=None))  # type: ignore[call-arg]
+    return {name: service.total for name, service in connection_budget(limits_from_env(stack.env)).items()}
 
 
 @dataclass

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # infrastructure/validate.py is imported as infrastructure.validate
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from infrastructure import validate as v
+from shared.connection_budget import CONNECTION_HEADROOM
 from shared.events import EVENT_TYPES
 from shared.settings import PROCESSOR_EVENT_TYPES
+from tests.support import infrastructure as v
 
 APP_SERVICES = {"api": "api", "relay": "relay", "processor": "processor", "reconciler": "reconciler"}
 CLI_SUBCOMMANDS = {"migrate", "api", "relay", "processor", "reconciler", "doctor"}
@@ -234,11 +235,10 @@ def test_observability_is_wired(services: dict[str, dict[str, Any]], infra: Path
 
 
 def test_connection_budget_fits_postgres(services: dict[str, dict[str, Any]], filled_env: dict[str, str]) -> None:
-    replicas = {name: services[name].get("deploy", {}).get("replicas", 1) for name in APP_SERVICES}
-    budget = v.db_connection_budget(replicas, services["api"]["environment"])
+    budget = v.compose_peak_connections(services)
     max_connections = int(filled_env["POSTGRES_MAX_CONNECTIONS"])
     assert "max_connections=" + str(max_connections) in services["postgres"]["command"]
-    assert budget + v.CONNECTION_HEADROOM <= max_connections, (budget, max_connections)
+    assert budget + CONNECTION_HEADROOM <= max_connections, (budget, max_connections)
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image(root: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure import validate as v
+from tests.support import infrastructure as v
 
 Stages = dict[str, list[tuple[str, str]]]
 CODE_DIRS = ("shared", "services", "alembic")

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from infrastructure import validate as v
+from shared.connection_budget import CONNECTION_HEADROOM, peak_connections
 from shared.events import EVENT_TYPES
 from shared.settings import PROCESSOR_EVENT_TYPES
+from tests.support import infrastructure as v
 
 Obj = dict[str, Any]
 SERVICE_PORTS = {"api": 8000, "relay": 8001, "processor": 8002, "reconciler": 8003}
@@ -42,10 +43,6 @@ def production(infra: Path) -> list[Obj]:
 def secret_example(infra: Path) -> Obj:
     (doc,) = v.load_yaml_all(infra / "k8s" / "secret.example.yaml")
     return doc
-
-
-def _by_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
 def _key(o: Obj) -> tuple[str, str, str]:
@@ -104,10 +101,10 @@ def test_expected_objects(rendered: list[Obj]) -> None:
 
 
 def test_production_overlay(production: list[Obj]) -> None:
-    namespaces = _by_kind(production, "Namespace")
+    namespaces = v.by_kind(production, "Namespace")
     assert list(namespaces) == ["kbingest"]
     assert all(o["metadata"]["namespace"] == "kbingest" for o in production if o["kind"] != "Namespace")
-    for name, dep in _by_kind(production, "Deployment").items():
+    for name, dep in v.by_kind(production, "Deployment").items():
         image = v.pod_spec(dep)["containers"][0]["image"]  # type: ignore[index]
         repo, tag, _ = v._split_image(image)
         assert "/" in repo and tag and tag not in ("latest", "dev"), image
@@ -115,7 +112,7 @@ def test_production_overlay(production: list[Obj]) -> None:
 
 
 def test_probes_use_healthz_and_readyz_on_the_container_port(rendered: list[Obj]) -> None:
-    for name, dep in _by_kind(rendered, "Deployment").items():
+    for name, dep in v.by_kind(rendered, "Deployment").items():
         component = name.removeprefix("kbingest-")
         (container,) = v.pod_spec(dep)["containers"]  # type: ignore[index]
         assert container["ports"][0]["containerPort"] == SERVICE_PORTS[component]
@@ -141,7 +138,7 @@ def test_every_workload_has_resources(rendered: list[Obj]) -> None:
 
 
 def test_processor_outlives_its_drain(rendered: list[Obj]) -> None:
-    spec = v.pod_spec(_by_kind(rendered, "Deployment")["kbingest-processor"])
+    spec = v.pod_spec(v.by_kind(rendered, "Deployment")["kbingest-processor"])
     assert spec is not None
     assert spec["terminationGracePeriodSeconds"] > 30  # the processor drains for up to 30 s
     assert spec["terminationGracePeriodSeconds"] == 60
@@ -172,7 +169,7 @@ def test_pods_are_locked_down(rendered: list[Obj]) -> None:
 
 
 def test_prometheus_scrape_annotations(rendered: list[Obj]) -> None:
-    for name, dep in _by_kind(rendered, "Deployment").items():
+    for name, dep in v.by_kind(rendered, "Deployment").items():
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
@@ -180,8 +177,8 @@ def test_prometheus_scrape_annotations(rendered: list[Obj]) -> None:
 
 
 def test_services_select_their_pods(rendered: list[Obj]) -> None:
-    deployments = _by_kind(rendered, "Deployment")
-    for name, svc in _by_kind(rendered, "Service").items():
+    deployments = v.by_kind(rendered, "Deployment")
+    for name, svc in v.by_kind(rendered, "Service").items():
         dep = deployments[name]
         labels = dep["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items()
@@ -189,13 +186,13 @@ def test_services_select_their_pods(rendered: list[Obj]) -> None:
         (container,) = v.pod_spec(dep)["containers"]  # type: ignore[index]
         for port in svc["spec"]["ports"]:
             assert v.container_port(container, port["targetPort"]) == port["port"]
-    for name, pdb in _by_kind(rendered, "PodDisruptionBudget").items():
+    for name, pdb in v.by_kind(rendered, "PodDisruptionBudget").items():
         assert pdb["spec"]["selector"]["matchLabels"] == deployments[name]["spec"]["selector"]["matchLabels"]
 
 
 def test_hpas_own_their_replicas(rendered: list[Obj]) -> None:
-    deployments = _by_kind(rendered, "Deployment")
-    for hpa in _by_kind(rendered, "HorizontalPodAutoscaler").values():
+    deployments = v.by_kind(rendered, "Deployment")
+    for hpa in v.by_kind(rendered, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]
         assert target["kind"] == "Deployment" and target["name"] in deployments
         assert "replicas" not in deployments[target["name"]]["spec"], "kubectl apply would fight the HPA"
@@ -206,7 +203,7 @@ def test_hpas_own_their_replicas(rendered: list[Obj]) -> None:
 
 
 def test_config_and_secret_wiring(rendered: list[Obj], secret_example: Obj) -> None:
-    configmaps = _by_kind(rendered, "ConfigMap")
+    configmaps = v.by_kind(rendered, "ConfigMap")
     for o in rendered:
         spec = v.pod_spec(o)
         if spec is None:
@@ -223,35 +220,30 @@ def test_config_and_secret_wiring(rendered: list[Obj], secret_example: Obj) -> N
     routes = json.loads(config["KBINGEST_RELAY_ROUTES"])
     assert set(routes) == set(EVENT_TYPES)
     assert {t for t, urls in routes.items() if urls} == set(PROCESSOR_EVENT_TYPES)
-    processor = _by_kind(rendered, "Service")["kbingest-processor"]
+    processor = v.by_kind(rendered, "Service")["kbingest-processor"]
     url = f"http://{processor['metadata']['name']}:{processor['spec']['ports'][0]['port']}/v1/events"
     assert all(routes[t] == [url] for t in PROCESSOR_EVENT_TYPES)
 
 
-def _rollout_peak(objects: list[Obj]) -> dict[str, int]:
-    """Replicas per component at the HPA maximum, plus one surge pod during a rolling update."""
-    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in _by_kind(objects, "HorizontalPodAutoscaler").values()}
-    peak = {}
-    for name, dep in _by_kind(objects, "Deployment").items():
-        replicas = hpas[name]["spec"]["maxReplicas"] if name in hpas else dep["spec"].get("replicas", 1)
-        surge = dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-        assert isinstance(surge, int), "use an absolute maxSurge so the budget is computable"
-        peak[name.removeprefix("kbingest-")] = replicas + surge
-    return peak
-
-
 def test_connection_budget_fits_postgres(rendered: list[Obj]) -> None:
-    config = _by_kind(rendered, "ConfigMap")["kbingest-config"]
-    max_connections = int(config["metadata"]["annotations"]["kbingest.io/postgres-max-connections"])
-    budget = v.db_connection_budget(_rollout_peak(rendered), config["data"])
-    assert budget + v.CONNECTION_HEADROOM <= max_connections, (budget, max_connections)
+    peak, max_connections = v.k8s_peak_connections(rendered), v.k8s_max_connections(rendered)
+    assert peak + CONNECTION_HEADROOM <= max_connections, (peak, max_connections)
+
+
+def test_production_peak_counts_every_session(production: list[Obj]) -> None:
+    """The overlay's worst case by hand (docs/deploy.md §6): each replica's pool plus its dedicated sessions."""
+    assert v.rollout_peak(production) == {"api": 11, "relay": 4, "processor": 13, "reconciler": 3}
+    api, relay, processor, reconciler = 5 + 2 + 1, 4 + 1, 4 + 2, 1 + 1
+    assert v.k8s_peak_connections(production) == 11 * api + 4 * relay + 13 * processor + 3 * reconciler
 
 
 def test_connection_budget_formula() -> None:
     replicas = {"api": 2, "relay": 2, "processor": 3, "reconciler": 2}
-    assert v.db_connection_budget(replicas, {}) == 2 * 7 + 2 * 6 + 3 * 7 + 2 * 2
+    assert peak_connections(v.limits_from_env({}), replicas) == 2 * 8 + 2 * 6 + 3 * 7 + 2 * 2
     env = {"KBINGEST_DB_POOL_SIZE": "3", "KBINGEST_DB_MAX_OVERFLOW": "0", "KBINGEST_DB_MAX_CONNECTIONS": "4"}
-    assert v.db_connection_budget(replicas, env) == 2 * 3 + 2 * 5 + 3 * 6 + 2 * 2
+    assert peak_connections(v.limits_from_env(env), replicas) == 2 * 4 + 2 * 5 + 3 * 6 + 2 * 2
+    with pytest.raises(ValueError, match="no connection budget"):
+        peak_connections(v.limits_from_env({}), {"indexer": 1})
 
 
 def test_json_patch() -> None:

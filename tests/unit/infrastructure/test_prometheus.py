@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infrastructure import validate as v
+from tests.support import infrastructure as v
 
 # The names the services export (issue 7); infrastructure/metrics.txt must list (at least) these.
 EXPORTED = {

@@ -1,6 +1,6 @@
 """Offline checks for the deployment files in infrastructure/ (used by tests/unit/infrastructure).
 
-Only the standard library, PyYAML and jsonschema. The JSON schemas are vendored under
+Only the standard library, PyYAML, jsonschema and ``shared.connection_budget``. The JSON schemas are vendored under
 infrastructure/schemas/ (see schemas/README.md for where each comes from).
 """
 
@@ -18,7 +18,9 @@ import jsonschema
 import yaml
 from referencing import Registry, Resource
 
-ROOT = Path(__file__).resolve().parent
+from shared.connection_budget import SERVICES, EnvLimits, connection_budget, limits_from_env, peak_connections
+
+ROOT = Path(__file__).resolve().parents[2] / "infrastructure"
 SCHEMAS = ROOT / "schemas"
 K8S_VERSION = "v1.33.0"
 
@@ -349,26 +351,45 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------- Postgres connection budget
 
-# Kept free on top of the budget: superuser_reserved_connections (3), a migration, an operator's psql.
-CONNECTION_HEADROOM = 5
-DEFAULTS = {"KBINGEST_DB_POOL_SIZE": 5, "KBINGEST_DB_MAX_OVERFLOW": 2, "KBINGEST_DB_MAX_CONNECTIONS": 5}
+
+def by_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
-def db_connection_budget(replicas: Mapping[str, int], env: Mapping[str, str]) -> int:
-    """Worst-case Postgres connections, the formula of docs/deploy.md.
+def rollout_peak(objects: list[Obj]) -> dict[str, int]:
+    """Replicas per component at the HPA maximum (or its replicas), plus its surge pods during a rolling update."""
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(objects, "HorizontalPodAutoscaler").values()}
+    peak = {}
+    for name, dep in by_kind(objects, "Deployment").items():
+        replicas = hpas[name]["spec"]["maxReplicas"] if name in hpas else dep["spec"].get("replicas", 1)
+        surge = dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        if not isinstance(surge, int):
+            raise ValueError(f"{name}: use an absolute maxSurge so the budget is computable, not {surge!r}")
+        peak[name.removeprefix("kbingest-")] = replicas + surge
+    return peak
 
-    api×(pool+overflow) + relay×(max+1) + processor×(max+2) + reconciler×2; a processor's two are its
-    heartbeat connection and the session that holds its presence lock.
-    """
 
-    def setting(name: str) -> int:
-        return int(env.get(name) or DEFAULTS[name])
+def k8s_max_connections(objects: list[Obj]) -> int:
+    config = by_kind(objects, "ConfigMap")["kbingest-config"]
+    return int(config["metadata"]["annotations"]["kbingest.io/postgres-max-connections"])
 
-    per_api = setting("KBINGEST_DB_POOL_SIZE") + setting("KBINGEST_DB_MAX_OVERFLOW")
-    per_worker = setting("KBINGEST_DB_MAX_CONNECTIONS")
-    return (
-        replicas.get("api", 0) * per_api
-        + replicas.get("relay", 0) * (per_worker + 1)
-        + replicas.get("processor", 0) * (per_worker + 2)
-        + replicas.get("reconciler", 0) * 2
+
+def k8s_limits(objects: list[Obj]) -> EnvLimits:
+    return limits_from_env(by_kind(objects, "ConfigMap")["kbingest-config"]["data"])
+
+
+def k8s_peak_connections(objects: list[Obj]) -> int:
+    """The rendered kustomization's worst case: every replica at its peak, each at its connection ceiling."""
+    return peak_connections(k8s_limits(objects), rollout_peak(objects))
+
+
+def compose_replicas(services: Mapping[str, Obj]) -> dict[str, int]:
+    return {name: services[name].get("deploy", {}).get("replicas", 1) for name in SERVICES}
+
+
+def compose_peak_connections(services: Mapping[str, Obj]) -> int:
+    """The compose file's worst case; each service's own environment sets its ceilings."""
+    return sum(
+        connection_budget(limits_from_env(services[name]["environment"]))[name].total * count
+        for name, count in compose_replicas(services).items()
     )
