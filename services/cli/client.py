@@ -227,7 +227,7 @@ class Client:
     def get_kb(self, kb_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/knowledge-bases/{kb_id}"))
 
-    def resolve_kb(self, name: str, *, create: bool = False) -> dict[str, Any]:
+    def resolve_kb(self, name: str, *, create: bool = False, missing_exit: int = 1) -> dict[str, Any]:
         """The KB called ``name`` (made first with ``create``); an error lists the names there are."""
         kbs = self.list_kbs()
         for kb in kbs:
@@ -235,7 +235,9 @@ class Client:
                 return kb
         if not create:
             known = ", ".join(sorted(kb["name"] for kb in kbs)) or "none yet"
-            raise CliError(f"no knowledge base named '{name}' (there are: {known}); --create makes it")
+            raise CliError(
+                f"no knowledge base named '{name}' (there are: {known}); --create makes it", exit_code=missing_exit
+            )
         try:
             return dict(self.request("POST", "/v1/knowledge-bases", json={"name": name}))
         except ApiProblem as problem:
@@ -261,10 +263,55 @@ class Client:
         return dict(self.request("GET", f"/v1/documents/{document_id}"))
 
     def upload(self, kb_id: str, path: Path, on_bytes: Callable[[int], None]) -> dict[str, Any]:
+        return self.upload_named(kb_id, path, name=path.name, on_bytes=on_bytes)
+
+    def upload_named(
+        self,
+        kb_id: str,
+        path: Path,
+        *,
+        name: str,
+        on_bytes: Callable[[int], None],
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload ``path`` as ``name`` (the server keeps its last component as the document name)."""
+        return dict(
+            self._send_file("POST", f"/v1/knowledge-bases/{kb_id}/documents", path, name, on_bytes, idempotency_key)
+        )
+
+    def replace_content(
+        self,
+        document_id: str,
+        path: Path,
+        *,
+        name: str,
+        on_bytes: Callable[[int], None],
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """New content for a document, processed beside the current one (200 when identical: a no-op)."""
+        return dict(
+            self._send_file("PUT", f"/v1/documents/{document_id}/content", path, name, on_bytes, idempotency_key)
+        )
+
+    def delete_document(self, document_id: str) -> None:
+        self.request("DELETE", f"/v1/documents/{document_id}")
+
+    def list_versions(self, document_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/v1/documents/{document_id}/versions")["items"])
+
+    def _send_file(
+        self,
+        method: str,
+        url: str,
+        path: Path,
+        name: str,
+        on_bytes: Callable[[int], None],
+        idempotency_key: str | None,
+    ) -> Any:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with path.open("rb") as file:
-            body = _CountingReader(file, on_bytes)
-            files = {"file": (path.name, body, "application/octet-stream")}
-            return dict(self.request("POST", f"/v1/knowledge-bases/{kb_id}/documents", files=files))
+            files = {"file": (name, _CountingReader(file, on_bytes), "application/octet-stream")}
+            return self.request(method, url, files=files, headers=headers)
 
     def search(self, kb_id: str, query: str, limit: int) -> list[dict[str, Any]]:
         body = self.request("POST", f"/v1/knowledge-bases/{kb_id}/search", json={"query": query, "limit": limit})

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from services.cli import doctor as doctor_checks
 from services.cli import search as search_cmd
 from services.cli import status as status_cmd
+from services.cli import sync as sync_cmd
 from services.cli import upload as upload_cmd
 from services.cli.localstack import MAX_LOCAL_PROCESSORS, LocalStack, bootstrap_key, plan_services
 from services.cli.outbox import outbox_app
@@ -214,6 +215,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or displayed 
 app.command("upload")(upload_cmd.upload)
 app.command("status")(status_cmd.status)
 app.command("search")(search_cmd.search)
+app.command("sync")(sync_cmd.sync)
 
 
 def main() -> None:
