@@ -103,8 +103,9 @@ async def delete_kb(kb_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
             (
                 await conn.execute(
                     text(
+                        # User documents only: deleting one takes its build rows with it.
                         "SELECT id FROM documents WHERE knowledge_base_id = :id AND deleted_at IS NULL "
-                        "AND status <> 'deleting'"
+                        "AND status <> 'deleting' AND parent_id IS NULL"
                     ),
                     {"id": kb_id},
                 )
