@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from services.processor import events
@@ -22,6 +21,7 @@ from services.processor.state import ProcessorState
 from services.processor.worker import SHUTDOWN_GRACE_S, Worker
 from shared.db import worker_database
 from shared.embedding import Embedder
+from shared.health import Readiness, add_health_routes
 from shared.http_metrics import install_http_observability
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -75,6 +75,8 @@ def create_app(
             db=db,
             heartbeat_db=heartbeat_db,
             pipeline=pipeline,
+            store=store,
+            vectors=store_for_vectors,
             processor_id=pid,
             metrics=metrics,
             may_claim=lambda: presence.held,
@@ -125,20 +127,12 @@ def create_app(
     install_http_observability(app, registry, "processor")
     app.include_router(events.router)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readiness(_request: Request) -> Readiness:
         state: ProcessorState = app.state.processor
-        body = {
-            "checks": state.checks,
-            "in_flight": state.worker.in_flight,
-            "processor_id": state.registry.processor_id,
-        }
-        if state.ready and state.worker.accepting and not state.fatal:
-            return JSONResponse({"status": "ready", **body})
-        return JSONResponse({"status": "unavailable", "reason": state.not_ready_reason(), **body}, status_code=503)
+        lifecycle = "ok" if state.ready and state.worker.accepting and not state.fatal else state.not_ready_reason()
+        details = {"in_flight": state.worker.in_flight, "processor_id": state.registry.processor_id}
+        return Readiness({**state.checks, "lifecycle": lifecycle}, details)
+
+    add_health_routes(app, readiness)
 
     return app

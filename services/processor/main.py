@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from services.processor.app import create_app
 from services.processor.worker import SHUTDOWN_GRACE_S
 from shared.logging import configure_logging
+from shared.serve import uvicorn_server
 from shared.settings import Settings
 
 
 def run(settings: Settings) -> None:
     configure_logging(service="processor", log_format=settings.log_format, level=settings.log_level)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.bind_host,
-        port=settings.processor_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
+    uvicorn_server(app, host=settings.bind_host, port=settings.processor_port, grace_s=SHUTDOWN_GRACE_S).run()
     if getattr(app.state, "processor", None) is not None and app.state.processor.fatal:
         sys.exit(1)

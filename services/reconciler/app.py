@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from services.reconciler.reconciler import Reconciler
 from shared.aio import wait_for
+from shared.health import Readiness, add_health_routes
 from shared.http_metrics import install_http_observability
 from shared.settings import Settings
 
@@ -48,20 +48,13 @@ def create_app(settings: Settings, *, reconciler_id: str | None = None) -> FastA
     app = FastAPI(title="kbingest reconciler", version="0.1.0", lifespan=lifespan)
     install_http_observability(app, registry, "reconciler")
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readiness(_request: Request) -> Readiness:
         reconciler: Reconciler = app.state.reconciler
-        ready, reason = reconciler.ready()
-        body = {"reconciler_id": reconciler.reconciler_id, "leader": reconciler.is_leader}
-        if ready:
-            return JSONResponse({"status": "ready", **body})
-        return JSONResponse(
-            {"status": "unavailable", **body, "error": {"code": "not_ready", "message": reason}}, status_code=503
-        )
+        _, reason = reconciler.ready()
+        details = {"reconciler_id": reconciler.reconciler_id, "leader": reconciler.is_leader}
+        return Readiness({"loop": reason}, details)
+
+    add_health_routes(app, readiness)
 
     return app
 

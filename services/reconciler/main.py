@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from services.reconciler.app import STOP_TIMEOUT_S, create_app
 from shared.logging import configure_logging
+from shared.serve import uvicorn_server
 from shared.settings import Settings
 
 
 def run(settings: Settings) -> None:
     configure_logging(service="reconciler", log_format=settings.log_format, level=settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.bind_host,
-        port=settings.reconciler_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(STOP_TIMEOUT_S),
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    uvicorn_server(app, host=settings.bind_host, port=settings.reconciler_port, grace_s=STOP_TIMEOUT_S).run()

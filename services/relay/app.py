@@ -10,12 +10,12 @@ from typing import Any, Final
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.relay.build import open_relay
 from services.relay.metrics import RelayMetrics
 from services.relay.worker import SHUTDOWN_GRACE_S, Relay
+from shared.health import Readiness, add_health_routes
 from shared.http_metrics import install_http_observability
 from shared.settings import Settings
 
@@ -48,29 +48,13 @@ def create_app(settings: Settings, *, on_fatal: OnFatal | None = None, **relay_o
     app = FastAPI(title="kbingest relay", version="0.1.0", lifespan=lifespan)
     install_http_observability(app, registry, "relay")
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
+    async def readiness(request: Request) -> Readiness:
         relay: Relay = request.app.state.relay
         worker: asyncio.Task[None] = request.app.state.worker
-        checks = relay.health()
-        if worker.done():
-            checks["worker"] = "stopped"
-        failed = [name for name, status in checks.items() if status != "ok"]
-        if failed:
-            return JSONResponse(
-                {
-                    "status": "unavailable",
-                    "failed": failed,
-                    "checks": checks,
-                    "error": {"code": "not_ready", "message": f"not ready: {', '.join(failed)}"},
-                },
-                status_code=503,
-            )
-        return JSONResponse({"status": "ready", "checks": checks})
+        checks = relay.health() | {"worker": "stopped" if worker.done() else "ok"}
+        return Readiness(checks, {"relay_id": relay.relay_id})
+
+    add_health_routes(app, readiness)
 
     return app
 

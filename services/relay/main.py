@@ -7,11 +7,11 @@ import signal
 from types import FrameType
 
 import structlog
-import uvicorn
 
 from services.relay.app import create_app
 from services.relay.worker import SHUTDOWN_GRACE_S
 from shared.logging import configure_logging
+from shared.serve import uvicorn_server
 from shared.settings import Settings
 
 log = structlog.get_logger("kbingest.relay")
@@ -38,16 +38,8 @@ def run(settings: Settings) -> int:
         failures.append(exc)
         server.should_exit = True
 
-    config = uvicorn.Config(
-        create_app(settings, on_fatal=on_fatal),
-        host=settings.bind_host,
-        port=settings.relay_port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
-    )
-    server = uvicorn.Server(config)
+    app = create_app(settings, on_fatal=on_fatal)
+    server = uvicorn_server(app, host=settings.bind_host, port=settings.relay_port, grace_s=SHUTDOWN_GRACE_S)
 
     def _handled(signum: int, _frame: FrameType | None) -> None:
         log.info("relay.signal", signal=signal.Signals(signum).name)
