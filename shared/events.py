@@ -15,12 +15,30 @@ EventType = Literal[
     "document.failed",
     "document.delete_requested",
     "document.deleted",
+    "document.version_created",
+    "document.version_activated",
+    "document.version_failed",
     "knowledge_base.deleted",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]  # Literal args
 # The events that put a document in the queue: to a processor they are wake-ups (it pulls in dispatch order).
+# ``document.version_created`` queues new content (a replacement's build row, or the document itself).
 WORK_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(
-    {"document.uploaded", "document.requeued", "document.retry_scheduled"}
+    {"document.uploaded", "document.requeued", "document.retry_scheduled", "document.version_created"}
+)
+# A build row's events (docs/documents-change.md), per purpose: the row event → the event emitted for its
+# document; an event not listed is not emitted (stage changes, retries, requeues of a build stay internal,
+# and a re-index build emits nothing at all).
+BUILD_EVENT_TYPES: Final[dict[str, dict[str, EventType]]] = {
+    "replace": {
+        "document.uploaded": "document.version_created",
+        "document.indexed": "document.version_activated",
+        "document.failed": "document.version_failed",
+    },
+    "reindex": {},
+}
+VERSION_EVENT_TYPES: Final = frozenset(
+    {"document.version_created", "document.version_activated", "document.version_failed"}
 )
 
 SPECVERSION: Final = "1.0"
@@ -77,6 +95,10 @@ _DOCUMENT_DATA: Final[dict[str, Any]] = {
         "attempts": {"type": "integer"},
         "chunk_count": {"type": ["integer", "null"]},
         "error": {"oneOf": [{"type": "null"}, _ERROR_SCHEMA]},
+        # Version events: the content version concerned, and the row that processes it (the document's
+        # own id for its first content, or a replacement's build row).
+        "content_version": {"type": "integer", "minimum": 1},
+        "build_id": {"type": "string", "format": "uuid"},
     },
 }
 
@@ -86,6 +108,9 @@ _REQUIRED_DATA_EXTRA: Final[dict[str, list[str]]] = {
     "document.retry_scheduled": ["error"],
     "document.failed": ["error"],
     "document.indexed": ["chunk_count"],
+    "document.version_created": ["content_version", "build_id", "sha256"],
+    "document.version_activated": ["content_version", "build_id", "chunk_count"],
+    "document.version_failed": ["content_version", "build_id", "error"],
 }
 
 

@@ -28,6 +28,8 @@ PROCESSOR_EVENT_TYPES = (
     "document.requeued",
     "document.retry_scheduled",
     "document.delete_requested",
+    # New content to process (a replacement): a wake-up like an upload.
+    "document.version_created",
     # Purges the KB's points by its id: the per-document purges miss a point no row stands for.
     "knowledge_base.deleted",
 )
@@ -38,6 +40,8 @@ INFORMATIONAL_EVENT_TYPES = (
     "document.indexed",
     "document.failed",
     "document.deleted",
+    "document.version_activated",
+    "document.version_failed",
 )
 
 # Joins the URLs of an "any of" subscriber group in RELAY_ROUTES ("http://a/v1/events|http://b/v1/events":
@@ -151,6 +155,9 @@ class Settings(BaseSettings):
     # An Idempotency-Key's answer is replayed this long; older keys are pruned by later keyed uploads.
     idempotency_key_retention_s: float = Field(default=24 * 3600.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # VERSION_RETENTION: previous content versions whose file is kept after a replacement activates
+    # (``GET /v1/documents/{id}/content?version=N``); older ones are purged (docs/documents-change.md).
+    version_retention: int = Field(default=1, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=30.0, gt=0)
     reconcile_interval_s: float = Field(default=10.0, gt=0)

@@ -14,6 +14,7 @@ from typing import Final, Literal
 import structlog
 from sqlalchemy.exc import DBAPIError
 
+from services.processor.deletion import purge_cancelled_builds
 from services.processor.fence import check_lease
 from services.processor.heartbeat import LeaseLost, heartbeating
 from services.processor.metrics import ProcessorMetrics
@@ -22,9 +23,11 @@ from shared import lifecycle
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import DocumentError, ErrorCode, ProcessingError
-from shared.lifecycle import Lease, Stage
+from shared.lifecycle import Lease, Ready, Stage
 from shared.settings import Settings
+from shared.storage import ObjectStore, StorageUnavailable
 from shared.subscriber import record_once
+from shared.vectorstore import VectorStore
 
 log = structlog.get_logger("kbingest.processor")
 
@@ -60,6 +63,8 @@ class Worker:
         db: Database,
         heartbeat_db: Database,
         pipeline: Pipeline,
+        store: ObjectStore,
+        vectors: VectorStore,
         processor_id: str,
         metrics: ProcessorMetrics,
         pull_interval_s: float = PULL_INTERVAL_S,
@@ -69,6 +74,8 @@ class Worker:
         self._db = db
         self._heartbeat_db = heartbeat_db
         self._pipeline = pipeline
+        self._store = store
+        self._vectors = vectors
         self.processor_id = processor_id
         self._metrics = metrics
         self._capacity = settings.processor_concurrency
@@ -101,6 +108,7 @@ class Worker:
             self._wake.clear()
             try:
                 await self._fill()
+                await self._purge_cancelled_builds()
                 failures = 0
             except (DatabaseUnavailable, DBAPIError) as exc:
                 # Unavailable, or a deadlock against a concurrent KB deletion: the next pass retries.
@@ -117,6 +125,14 @@ class Worker:
             if lease is None:
                 return
             self._start(lease)
+
+    async def _purge_cancelled_builds(self) -> None:
+        """Purge builds cancelled without an event (a superseded replacement, a cancelled re-index)."""
+        try:
+            await purge_cancelled_builds(self._db, self._vectors)
+        except ProcessingError as exc:
+            # The vector store is down: the rows stay ``deleting`` and a later poll purges them.
+            log.warning("processor.build_purge_failed", code=exc.code.value, error=exc.message[:300])
 
     def _start(self, lease: Lease) -> None:
         # The work outlives any request: log it under the event that queued it.
@@ -167,10 +183,14 @@ class Worker:
                         ) from None
                     raise
             async with self._db.transaction() as conn:
-                if not await lifecycle.mark_ready(conn, lease, chunk_count=outcome.chunk_count):
+                ready = await lifecycle.mark_ready(
+                    conn, lease, chunk_count=outcome.chunk_count, retention=self._settings.version_retention
+                )
+                if ready is None:
                     raise LeaseLost("lease lost before marking ready")
             self._metrics.processed.labels("ready").inc()
             bound.info("document.ready", chunk_count=outcome.chunk_count)
+            await self._remove_obsolete(ready, bound)
         except LeaseLost as exc:
             self._metrics.processed.labels("lease_lost").inc()
             bound.warning("document.lease_lost", reason=str(exc))
@@ -184,6 +204,29 @@ class Worker:
             bound.exception("document.internal_error")
             await self._fail(
                 lease, DocumentError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:500]), current[0], bound
+            )
+
+    async def _remove_obsolete(self, ready: Ready, bound: structlog.BoundLogger) -> None:
+        """After an activation committed: the previous serving build's points, the purged versions' files.
+
+        Invisible to search from the commit on, so a failure here is logged, not retried: a build row's
+        points are purged again by the reconciler's tombstone pass, a file by its orphan sweep.
+        """
+        for row_id in ready.purge_rows:
+            try:
+                await self._vectors.delete_document(row_id)
+            except ProcessingError as exc:
+                bound.warning("document.previous_build_purge_failed", build_id=str(row_id), error=exc.message[:300])
+        for key in ready.obsolete_keys:
+            try:
+                await self._store.delete(key)
+            except StorageUnavailable as exc:
+                bound.warning("document.version_file_delete_failed", key=key, error=str(exc)[:300])
+        if ready.purge_rows or ready.obsolete_keys:
+            bound.info(
+                "document.version_activated",
+                previous_build_ids=[str(r) for r in ready.purge_rows],
+                purged_keys=len(ready.obsolete_keys),
             )
 
     async def _fail(

@@ -65,6 +65,8 @@ def test_document_envelopes_validate(event_type: str) -> None:
         "attempts": 1,
         "chunk_count": 4,
         "error": {"code": "embedder_unavailable", "message": "down", "retryable": True},
+        "content_version": 2,
+        "build_id": str(uuid.uuid4()),
     }
     body = envelope(event_id=uuid.uuid4(), event_type=event_type, source="kbingest/test", subject=doc_id, data=data)
     jsonschema.validate(body, event_schema(event_type), format_checker=jsonschema.FormatChecker())
