@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared import queue, versions
+from shared import generations, queue, versions
 from shared.errors import DocumentError, ErrorCode
 from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES
 from shared.outbox import add_event, release_held
@@ -434,6 +434,7 @@ def _error_json(error: DocumentError | None) -> str | None:
 async def create_document(conn: AsyncConnection, *, values: dict[str, Any], source: str = "kbingest/api") -> RowMapping:
     """Insert a queued document and its ``document.uploaded`` event (IntegrityError on duplicate)."""
     row = (await conn.execute(INSERT_DOCUMENT, values)).mappings().one()
+    await generations.on_document_created(conn, row, max_attempts=values["max_attempts"])
     await versions.insert(conn, row["id"], row["content_version"], values=row, build_id=row["id"])
     await _emit(conn, row, "document.uploaded", source)
     return row
@@ -535,6 +536,7 @@ async def mark_ready(
     else:
         await versions.settle(conn, row)
     await _emit(conn, row, "document.indexed", source)
+    await generations.on_terminal(conn, row["knowledge_base_id"])
     return ready
 
 
@@ -552,6 +554,7 @@ async def _activate(conn: AsyncConnection, build: RowMapping, *, retention: int)
         await conn.execute(TOMBSTONE_BUILD, {"id": previous})
     purged = await versions.activate(conn, document["id"], build["content_version"], retention=retention)
     keys = await versions.unreferenced(conn, purged)
+    await generations.on_content_activated(conn, document["knowledge_base_id"], document["id"])
     return Ready(purge_rows=(previous,), obsolete_keys=tuple(keys))
 
 
@@ -612,6 +615,8 @@ async def fail_or_retry(
     await _emit(
         conn, updated, f"document.{outcome}", source, delay_s=retry_delay_s if outcome == "retry_scheduled" else 0.0
     )
+    if outcome == "failed":
+        await generations.on_terminal(conn, updated["knowledge_base_id"])
     return outcome
 
 
@@ -692,6 +697,7 @@ async def rescue(
     await versions.settle(conn, row)
     if row["status"] == "failed":
         await _emit(conn, row, "document.failed", source)
+        await generations.on_terminal(conn, row["knowledge_base_id"])
         return "failed"
     await _emit(conn, row, "document.requeued", source)
     return "requeued"
@@ -730,6 +736,7 @@ async def fail_object_missing(
     await _close_attempt(conn, document_id, epoch, "failed", None, error)
     await versions.settle(conn, row)
     await _emit(conn, row, "document.failed", source)
+    await generations.on_terminal(conn, row["knowledge_base_id"])
     return True
 
 

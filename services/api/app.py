@@ -22,6 +22,7 @@ from services.api.routes import (
     knowledge_bases,
     outbox,
     pipeline,
+    reindex,
     search,
     ui,
 )
@@ -95,7 +96,7 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
     app.add_middleware(BodyLimit, limit_for=lambda method, path: body_limit_for(method, path, settings.max_body_bytes))
     install_http_observability(app, CollectorRegistry(), "api")
     app.add_middleware(SecurityHeaders)
-    routers = [health, knowledge_bases, documents, batches, search, outbox, ui, pipeline, events]
+    routers = [health, knowledge_bases, reindex, documents, batches, search, outbox, ui, pipeline, events]
     # Only a local (path) Qdrant needs the API to serve vectors to other processes.
     if settings.is_local_qdrant:
         routers.append(internal_vectors)

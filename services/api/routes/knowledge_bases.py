@@ -1,30 +1,53 @@
-"""Knowledge bases: create, list, read with counts, delete (async purge)."""
+"""Knowledge bases: create, list, read with counts and index settings, change settings, delete (async purge)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Final
 
 import sqlalchemy.exc
 from fastapi import APIRouter, Response, status
 from sqlalchemy import text
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.api import queries
-from services.api.deps import CurrentKey, DbDep, require_kb_access
+from services.api.deps import CurrentKey, DbDep, StateDep, require_kb_access
+from services.api.routes.reindex import start_reindex, valid_settings
 from services.api.routes.responses import error_responses
-from services.api.schemas import Accepted, KnowledgeBase, KnowledgeBaseCreate, KnowledgeBaseList
+from services.api.schemas import Accepted, KnowledgeBase, KnowledgeBaseCreate, KnowledgeBaseList, KnowledgeBaseUpdate
 from services.api.uploads import kb_lock
+from shared import generations
 from shared.errors import ApiError
 from shared.lifecycle import request_delete
 from shared.outbox import add_event
+from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/knowledge-bases", tags=["knowledge bases"])
 ERRORS = error_responses()
+PATCH_ERRORS = error_responses(409, 422)
+EMPTY_COUNTS: Final = ("queued", "processing", "ready", "failed", "deleting")
 
 
-@router.post("", status_code=201, response_model=KnowledgeBase, responses=error_responses(409))
-async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, response: Response) -> KnowledgeBase:
+# Documents whose index a settings change would make inconsistent (build rows are not documents).
+HAS_DOCUMENTS: Final = text(
+    "SELECT EXISTS (SELECT 1 FROM documents WHERE knowledge_base_id = :id AND parent_id IS NULL "
+    "AND deleted_at IS NULL AND status <> 'deleting')"
+)
+
+
+async def _with_index(conn: AsyncConnection, settings: Settings, row: RowMapping, **extra: object) -> KnowledgeBase:
+    index = (await generations.kb_indexes(conn, [row["id"]], settings))[row["id"]]
+    return KnowledgeBase(**row, **index.fields(), **extra)
+
+
+@router.post("", status_code=201, response_model=KnowledgeBase, responses=error_responses(409, 422))
+async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, state: StateDep, response: Response) -> KnowledgeBase:
+    """Create a KB; ``chunk_size``/``chunk_overlap``/``embedding_model`` set its first index generation."""
     if key.knowledge_base_ids is not None:
         raise ApiError(403, "forbidden", "this API key is limited to some knowledge bases and may not create one")
+    valid_settings(generations.resolve(body.model_dump(exclude_none=True), state.settings))
+    db = state.db
     kb_id = uuid.uuid4()
     name = body.name.strip()
     try:
@@ -42,6 +65,19 @@ async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, respo
                 .mappings()
                 .one()
             )
+            await generations.create_first(
+                conn,
+                kb_id,
+                chunk_size=body.chunk_size,
+                chunk_overlap=body.chunk_overlap,
+                embedding_model=body.embedding_model,
+            )
+            kb = await _with_index(
+                conn,
+                state.settings,
+                row,
+                counts=dict.fromkeys(("queued", "processing", "ready", "failed", "deleting"), 0),
+            )
     except sqlalchemy.exc.IntegrityError as exc:
         async with db.transaction() as conn:
             existing = (
@@ -56,12 +92,12 @@ async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, db: DbDep, respo
             {"knowledge_base_id": str(existing) if existing else None},
         ) from exc
     response.headers["Location"] = f"/v1/knowledge-bases/{kb_id}"
-    return KnowledgeBase(**row, counts={s: 0 for s in ("queued", "processing", "ready", "failed", "deleting")})
+    return kb
 
 
 @router.get("", response_model=KnowledgeBaseList, responses=ERRORS)
-async def list_kbs(key: CurrentKey, db: DbDep) -> KnowledgeBaseList:
-    async with db.transaction() as conn:
+async def list_kbs(key: CurrentKey, state: StateDep) -> KnowledgeBaseList:
+    async with state.db.transaction() as conn:
         rows = (
             (
                 await conn.execute(
@@ -74,18 +110,61 @@ async def list_kbs(key: CurrentKey, db: DbDep) -> KnowledgeBaseList:
             .mappings()
             .all()
         )
-    return KnowledgeBaseList(items=[KnowledgeBase(**r) for r in rows if key.allows(r["id"])])
+        rows = [r for r in rows if key.allows(r["id"])]
+        indexes = await generations.kb_indexes(conn, [r["id"] for r in rows], state.settings)
+    return KnowledgeBaseList(items=[KnowledgeBase(**r, **indexes[r["id"]].fields()) for r in rows])
 
 
 @router.get("/{kb_id}", response_model=KnowledgeBase, responses=ERRORS)
-async def get_kb(kb_id: uuid.UUID, key: CurrentKey, db: DbDep) -> KnowledgeBase:
+async def get_kb(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> KnowledgeBase:
     require_kb_access(key, kb_id)
-    async with db.transaction() as conn:
+    async with state.db.transaction() as conn:
         row = await queries.get_kb(conn, kb_id)
         if row is None:
             raise ApiError(404, "not_found", "knowledge base not found")
         counts = await queries.kb_counts(conn, kb_id)
-    return KnowledgeBase(**row, counts=counts)
+        return await _with_index(conn, state.settings, row, counts=counts)
+
+
+@router.patch(
+    "/{kb_id}", response_model=KnowledgeBase, responses={202: {"model": KnowledgeBase}, **error_responses(409, 422)}
+)
+async def update_kb(
+    kb_id: uuid.UUID, body: KnowledgeBaseUpdate, key: CurrentKey, state: StateDep, response: Response
+) -> KnowledgeBase:
+    """Change index settings: in place on an empty KB (200); with documents only by a re-index (202).
+
+    A KB with documents answers 409 ``reindex_required`` unless the body says ``"reindex": true``:
+    its index must never mix chunks made with different settings.
+    """
+    require_kb_access(key, kb_id)
+    async with state.db.transaction() as conn:
+        row = await queries.get_kb(conn, kb_id)
+        current = await generations.active_settings(conn, kb_id, state.settings)
+        if row is None or current is None:
+            raise ApiError(404, "not_found", "knowledge base not found")
+        wanted = valid_settings(
+            generations.resolve(
+                {**current.as_json(), **body.model_dump(exclude_none=True, exclude={"reindex"})},
+                state.settings,
+                generation=current.generation,
+            )
+        )
+        if body.reindex:
+            await start_reindex(conn, state.settings, kb_id, wanted)
+            response.status_code = status.HTTP_202_ACCEPTED
+        elif wanted != current:
+            if (await conn.execute(HAS_DOCUMENTS, {"id": kb_id})).scalar_one():
+                raise ApiError(
+                    409,
+                    "reindex_required",
+                    "this knowledge base has documents: changing its index settings needs a re-index; "
+                    'send "reindex": true to start one',
+                    {"current": current.as_json(), "requested": wanted.as_json()},
+                )
+            await generations.update_active_settings(conn, kb_id, wanted)
+        counts = await queries.kb_counts(conn, kb_id)
+        return await _with_index(conn, state.settings, row, counts=counts)
 
 
 @router.delete("/{kb_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=ERRORS)

