@@ -231,7 +231,9 @@ def _carry_out(client: Client, kb_id: str, item: SyncItem, advance: Callable[[in
             item.update(_upload(client, kb_id, step, advance))
     except ApiProblem as problem:
         item.refuse_problem(problem)
-        if problem.code == "duplicate_content":
+        if problem.route_missing and step.action is Action.REPLACE:
+            item.meaning = "this server cannot replace a document's content (an older kbingest)"
+        elif problem.code == "duplicate_content":
             where = problem.extra.get("filename") or "another document"
             item.meaning = f"the same content is already in the knowledge base as '{where}'"
     except CliError as error:
@@ -364,8 +366,9 @@ def _sync(
             for item in skipped:
                 console.print(Text(f"skipped {item.name}: {item.reason}", style="dim"))
             if dry_run:
-                title = f"plan for knowledge base {kb}" + ("" if knowledge_base else " (it would be created)")
-                console.print(plan_table(steps, title=title))
+                if knowledge_base is None:
+                    console.print(f"knowledge base {kb} does not exist yet: it would be created")
+                console.print(plan_table(steps, title=f"plan for knowledge base {kb}"))
                 console.print(f"dry run: {plan_counts(steps)}; nothing was changed")
                 return
             console.print(f"plan: {plan_counts(steps)}")
