@@ -1,7 +1,7 @@
 """Authenticate before any body is read (pure ASGI): FastAPI parses a JSON body before it runs a
 route's dependencies, so the key check cannot wait for the route.
 
-Every ``/v1`` request needs a live API key, which is handed on to the route in ``request.state``;
+Every ``/v1`` request (but ``OPEN_PATHS``) needs a live API key, which is handed on to the route in ``request.state``;
 ``/metrics`` needs the metrics token or an unscoped key when the API listens beyond loopback.
 """
 
@@ -20,6 +20,8 @@ from shared.errors import ApiError
 
 API_PREFIX = "/v1/"
 METRICS_PATH = "/metrics"
+# /v1 paths served without a key: the error catalogue (routes/errors.py says why).
+OPEN_PATHS = frozenset({"/v1/errors"})
 
 
 class AuthFirst:
@@ -31,7 +33,8 @@ class AuthFirst:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         metrics = self.protect_metrics and path == METRICS_PATH
-        if scope["type"] != "http" or not (path.startswith(API_PREFIX) or metrics):
+        protected = path.startswith(API_PREFIX) and path not in OPEN_PATHS
+        if scope["type"] != "http" or not (protected or metrics):
             await self.app(scope, receive, send)
             return
         state: AppState = scope["app"].state.kb

@@ -13,6 +13,10 @@ from typing import Annotated, Any, BinaryIO
 import httpx
 import typer
 
+from services.cli import messages
+from services.cli.messages import failure_words as failure_words
+from services.cli.messages import human_size as human_size
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_FILE = Path(".kbingest") / "api_key"
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
@@ -30,79 +34,6 @@ ApiKeyOption = Annotated[
     ),
 ]
 KbOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
-
-# What an API error code means, for people; "{message}" is the server's own text.
-REQUEST_WORDS: dict[str, str] = {
-    "unauthorized": "no API key was sent: pass --api-key or set KBINGEST_API_KEY",
-    "invalid_api_key": "the API key was refused (unknown or revoked)",
-    "forbidden": "this API key may not access that knowledge base",
-    "not_found": "not found: {message}",
-    "duplicate_name": "a knowledge base with that name already exists",
-    "duplicate_document": "already uploaded: a document with this name is in the knowledge base ({status})",
-    "duplicate_content": "already uploaded: the same content is in the knowledge base ({status})",
-    "not_retryable": "only failed documents can be retried",
-    "file_too_large": "too large: the server accepts files up to {max_size}",
-    "too_many_files": "too many files in one request: {message}",
-    "unsupported_media_type": "not a file type kbingest can read (PDF, Word, PowerPoint, Excel, CSV, HTML, "
-    "Markdown, text, e-mail)",
-    "empty_file": "the file is empty (0 bytes)",
-    "validation_error": "the request was refused: {message}",
-    "idempotency_key_reused": "{message}",
-    "database_unavailable": "the server's database is unavailable; try again shortly",
-    "storage_unavailable": "the server's file storage is unavailable; nothing was stored; try again shortly",
-    "embedder_unavailable": "search is unavailable: the embedding model does not answer; try again shortly",
-    "rate_limited": "the server is busy; try again shortly",
-    "internal_error": "unexpected server error (logged on the server)",
-}
-
-# Why a document failed (its ``error.code``), for people.
-FAILURE_WORDS: dict[str, str] = {
-    "unsupported_media_type": "this file type cannot be extracted",
-    "file_too_large": "the file is over the size limit",
-    "empty_file": "the file is empty",
-    "empty_text": "no text could be extracted (a scan without text, or an empty document)",
-    "pdf_encrypted": "the PDF is password-protected",
-    "corrupt_file": "the file is damaged or not what its type says",
-    "extract_timeout": "extracting the text took too long",
-    "extract_crashed": "the extractor crashed or ran out of memory on this file",
-    "storage_unavailable": "the file storage was unavailable",
-    "object_missing": "the stored file is missing",
-    "embedder_unavailable": "the embedding model was unavailable",
-    "embedder_rate_limited": "the embedding provider refused more requests (rate limit)",
-    "embed_timeout": "embedding took too long",
-    "index_unavailable": "the search index was unavailable",
-    "stage_timeout": "a processing stage took too long",
-    "stalled": "the processor stopped reporting progress",
-    "max_attempts_exceeded": "every attempt failed",
-    "internal_error": "an unexpected error in the processor",
-    "cancelled": "the batch was cancelled before this document was processed",
-}
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def plain_words(code: str, message: str, extra: dict[str, Any] | None = None) -> str:
-    """One API error as a sentence a user understands; unknown codes keep the server's message."""
-    extra = extra or {}
-    template = REQUEST_WORDS.get(code)
-    if template is None:
-        return message or code
-    max_bytes = extra.get("max_bytes")
-    return template.format(
-        message=message,
-        status=extra.get("status", "existing"),
-        max_size=human_size(max_bytes) if isinstance(max_bytes, int) else "its limit",
-    )
-
-
-def failure_words(code: str) -> str:
-    return FAILURE_WORDS.get(code, "")
 
 
 class CliError(Exception):
@@ -142,7 +73,7 @@ class ApiProblem(Exception):
         return (self.status == 404 and self.message == "Not Found") or self.status == 405
 
     def plain(self) -> str:
-        return plain_words(self.code, self.message, self.extra)
+        return messages.plain_words(self.code, self.message, self.extra)
 
 
 def resolve_api_key(explicit: str | None, *, cwd: Path | None = None) -> str:
@@ -198,6 +129,7 @@ class Client:
             limits=LIMITS,
             transport=transport,
         )
+        messages.use_server(self.base_url, transport=transport)
 
     def __enter__(self) -> Client:
         return self

@@ -33,9 +33,9 @@ from services.cli.client import (
     KbOption,
     UrlOption,
     connect,
-    failure_words,
     user_errors,
 )
+from services.cli.messages import failure_words
 
 PARALLEL_UPLOADS = 4
 PARALLEL_POLLS = 4

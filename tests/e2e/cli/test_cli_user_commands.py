@@ -55,7 +55,7 @@ def test_upload_directory_reports_refusals_and_status_lists_it(
     assert "skipped.pdf" not in out
     for expected in ("failed or refused", "cantina-band-3s.wav", "unsupported_media_type", "empty.txt", "empty_file"):
         assert expected in out, _say(result)
-    assert "not a file type kbingest can read" in out and "the file is empty (0 bytes)" in out
+    assert "unsupported file type" in out and "the file is empty (0 bytes)" in out
 
     again = kbingest("upload", str(folder / "fake-memo.pdf"), "--kb", kb, "--no-wait")
     assert again.returncode == 0, _say(again)

@@ -10,8 +10,22 @@ import httpx
 import pytest
 
 from services.cli import client as c
+from services.cli import messages
 from services.cli.upload import collect_files
-from shared.errors import ErrorCode
+from shared.errors import ErrorCode, error_catalogue
+
+
+@pytest.fixture(autouse=True)
+def catalogue_server() -> list[str]:
+    """A server answering GET /v1/errors with shared/errors.py's catalogue; records the paths asked."""
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200, content=error_catalogue().model_dump_json())
+
+    messages.use_server("http://kbingest.test", transport=httpx.MockTransport(answer))
+    return asked
 
 
 def _error(http_status: int, code: str, message: str = "server text", **extra: Any) -> httpx.Response:
@@ -26,9 +40,9 @@ def _error(http_status: int, code: str, message: str = "server text", **extra: A
         (
             "duplicate_document",
             {"status": "ready"},
-            "already uploaded: a document with this name is in the knowledge base (ready)",
+            "already uploaded: a document with this name is already in this knowledge base (ready)",
         ),
-        ("duplicate_content", {}, "already uploaded: the same content is in the knowledge base (existing)"),
+        ("duplicate_content", {}, "already uploaded: the same content is already in this knowledge base (existing)"),
         ("file_too_large", {"max_bytes": 100 * 1024 * 1024}, "too large: the server accepts files up to 100 MB"),
         ("file_too_large", {}, "too large: the server accepts files up to its limit"),
         ("empty_file", {}, "the file is empty (0 bytes)"),
@@ -42,14 +56,24 @@ def test_api_errors_in_plain_words(code: str, extra: dict[str, Any], expected: s
 
 
 def test_unsupported_media_type_names_what_is_supported() -> None:
-    words = c.plain_words("unsupported_media_type", "audio/wav is not supported")
-    assert words.startswith("not a file type kbingest can read") and "PDF" in words and "Markdown" in words
+    words = messages.plain_words("unsupported_media_type", "audio/wav is not supported")
+    assert words.startswith("unsupported file type") and "PDF" in words and "Markdown" in words
 
 
-def test_every_document_error_code_has_words() -> None:
-    assert {code.value for code in ErrorCode} <= set(c.FAILURE_WORDS)
-    assert c.failure_words("pdf_encrypted") == "the PDF is password-protected"
-    assert c.failure_words("unknown") == ""
+def test_every_document_error_code_has_words_from_the_server(catalogue_server: list[str]) -> None:
+    assert all(messages.failure_words(code.value) for code in ErrorCode)
+    assert messages.failure_words("pdf_encrypted") == "the PDF is password-protected"
+    assert messages.failure_words("unknown") == ""
+    assert catalogue_server == ["/v1/errors"], "fetched once, then kept"
+
+
+def test_without_the_catalogue_the_server_text_is_shown() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    messages.use_server("http://kbingest.test", transport=httpx.MockTransport(down))
+    assert c.ApiProblem.from_response(_error(400, "invalid_api_key", "key refused")).plain() == "key refused"
+    assert messages.failure_words("pdf_encrypted") == ""
 
 
 def test_non_json_error_keeps_the_status() -> None:
@@ -63,7 +87,7 @@ def test_route_missing_tells_an_old_server_from_a_missing_thing() -> None:
 
 
 def test_sizes_for_people() -> None:
-    assert [c.human_size(n) for n in (0, 900, 2048, 15 * 1024 * 1024, 3 * 1024**3)] == [
+    assert [messages.human_size(n) for n in (0, 900, 2048, 15 * 1024 * 1024, 3 * 1024**3)] == [
         "0 B",
         "900 B",
         "2.0 KB",
