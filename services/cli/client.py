@@ -14,8 +14,6 @@ import httpx
 import typer
 
 from services.cli import messages
-from services.cli.messages import failure_words as failure_words
-from services.cli.messages import human_size as human_size
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_FILE = Path(".kbingest") / "api_key"

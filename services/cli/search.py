@@ -12,8 +12,6 @@ from rich.text import Text
 from services.cli.client import (
     DEFAULT_URL,
     ApiKeyOption,
-    ApiProblem,
-    CliError,
     KbOption,
     UrlOption,
     connect,
@@ -34,12 +32,7 @@ def search(
     console = Console()
     with user_errors(), connect(url, api_key) as client:
         found = client.resolve_kb(kb)
-        try:
-            hits = client.search(str(found["id"]), query, limit)
-        except ApiProblem as problem:
-            if problem.route_missing:
-                raise CliError(f"this kbingest server has no search yet (HTTP {problem.status})") from problem
-            raise
+        hits = client.search(str(found["id"]), query, limit)
     if not hits:
         console.print(Text(f"no matches in {found['name']} (only ready documents are searchable)"))
         return

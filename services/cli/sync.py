@@ -32,10 +32,9 @@ from services.cli.client import (
     KbOption,
     UrlOption,
     connect,
-    failure_words,
-    human_size,
     user_errors,
 )
+from services.cli.messages import failure_words, human_size
 from services.cli.sync_plan import (
     Action,
     LocalFile,
