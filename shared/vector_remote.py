@@ -6,6 +6,7 @@ processes write through it. With ``QDRANT_URL`` set, everyone talks to the Qdran
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ import httpx
 from shared.errors import ErrorCode, ProcessingError
 from shared.internal_auth import internal_secret, sign_request
 from shared.settings import Settings
-from shared.vectorstore import UPSERT_BATCH, ChunkLike, QdrantVectorStore, SearchHit, VectorStore
+from shared.vectorstore import UPSERT_BATCH, ChunkLike, IndexTag, QdrantVectorStore, SearchHit, VectorStore
 
 INTERNAL_PREFIX: Final = "/internal/v1/vectors"
 TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
@@ -56,8 +57,8 @@ class RemoteVectorStore:
             )
         return response.json()["result"]
 
-    async def ensure_collection(self, dim: int) -> None:
-        await self._call("ensure_collection", {"dim": dim})
+    async def ensure_collection(self, dim: int, *, model: str | None = None) -> None:
+        await self._call("ensure_collection", {"dim": dim, "model": model})
 
     async def upsert_chunks(
         self,
@@ -69,9 +70,16 @@ class RemoteVectorStore:
         vectors: Sequence[Sequence[float]],
         *,
         trim_tail: bool = True,
+        index: IndexTag | None = None,
     ) -> int:
         """In batches under the endpoint's body limit, in chunk order; only the last one trims the tail."""
-        head = {"document_id": str(document_id), "kb_id": str(kb_id), "version": version, "filename": filename}
+        head = {
+            "document_id": str(document_id),
+            "kb_id": str(kb_id),
+            "version": version,
+            "filename": filename,
+            "index": _index_json(index),
+        }
         items = [
             ({"chunk_no": c.chunk_no, "text": c.text, "page": c.page, "heading": c.heading}, list(v))
             for c, v in zip(chunks, vectors, strict=True)
@@ -102,8 +110,11 @@ class RemoteVectorStore:
     async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None:
         await self._call("delete", {"kb_id": str(kb_id), "mode": "knowledge_base"})
 
-    async def search(self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int) -> list[SearchHit]:
-        hits = await self._call("search", {"kb_id": str(kb_id), "vector": list(vector), "limit": limit})
+    async def search(
+        self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None
+    ) -> list[SearchHit]:
+        payload = {"kb_id": str(kb_id), "vector": list(vector), "limit": limit, "index": _index_json(index)}
+        hits = await self._call("search", payload)
         return [SearchHit(**hit) for hit in hits]
 
     async def count(self, document_id: uuid.UUID | str | None = None) -> int:
@@ -114,6 +125,15 @@ class RemoteVectorStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _index_json(index: IndexTag | None) -> dict[str, Any] | None:
+    return dataclasses.asdict(index) if index is not None else None
+
+
+def index_from_json(data: dict[str, Any] | None) -> IndexTag | None:
+    """The ``index`` of an internal request (None: generation 1 of the server's model)."""
+    return IndexTag(**data) if data is not None else None
 
 
 def _spans(sizes: list[int], budget: int) -> Iterator[tuple[int, int]]:

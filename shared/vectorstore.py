@@ -51,12 +51,26 @@ class SearchHit:
     filename: str | None
     page: int | None
     heading: str | None
+    generation: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IndexTag:
+    """The index generation points belong to: its model picks the collection, the payload records the rest.
+
+    Points written before generations existed carry no ``generation``: they count as generation 1.
+    """
+
+    generation: int
+    embedding_model: str
+    # model|dimension|chunk_size/chunk_overlap (shared.generations.IndexSettings.fingerprint).
+    fingerprint: str | None = None
 
 
 class VectorStore(Protocol):
     """Chunk vectors per document version; ids are deterministic so every write is idempotent."""
 
-    async def ensure_collection(self, dim: int) -> None: ...
+    async def ensure_collection(self, dim: int, *, model: str | None = None) -> None: ...
     async def upsert_chunks(
         self,
         document_id: uuid.UUID | str,
@@ -67,12 +81,15 @@ class VectorStore(Protocol):
         vectors: Sequence[Sequence[float]],
         *,
         trim_tail: bool = True,
+        index: IndexTag | None = None,
     ) -> int: ...
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None: ...
     async def delete_older_versions(self, document_id: uuid.UUID | str, version: int) -> None: ...
     async def delete_document(self, document_id: uuid.UUID | str) -> None: ...
     async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None: ...
-    async def search(self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int) -> list[SearchHit]: ...
+    async def search(
+        self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None
+    ) -> list[SearchHit]: ...
     async def count(self, document_id: uuid.UUID | str | None = None) -> int: ...
     async def health(self) -> None: ...
     async def close(self) -> None: ...
@@ -128,12 +145,13 @@ class QdrantVectorStore:
     def location(self) -> str:
         return self._location
 
-    def collection_for(self, dim: int) -> str:
-        return collection_name(self._model, dim)
+    def collection_for(self, dim: int, model: str | None = None) -> str:
+        """The collection of ``model`` (default: the server's model) at ``dim``."""
+        return collection_name(model or self._model, dim)
 
-    async def ensure_collection(self, dim: int) -> None:
-        """Create this model's collection for ``dim`` (cosine, payload indexes) if it doesn't exist."""
-        name = self.collection_for(dim)
+    async def ensure_collection(self, dim: int, *, model: str | None = None) -> None:
+        """Create the model's collection for ``dim`` (cosine, payload indexes) if it doesn't exist."""
+        name = self.collection_for(dim, model)
         if name in self._known:
             return
         from qdrant_client import models
@@ -151,12 +169,13 @@ class QdrantVectorStore:
                     raise
             if self._is_remote:
                 # Local mode ignores payload indexes (it scans), so they only matter on a server.
-                for field in ("knowledge_base_id", "document_id"):
+                for field, schema in (
+                    ("knowledge_base_id", models.PayloadSchemaType.KEYWORD),
+                    ("document_id", models.PayloadSchemaType.KEYWORD),
+                    ("generation", models.PayloadSchemaType.INTEGER),
+                ):
                     await self._call(
-                        "create_payload_index",
-                        collection_name=name,
-                        field_name=field,
-                        field_schema=models.PayloadSchemaType.KEYWORD,
+                        "create_payload_index", collection_name=name, field_name=field, field_schema=schema
                     )
         self._known.add(name)
 
@@ -170,11 +189,13 @@ class QdrantVectorStore:
         vectors: Sequence[Sequence[float]],
         *,
         trim_tail: bool = True,
+        index: IndexTag | None = None,
     ) -> int:
         """Write one point per chunk; re-running it leaves exactly the same point set.
 
         ``trim_tail=False`` is for all but the last of several calls that write one version in chunk
-        order: a middle call must not delete the chunks the next calls write.
+        order: a middle call must not delete the chunks the next calls write. ``index`` says which
+        generation (and model's collection) the points belong to; None: generation 1, the server's model.
         """
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
@@ -183,8 +204,12 @@ class QdrantVectorStore:
         from qdrant_client import models
 
         dim = len(vectors[0])
-        await self.ensure_collection(dim)
-        name = self.collection_for(dim)
+        model = index.embedding_model if index is not None else None
+        await self.ensure_collection(dim, model=model)
+        name = self.collection_for(dim, model)
+        tags: dict[str, Any] = {"generation": index.generation if index is not None else 1}
+        if index is not None and index.fingerprint is not None:
+            tags["index"] = index.fingerprint
         points = [
             models.PointStruct(
                 id=str(point_id(document_id, version, chunk.chunk_no)),
@@ -198,6 +223,7 @@ class QdrantVectorStore:
                     "page": chunk.page,
                     "heading": chunk.heading,
                     "filename": filename,
+                    **tags,
                 },
             )
             for chunk, vector in zip(chunks, vectors, strict=True)
@@ -244,15 +270,29 @@ class QdrantVectorStore:
             )
         )
 
-    async def search(self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int) -> list[SearchHit]:
-        """The ``limit`` chunks of knowledge base ``kb_id`` closest to ``vector``."""
+    async def search(
+        self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None
+    ) -> list[SearchHit]:
+        """The ``limit`` chunks of knowledge base ``kb_id`` closest to ``vector``, of one generation.
+
+        Only the collection of ``index``'s model is searched, filtered to its generation: a result
+        list can never mix models or generations.
+        """
         from qdrant_client import models
 
-        name = self.collection_for(len(vector))
+        name = self.collection_for(len(vector), index.embedding_model if index is not None else None)
         if name not in self._known and not await self._call("collection_exists", collection_name=name):
             return []
+        generation = index.generation if index is not None else 1
+        same: list[Any] = [models.FieldCondition(key="generation", match=models.MatchValue(value=generation))]
+        if generation == 1:
+            # Points written before generations existed have no ``generation``: they are generation 1's.
+            same.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="generation")))
         only_kb = models.Filter(
-            must=[models.FieldCondition(key="knowledge_base_id", match=models.MatchValue(value=str(kb_id)))]
+            must=[
+                models.FieldCondition(key="knowledge_base_id", match=models.MatchValue(value=str(kb_id))),
+                models.Filter(should=same),
+            ]
         )
         response = await self._call(
             "query_points",
@@ -375,4 +415,5 @@ def _hit(point: Any) -> SearchHit:
         filename=payload.get("filename"),
         page=int(page) if page is not None else None,
         heading=payload.get("heading"),
+        generation=int(payload.get("generation", 1)),
     )

@@ -20,6 +20,7 @@ from services.processor.registry import Registry, new_processor_id
 from services.processor.state import ProcessorState
 from services.processor.worker import SHUTDOWN_GRACE_S, Worker
 from shared.db import worker_database
+from shared.embedders import Embedders
 from shared.embedding import Embedder
 from shared.health import Readiness, add_health_routes
 from shared.http_metrics import install_http_observability
@@ -63,8 +64,9 @@ def create_app(
         pid = processor_id or new_processor_id()
         pipeline = Pipeline(
             settings=settings,
+            db=db,
             store=store,
-            embedder=embedder,
+            embedders=Embedders(settings, embedder),
             vectors=store_for_vectors,
             extract=extractor or default_extractor(settings),
             metrics=metrics,

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from services.processor.extraction.elements import Element
+from shared.generations import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 
 # multilingual-e5-small reads 512 tokens; ~1,500 characters of prose is ~350-450 tokens, leaving room
 # for the "passage: " prefix and for denser scripts without silent truncation of most chunks.
-DEFAULT_MAX_CHARS: Final = 1500
-DEFAULT_OVERLAP_CHARS: Final = 150
+# A KB's index generation may set its own (shared/generations.py, where the defaults live).
+DEFAULT_MAX_CHARS: Final = DEFAULT_CHUNK_SIZE
+DEFAULT_OVERLAP_CHARS: Final = DEFAULT_CHUNK_OVERLAP
 ELEMENT_SEPARATOR: Final = "\n\n"
 # Split points, strongest first: paragraphs, lines, sentence ends (Latin and CJK), words.
 _SEPARATORS: Final = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import tempfile
 import threading
 import time
@@ -23,12 +24,14 @@ from services.processor.extraction.elements import Element
 from services.processor.fence import LeaseCheck, take_back
 from services.processor.heartbeat import LeaseLost
 from services.processor.metrics import ProcessorMetrics
-from shared.embedding import Embedder
+from shared.db import Database
+from shared.embedders import Embedders
 from shared.errors import ErrorCode, ProcessingError
+from shared.generations import IndexSettings, settings_of_row
 from shared.lifecycle import Lease, Stage
 from shared.settings import Settings
 from shared.storage import ObjectMissing, ObjectStore, StorageUnavailable
-from shared.vectorstore import VectorStore
+from shared.vectorstore import IndexTag, VectorStore
 
 T = TypeVar("T")
 
@@ -103,15 +106,17 @@ class Pipeline:
         self,
         *,
         settings: Settings,
+        db: Database,
         store: ObjectStore,
-        embedder: Embedder,
+        embedders: Embedders,
         vectors: VectorStore,
         extract: ExtractFn,
         metrics: ProcessorMetrics,
     ) -> None:
         self._settings = settings
+        self._db = db
         self._store = store
-        self._embedder = embedder
+        self._embedders = embedders
         self._vectors = vectors
         self._extract = extract
         self._metrics = metrics
@@ -161,6 +166,9 @@ class Pipeline:
         self, lease: Lease, enter: EnterStage, confirm: ConfirmLease, watchdog: asyncio.Timeout, limit_s: float
     ) -> Outcome:
         row = lease.row
+        # The row's index generation says how to chunk and which model embeds (one query per attempt).
+        async with self._db.transaction() as conn:
+            index = await settings_of_row(conn, lease.document_id, self._settings)
         with tempfile.TemporaryDirectory(prefix="kbingest-doc-") as tmp:
             path = Path(tmp) / "original"
             await enter("downloading")
@@ -170,7 +178,7 @@ class Pipeline:
             elements = await self._stage("extracting", self._extract(str(path), row["media_type"]))
 
         await enter("chunking")
-        chunks = await self._stage("chunking", in_daemon_thread(chunk_elements, elements))
+        chunks = await self._stage("chunking", in_daemon_thread(chunker(index), elements))
         if not chunks:
             raise ProcessingError(ErrorCode.EMPTY_TEXT, "no text to index after chunking")
 
@@ -179,10 +187,11 @@ class Pipeline:
         # embedding timeout is therefore a progress deadline (per batch), not a bound on the total.
         progress = Progress("embedding", total=len(chunks), watchdog=watchdog, watchdog_s=limit_s)
         texts = [c.text for c in chunks]
-        vectors = await self._stage("embedding", self._embedder.embed_documents(texts, progress.step), progress)
+        embedder = self._embedders.get(index.embedding_model)
+        vectors = await self._stage("embedding", embedder.embed_documents(texts, progress.step), progress)
 
         await enter("indexing")
-        await self._stage("indexing", self._index(lease, chunks, vectors, confirm))
+        await self._stage("indexing", self._index(lease, chunks, vectors, confirm, index))
         return Outcome(chunk_count=len(chunks), version=lease.version)
 
     async def _download(self, key: str, path: Path) -> None:
@@ -194,10 +203,17 @@ class Pipeline:
             raise ProcessingError(ErrorCode.STORAGE_UNAVAILABLE, str(exc)) from exc
 
     async def _index(
-        self, lease: Lease, chunks: list[Chunk], vectors: list[list[float]], confirm: ConfirmLease
+        self,
+        lease: Lease,
+        chunks: list[Chunk],
+        vectors: list[list[float]],
+        confirm: ConfirmLease,
+        index: IndexSettings,
     ) -> None:
         row = lease.row
-        await self._vectors.ensure_collection(len(vectors[0]))
+        dim = len(vectors[0])
+        tag = IndexTag(index.generation, index.embedding_model, index.fingerprint(dim))
+        await self._vectors.ensure_collection(dim, model=index.embedding_model)
         write = asyncio.ensure_future(
             self._vectors.upsert_chunks(
                 document_id=lease.document_id,
@@ -206,6 +222,7 @@ class Pipeline:
                 filename=row["filename"],
                 chunks=chunks,
                 vectors=vectors,
+                index=tag,
             )
         )
         await self._fenced_write(lease, write, confirm)
@@ -250,6 +267,11 @@ class Pipeline:
             log.error("document.vector_write_unsettled", waited_s=settle_s)
         elif not write.cancelled() and (error := write.exception()) is not None:
             log.warning("document.vector_write_failed", error=f"{type(error).__name__}: {error}"[:300])
+
+
+def chunker(index: IndexSettings) -> Callable[[list[Element]], list[Chunk]]:
+    """The chunker of an index generation's settings."""
+    return functools.partial(chunk_elements, max_chars=index.chunk_size, overlap_chars=index.chunk_overlap)
 
 
 def in_daemon_thread(fn: Callable[..., T], /, *args: object) -> Awaitable[T]:

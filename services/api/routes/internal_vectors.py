@@ -17,7 +17,7 @@ from services.api.deps import StateDep
 from shared.errors import ApiError, ProcessingError
 from shared.internal_auth import BodyDigest, verify_request
 from shared.subscriber import SignatureError
-from shared.vector_remote import INTERNAL_PREFIX
+from shared.vector_remote import INTERNAL_PREFIX, index_from_json
 
 router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
 
@@ -58,7 +58,7 @@ async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
     try:
         result: Any = None
         if op == "ensure_collection":
-            await store.ensure_collection(int(data["dim"]))
+            await store.ensure_collection(int(data["dim"]), model=data.get("model"))
         elif op == "upsert_chunks":
             chunks = [_Chunk(**c) for c in data["chunks"]]
             result = await store.upsert_chunks(
@@ -69,6 +69,7 @@ async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
                 chunks,
                 data["vectors"],
                 trim_tail=bool(data.get("trim_tail", True)),
+                index=index_from_json(data.get("index")),
             )
         elif op == "delete" and data.get("mode") == "knowledge_base":
             await store.delete_knowledge_base(data["kb_id"])
@@ -81,7 +82,9 @@ async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
             else:
                 await store.delete_other_versions(document_id, version)
         elif op == "search":
-            hits = await store.search(data["kb_id"], data["vector"], int(data["limit"]))
+            hits = await store.search(
+                data["kb_id"], data["vector"], int(data["limit"]), index=index_from_json(data.get("index"))
+            )
             result = [asdict(hit) for hit in hits]
         elif op == "count":
             result = await store.count(data.get("document_id"))

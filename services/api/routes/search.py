@@ -11,7 +11,9 @@ from sqlalchemy import text
 from services.api import queries
 from services.api.deps import CurrentKey, StateDep, require_kb_access
 from services.api.routes.responses import error_responses
+from shared import generations
 from shared.errors import ApiError, ErrorCode, ProcessingError
+from shared.vectorstore import IndexTag
 
 router = APIRouter(tags=["search"])
 
@@ -50,14 +52,20 @@ class SearchResponse(BaseModel):
 
 @router.post("/v1/knowledge-bases/{kb_id}/search", response_model=SearchResponse, responses=error_responses(503))
 async def search(kb_id: uuid.UUID, body: SearchRequest, key: CurrentKey, state: StateDep) -> SearchResponse:
-    """Embed the query with the indexing model and return the best chunks of ready documents."""
+    """Embed the query with the active generation's model and return the best chunks it serves.
+
+    Only that model's collection is searched, filtered to the active generation, so one answer never
+    mixes generations or models (a re-index builds the next one beside it, docs/documents-change.md).
+    """
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
-        if await queries.get_kb(conn, kb_id) is None:
+        index = await generations.active_settings(conn, kb_id, state.settings)
+        if index is None or await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
     try:
-        vector = await state.embedder.embed_query(body.query)
-        hits = await state.vectors.search(kb_id, vector, body.limit * OVERFETCH)
+        vector = await state.embedders.get(index.embedding_model).embed_query(body.query)
+        tag = IndexTag(index.generation, index.embedding_model)
+        hits = await state.vectors.search(kb_id, vector, body.limit * OVERFETCH, index=tag)
     except ProcessingError as exc:
         code = "embedder_unavailable" if exc.code != ErrorCode.INDEX_UNAVAILABLE else "index_unavailable"
         raise ApiError(503, code, exc.message, headers={"Retry-After": "5"}) from exc
