@@ -264,6 +264,9 @@ class Outbox(Base):
         Index("ix_outbox_delivered", "delivered_at", postgresql_where=text("delivered_at IS NOT NULL")),
         # Reconciler lost-dispatch check: any pending or recent event of one aggregate.
         Index("ix_outbox_aggregate_created", "aggregate_id", "created_at"),
+        # Half of each page stays free for the relay claim's new row versions, so the claim (which
+        # touches no indexed column) is a HOT update: no index entries (migration 0009).
+        {"postgresql_with": {"fillfactor": 50}},
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -280,8 +283,10 @@ class Outbox(Base):
     dead_reason: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     errors: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
-    # Relay lease: the claiming relay's id while available_at is pushed forward (NULL when free).
+    # Relay lease: the claiming relay's id (NULL when free) and when its lease runs out. Deliberately in
+    # no index or index predicate: a claim that changes only unindexed columns is a HOT update.
     claimed_by: Mapped[str | None] = mapped_column(Text)
+    leased_until: Mapped[datetime | None] = _ts(nullable=True)
 
 
 class OutboxDelivery(Base):

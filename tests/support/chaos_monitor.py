@@ -27,10 +27,11 @@ OVERDUE_EVERY_S = 5.0
 OVERDUE_BOUND_S = 60.0
 
 # How long each sendable event (the head of its aggregate: later ones wait for it by design) has been
-# due: since its available_at, or since its predecessor was settled, whichever is later.
+# due: since its available_at, its lease's end (while a relay holds it), or since its predecessor was
+# settled, whichever is later.
 LATENESS = """
 SELECT o.seq, o.id::text AS id, o.type, o.aggregate_id::text AS aggregate_id, o.attempts,
-       extract(epoch FROM now() - greatest(o.available_at, (
+       extract(epoch FROM now() - greatest(o.available_at, o.leased_until, (
            SELECT max(coalesce(p.delivered_at, p.dead_at)) FROM outbox AS p
            WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq)))::float8 AS late_s
 FROM outbox AS o

@@ -93,7 +93,7 @@ async def test_relays_dying_mid_delivery_end_in_a_dead_letter(database_url: str,
             # A replica claims the event and dies before settling; its lease then runs out.
             (claimed,) = await sql.claim(conn, f"crashed-{n}", 10, 60.0)
             assert claimed.attempts == n
-            await conn.execute("UPDATE outbox SET available_at = now()")
+            await conn.execute("UPDATE outbox SET leased_until = now()")
     finally:
         await conn.close()
     async with open_relay(settings, metrics()) as relay:
