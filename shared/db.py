@@ -18,16 +18,24 @@ from shared.aio import wait_for
 
 CONNECT_TIMEOUT_S = 5.0
 
-# What a raw asyncpg session (LISTEN, advisory lock) raises when the server or the socket is gone.
-# InternalClientError: the server dropped the connection mid-operation and the client protocol
-# lost track of its state (asyncpg#1069); the connection is unusable, a new one works.
-ASYNCPG_CONNECTION_ERRORS: Final = (
+# The one "is this a connection error?" list: asyncpg's ways of saying the server or the socket is
+# gone (or refuses new sessions for now). InternalClientError: the server dropped the connection
+# mid-operation and the client protocol lost track of its state (asyncpg#1069); the connection is
+# unusable, a new one works. ``is_connection_error`` looks for these through SQLAlchemy's wrappers.
+ASYNCPG_CONNECTION_LOST: Final = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
 )
+# What a raw asyncpg session (LISTEN, advisory lock) reconnects after: a lost connection, or any
+# server error on a session that runs nothing but LISTEN / lock calls.
+ASYNCPG_CONNECTION_ERRORS: Final = (*ASYNCPG_CONNECTION_LOST, asyncpg.PostgresError)
 
 
 class DatabaseUnavailable(Exception):
@@ -96,22 +104,16 @@ def asyncpg_dsn(url: str) -> str:
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` means the database is unreachable rather than a bad statement."""
-    if isinstance(exc, (DatabaseUnavailable, OSError, sqlalchemy.exc.TimeoutError)):
-        return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        if exc.connection_invalidated:
+    """True when ``exc`` means the database is unreachable rather than a bad statement.
+
+    SQLAlchemy raises a DBAPIError from its adapted error, raised from asyncpg's own exception:
+    the chain is searched, so the classes are matched, never their names.
+    """
+    for link in exception_chain(exc):
+        if isinstance(link, (DatabaseUnavailable, sqlalchemy.exc.TimeoutError, *ASYNCPG_CONNECTION_LOST)):
             return True
-        orig = type(exc.orig).__name__ if exc.orig is not None else ""
-        return orig in {
-            "TooManyConnectionsError",
-            "CannotConnectNowError",
-            "ConnectionDoesNotExistError",
-            "InterfaceError",
-            "AdminShutdownError",
-            "ConnectionFailureError",
-            "InternalClientError",
-        } or ("connection" in str(exc).lower() and "closed" in str(exc).lower())
+        if isinstance(link, sqlalchemy.exc.DBAPIError) and link.connection_invalidated:
+            return True
     return False
 
 

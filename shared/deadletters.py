@@ -116,14 +116,3 @@ async def replay(conn: AsyncConnection, event_id: uuid.UUID) -> ReplayResult:
     await conn.execute(REPLAY_DELIVERIES, {"seq": row["seq"]})
     await conn.execute(NOTIFY, {"type": row["type"]})
     return "replayed"
-
-
-async def outbox_health(conn: AsyncConnection) -> OutboxHealth:
-    """Pending count, oldest pending age, dead and unroutable counts (for /v1/pipeline and doctor)."""
-    row = (await conn.execute(OUTBOX_HEALTH)).mappings().one()
-    return OutboxHealth(
-        pending=int(row["pending"]),
-        oldest_pending_age_s=float(row["oldest_pending_age_s"] or 0.0),
-        dead=int(row["dead"]),
-        unroutable=int(row["unroutable"]),
-    )

@@ -26,9 +26,6 @@ RECONNECT_BASE_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
 
-# A lost or unreachable session raises one of these; reconnecting can help.
-_TRANSIENT: Final = ASYNCPG_CONNECTION_ERRORS
-
 log = structlog.get_logger("kbingest.api")
 
 
@@ -102,7 +99,7 @@ class Broadcaster:
             try:
                 await self._session()
                 failures = 0
-            except _TRANSIENT as exc:
+            except ASYNCPG_CONNECTION_ERRORS as exc:
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("events.listen_lost", error=self.last_error, failures=failures)
@@ -168,5 +165,5 @@ async def _close(conn: Any) -> None:
         return
     try:
         await wait_for(conn.close(), CLOSE_TIMEOUT_S)
-    except _TRANSIENT:
+    except ASYNCPG_CONNECTION_ERRORS:
         conn.terminate()

@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol
 
+import structlog
+
 from shared.backoff import backoff_s
-from shared.logging import get_logger
 from shared.supervision import SupervisedProcess, SupervisorStatus, write_status
 
 RESTART_BASE_S: Final = 1.0
@@ -26,7 +27,7 @@ CRASH_LOOP_RESTARTS: Final = 5
 CRASH_LOOP_WINDOW_S: Final = 120.0
 CHECK_INTERVAL_S: Final = 0.5
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)

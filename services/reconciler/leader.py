@@ -32,9 +32,6 @@ LOCK_TIMEOUT_MS: Final = 2000
 TRY_LOCK: Final = "SELECT pg_try_advisory_lock($1)"
 UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
 
-# What a lost or unreachable session raises; anything else is a bug and propagates.
-_CONNECTION_ERRORS: Final = ASYNCPG_CONNECTION_ERRORS
-
 log = structlog.get_logger("kbingest.reconciler")
 
 
@@ -82,7 +79,7 @@ class Leadership:
                 return None
             try:
                 return await wait_for(self._conn.fetchrow(query, *args), PING_TIMEOUT_S)
-            except _CONNECTION_ERRORS as exc:
+            except ASYNCPG_CONNECTION_ERRORS as exc:
                 if isinstance(exc, asyncpg.PostgresError) and not self._conn.is_closed():
                     raise  # a failed statement on a live session: a bug to report, not a lost lock
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -100,14 +97,14 @@ class Leadership:
                 self._conn = await asyncpg.connect(
                     self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings
                 )
-            except _CONNECTION_ERRORS as exc:
+            except ASYNCPG_CONNECTION_ERRORS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 return False
         if self.is_leader:
             return True
         try:
             self.is_leader = bool(await wait_for(self._conn.fetchval(TRY_LOCK, LOCK_KEY), PING_TIMEOUT_S))
-        except _CONNECTION_ERRORS as exc:
+        except ASYNCPG_CONNECTION_ERRORS as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             await self._drop()
             return False
@@ -122,7 +119,7 @@ class Leadership:
             return False
         try:
             await wait_for(self._conn.fetchval("SELECT 1"), PING_TIMEOUT_S)
-        except _CONNECTION_ERRORS as exc:
+        except ASYNCPG_CONNECTION_ERRORS as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             return False
         return True
@@ -133,7 +130,7 @@ class Leadership:
             return
         try:
             await wait_for(conn.close(), CLOSE_TIMEOUT_S)
-        except _CONNECTION_ERRORS:
+        except ASYNCPG_CONNECTION_ERRORS:
             conn.terminate()
 
     async def release(self) -> None:
@@ -146,6 +143,6 @@ class Leadership:
             try:
                 await wait_for(self._conn.fetchval(UNLOCK, LOCK_KEY), PING_TIMEOUT_S)
                 log.info("reconciler.leadership_released", reconciler_id=self.identity)
-            except _CONNECTION_ERRORS as exc:
+            except ASYNCPG_CONNECTION_ERRORS as exc:
                 log.warning("reconciler.release_failed", error=str(exc))
         await self._drop()
