@@ -63,10 +63,11 @@ _EVENT_NOT_DEAD: Final = """
 # A due queued document whose every event was dead-lettered (or that has none) for longer than the
 # grace, backed off and not refused: no processor was ever told. A delivered event is enough: processors
 # pull queued documents in dispatch order, so a document waiting behind a backlog gets no new event.
+# Build rows are skipped: their events are their document's (or none), and processors poll for them.
 LOST_DISPATCH: Final = text(
     f"""
     SELECT {DOCUMENT_COLUMNS} FROM documents d
-    WHERE d.status = 'queued' AND d.deleted_at IS NULL AND d.available_at <= now()
+    WHERE d.status = 'queued' AND d.deleted_at IS NULL AND d.available_at <= now() AND d.parent_id IS NULL
       AND d.updated_at < now() - make_interval(secs => :grace_s)
       AND NOT {_EVENT_NOT_DEAD} AND NOT {_REEMIT_BACKING_OFF} AND NOT {_REEMIT_REFUSED}
     ORDER BY d.available_at LIMIT 1
@@ -75,11 +76,11 @@ LOST_DISPATCH: Final = text(
 )
 
 # A deletion with no delete event in flight for longer than the (backed-off) grace, not refused: the purge
-# never ran or died.
+# never ran or died. A cancelled build has no event: processors purge it as they poll.
 STUCK_DELETE: Final = text(
     f"""
     SELECT d.id FROM documents d
-    WHERE d.status = 'deleting' AND d.deleted_at IS NULL
+    WHERE d.status = 'deleting' AND d.deleted_at IS NULL AND d.parent_id IS NULL
       AND d.updated_at < now() - make_interval(secs => :grace_s)
       AND NOT {_EVENT_IN_FLIGHT} AND NOT {_REEMIT_BACKING_OFF} AND NOT {_REEMIT_REFUSED}
     ORDER BY d.updated_at LIMIT 1
@@ -89,11 +90,15 @@ STUCK_DELETE: Final = text(
 
 DB_NOW: Final = text("SELECT now()")
 
-# Of these keys, the ones a live row (or one tombstoned within the grace) still owns.
+# Of these keys, the ones a live row (or one tombstoned within the grace) still owns, or a kept content
+# version names (a retained previous version, a failed replacement: docs/documents-change.md).
 OWNED_KEYS: Final = text(
     """
     SELECT object_key FROM documents
     WHERE object_key = ANY(:keys) AND (deleted_at IS NULL OR deleted_at > now() - make_interval(secs => :grace_s))
+    UNION
+    SELECT object_key FROM document_versions
+    WHERE object_key = ANY(:keys) AND status NOT IN ('purged', 'superseded')
     """
 )
 

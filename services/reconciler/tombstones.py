@@ -35,17 +35,19 @@ WRITE_SETTLE_MAX_S: Final = 60.0
 
 log = structlog.get_logger("kbingest.reconciler")
 
-# Tombstones older than the settle time, after the cursor, whose lease was once taken from a holder.
+# Tombstones older than the settle time, after the cursor, whose lease was once taken from a holder; and
+# every tombstoned build row (a superseded or cancelled build, a build a document no longer serves: its
+# points were purged by a processor after the commit, which a crash can cut short).
 RECENT_TOMBSTONES: Final = text(
     """
     SELECT d.id, d.deleted_at FROM documents d
-    WHERE d.status = 'deleting' AND d.deleted_at IS NOT NULL
+    WHERE (d.status = 'deleting' OR d.parent_id IS NOT NULL) AND d.deleted_at IS NOT NULL
       AND d.deleted_at <= now() - make_interval(secs => :settle_s)
       AND (d.deleted_at, d.id) > (
         COALESCE(CAST(:after_at AS timestamptz), now() - make_interval(secs => :settle_s + :lookback_s)),
         COALESCE(CAST(:after_id AS uuid), '00000000-0000-0000-0000-000000000000'::uuid))
-      AND EXISTS (SELECT 1 FROM document_attempts a
-                  WHERE a.document_id = d.id AND a.outcome IN ('deleted', 'stalled'))
+      AND (d.parent_id IS NOT NULL OR EXISTS (SELECT 1 FROM document_attempts a
+                  WHERE a.document_id = d.id AND a.outcome IN ('deleted', 'stalled', 'superseded')))
     ORDER BY d.deleted_at, d.id LIMIT :limit
     """
 )
