@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -14,6 +13,7 @@ import asyncpg
 import structlog
 
 from shared.aio import wait_for
+from shared.backoff import backoff_s
 from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
 from shared.events import STATE_CHANNEL
 
@@ -105,7 +105,7 @@ class Broadcaster:
                 log.warning("events.listen_lost", error=self.last_error, failures=failures)
             if self._stop.is_set():
                 return
-            delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
+            delay = backoff_s(failures, base_s=RECONNECT_BASE_S, max_s=RECONNECT_MAX_S)
             with contextlib.suppress(TimeoutError):
                 await wait_for(self._stop.wait(), delay)
 
