@@ -112,4 +112,4 @@ async def revoke_key(conn: AsyncConnection, key_id_or_prefix: str) -> int:
         text("UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL AND (id = :id OR prefix = :prefix)"),
         {"id": key_id, "prefix": key_id_or_prefix},
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult has rowcount
+    return int(result.rowcount)

@@ -23,7 +23,7 @@ async def _prune(db: Database, statement: TextClause, *, retention_s: float, bat
     for _ in range(max_batches):
         async with db.transaction() as conn:
             result = await conn.execute(statement, {"retention_s": retention_s, "batch": batch})
-        deleted = int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult has rowcount
+        deleted = int(result.rowcount)
         total += deleted
         if deleted < batch:
             break
