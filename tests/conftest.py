@@ -16,6 +16,7 @@ from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
 from shared.settings import Settings
 from tests.support import servers
+from tests.support.corpus import CORPUS, corpus_missing
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +79,6 @@ async def api(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClie
 
 @pytest.fixture
 def corpus() -> Path:
-    if not servers.CORPUS.exists():
-        pytest.skip(f"corpus not found at {servers.CORPUS}")
-    return servers.CORPUS
+    if not CORPUS.exists():
+        corpus_missing("corpus")
+    return CORPUS

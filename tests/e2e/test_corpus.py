@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import servers
+from tests.support.corpus import CORPUS, MANIFEST, corpus_missing
 from tests.support.up_process import UpProcess, running_up
 
 # One stack for the module: keep every corpus test on the same xdist worker (--dist loadgroup).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("corpus")]
 
 SLOW_TEXT_CHARS = 20_000
-MANIFEST = servers.CORPUS / "manifest.json"
 FILES: list[dict[str, Any]] = json.loads(MANIFEST.read_text())["files"] if MANIFEST.exists() else []
 
 
@@ -39,7 +38,7 @@ def _ingest(stack: UpProcess, entries: list[dict[str, Any]], timeout_s: float) -
         kb = client.post("/v1/knowledge-bases", json={"name": f"corpus-{time.time_ns()}"}).json()["id"]
         pending: dict[str, str] = {}
         for entry in entries:
-            path = servers.CORPUS / entry["path"]
+            path = CORPUS / entry["path"]
             response = client.post(
                 f"/v1/knowledge-bases/{kb}/documents", files={"file": (Path(entry["path"]).name, path.read_bytes())}
             )
@@ -63,7 +62,7 @@ def _ingest(stack: UpProcess, entries: list[dict[str, Any]], timeout_s: float) -
 @pytest.fixture(scope="module")
 def corpus_stack() -> Iterator[UpProcess]:
     if not FILES:
-        pytest.skip(f"corpus manifest not found at {MANIFEST}")
+        corpus_missing("corpus manifest")
     # The 619-page PDF's extraction can take longer than the default 120 s on 2 busy cores. Embedding
     # keeps its default: that timeout is per batch, so big documents finish under it.
     with running_up(KBINGEST_STAGE_TIMEOUTS='{"extracting": 900}') as stack:

@@ -19,8 +19,8 @@ from services.processor.extraction import poison, worker
 from services.processor.extraction.partition import partition_file
 from services.processor.extraction.sandbox import ExtractorPool
 from shared.errors import ErrorCode, ProcessingError
+from tests.support.corpus import CORPUS, corpus_missing
 
-CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus"
 MEMORY_BYTES = 2 * 1024**3
 
 
@@ -261,7 +261,7 @@ async def test_extraction_works_with_the_network_unreachable(tmp_path: Path) -> 
         "pdf/fake-memo.pdf": ("application/pdf", "20,000 bottles of water"),
     }
     if not all((CORPUS / name).exists() for name in files):
-        pytest.skip(f"corpus missing at {CORPUS}")
+        corpus_missing("corpus files")
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(OFFLINE_SITECUSTOMIZE, encoding="utf-8")
