@@ -16,7 +16,7 @@ from typing import Final
 import structlog
 from prometheus_client import CollectorRegistry
 
-from services.reconciler import prune, repairs, samples, state
+from services.reconciler import generations, prune, repairs, samples, state
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
 from services.reconciler.presence_rescue import PresenceRescue
@@ -139,6 +139,7 @@ class Reconciler:
             ("stale", lambda: repairs.rescue_stale(self._db, stale_after_s=s.stale_after_s)),
             ("lost_event", lambda: repairs.reemit_lost(self._db, grace_s=self.grace_s)),
             ("stuck_delete", lambda: repairs.finish_stuck_deletes(self._db, grace_s=self.grace_s)),
+            ("generations", lambda: generations.switch_idle_generations(self._db)),
             ("tombstones", self._tombstones.run),
             ("objects", self._objects.run),
             (

@@ -28,6 +28,7 @@ STEPS = {
     "stale": "stale_requeued",
     "lost_event": "lost_event",
     "stuck_delete": "stuck_delete",
+    "generations": None,
     "tombstones": None,
     "objects": "orphan_object",
     "prune": "outbox_pruned",
