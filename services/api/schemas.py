@@ -27,6 +27,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class PendingVersion(BaseModel):
+    """A replacement being processed beside the active version (or failed): search still serves the active one."""
+
+    version: int
+    status: Literal["queued", "processing", "failed"]
+    stage: Literal["downloading", "extracting", "chunking", "embedding", "indexing"] | None
+    error: ErrorBody | None
+
+
 class Document(BaseModel):
     id: uuid.UUID
     knowledge_base_id: uuid.UUID
@@ -43,6 +52,11 @@ class Document(BaseModel):
     error: ErrorBody | None
     chunk_count: int | None
     version: int
+    content_version: int = Field(description="The active content version (1 at upload, +1 per replacement).")
+    pending_version: PendingVersion | None = Field(
+        default=None,
+        description="The newest replacement not serving yet (queued, processing or failed), or null.",
+    )
     batch_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
@@ -69,6 +83,26 @@ class Document(BaseModel):
 class DocumentList(BaseModel):
     items: list[Document]
     next_cursor: str | None
+
+
+class DocumentVersion(BaseModel):
+    version: int
+    sha256: str
+    size_bytes: int
+    status: Literal["pending", "active", "failed", "superseded", "retained", "purged"]
+    created_at: datetime
+    activated_at: datetime | None
+    error: ErrorBody | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> DocumentVersion:
+        return cls.model_validate({k: row[k] for k in cls.model_fields})
+
+
+class DocumentVersionList(BaseModel):
+    """Newest first."""
+
+    items: list[DocumentVersion]
 
 
 class IndexSettingsFields(BaseModel):

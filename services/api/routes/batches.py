@@ -19,8 +19,14 @@ from shared.lifecycle import cancel_queued, retry_failed
 router = APIRouter(tags=["batches"])
 ERRORS = error_responses()
 
+# A batch's user documents (build rows never carry a batch id; the filter says so where it matters).
 BATCH_COUNTS = text(
-    "SELECT status, count(*) AS n FROM documents WHERE batch_id = :id AND deleted_at IS NULL GROUP BY status"
+    f"SELECT status, count(*) AS n FROM documents WHERE batch_id = :id AND deleted_at IS NULL "
+    f"AND {queries.USER_DOCUMENT} GROUP BY status"
+)
+BATCH_DOCUMENTS_IN = text(
+    f"SELECT id FROM documents WHERE batch_id = :id AND status = :status AND deleted_at IS NULL "
+    f"AND {queries.USER_DOCUMENT}"
 )
 
 
@@ -124,16 +130,7 @@ async def cancel_batch(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accep
         await conn.execute(
             text("UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()) WHERE id = :id"), {"id": batch_id}
         )
-        ids = (
-            (
-                await conn.execute(
-                    text("SELECT id FROM documents WHERE batch_id = :id AND status = 'queued' AND deleted_at IS NULL"),
-                    {"id": batch_id},
-                )
-            )
-            .scalars()
-            .all()
-        )
+        ids = (await conn.execute(BATCH_DOCUMENTS_IN, {"id": batch_id, "status": "queued"})).scalars().all()
         for doc_id in ids:
             await cancel_queued(conn, doc_id, error)
     return Accepted(id=batch_id, status="cancelled")
@@ -148,16 +145,7 @@ async def cancel_batch(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accep
 async def retry_failed_in_batch(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     await _load_batch(db, key, batch_id)
     async with db.transaction() as conn:
-        ids = (
-            (
-                await conn.execute(
-                    text("SELECT id FROM documents WHERE batch_id = :id AND status = 'failed' AND deleted_at IS NULL"),
-                    {"id": batch_id},
-                )
-            )
-            .scalars()
-            .all()
-        )
+        ids = (await conn.execute(BATCH_DOCUMENTS_IN, {"id": batch_id, "status": "failed"})).scalars().all()
         for doc_id in ids:
             await retry_failed(conn, doc_id)
     return Accepted(id=batch_id, status="retrying")

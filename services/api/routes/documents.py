@@ -1,55 +1,74 @@
-"""Documents: upload, list, read, retry, delete, content."""
+"""Documents: upload, replace, list, read, versions, retry, delete, content."""
 
 from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import text
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.api import queries
 from services.api.deps import CurrentKey, DbDep, StateDep, require_kb_access
 from services.api.routes.responses import error_responses
-from services.api.schemas import Accepted, Document, DocumentList
-from services.api.uploads.receive import receive_multipart
+from services.api.schemas import (
+    Accepted,
+    Document,
+    DocumentList,
+    DocumentVersion,
+    DocumentVersionList,
+    ErrorResponse,
+)
+from services.api.state import AppState
+from services.api.uploads.receive import ReceivedFile, ReceivedForm, receive_multipart
+from services.api.uploads.service import OnConflict, UploadResult
 from shared import queue_position
 from shared.errors import ApiError
-from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
 from shared.lifecycle import request_delete, retry_failed
 from shared.storage import ObjectMissing
 
 router = APIRouter(tags=["documents"])
 ERRORS = error_responses()
 StatusFilter = Literal["queued", "processing", "ready", "failed", "deleting"]
+# Versions whose file is kept (a purged or superseded one's is deleted, or about to be).
+READABLE_VERSIONS: Final = frozenset({"active", "retained", "pending", "failed"})
+
+_FILE_FORM: Final = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "priority": {"type": "string", "enum": ["high", "normal", "low"]},
+                    },
+                }
+            }
+        }
+    }
+}
 
 
 @router.post(
     "/v1/knowledge-bases/{kb_id}/documents",
     status_code=201,
     response_model=Document,
-    responses=error_responses(409, 413, 415, 422, 503),
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "priority": {"type": "string", "enum": ["high", "normal", "low"]},
-                        },
-                    }
-                }
-            }
-        }
+    responses={
+        200: {"model": Document, "description": "on_conflict=replace, identical content: nothing changed"},
+        202: {"model": Document, "description": "on_conflict=replace: the new content is being processed"},
+        **error_responses(409, 413, 415, 422, 503),
     },
+    openapi_extra=_FILE_FORM,
 )
 async def upload_document(
     kb_id: uuid.UUID,
@@ -57,31 +76,77 @@ async def upload_document(
     key: CurrentKey,
     state: StateDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    on_conflict: Annotated[OnConflict, Query(description="a taken filename: 409 (reject) or replace its content")] = (
+        "reject"
+    ),
 ) -> JSONResponse:
     """Stream one file to the object store, then commit the row and its event together."""
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
         if await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
+    async with _one_file(request, state) as received:
+        result = await state.uploads.upload(
+            kb_id=kb_id,
+            key=key,
+            received=received.file,
+            priority=received.form.fields.get("priority", "normal") or "normal",
+            idempotency_key=idempotency_key,
+            on_conflict=on_conflict,
+        )
+    return await _document_answer(state, result)
+
+
+@router.put(
+    "/v1/documents/{document_id}/content",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Document,
+    responses={
+        200: {"model": Document, "description": "identical content: nothing changed"},
+        **error_responses(409, 413, 415, 422, 503),
+    },
+    openapi_extra=_FILE_FORM,
+)
+async def replace_document_content(
+    document_id: uuid.UUID,
+    request: Request,
+    key: CurrentKey,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    """New content, processed beside the current version; search serves the current one until it is ready."""
+    await _load_visible(state.db, key, document_id)
+    async with _one_file(request, state) as received:
+        result = await state.uploads.replace(
+            document_id=document_id, key=key, received=received.file, idempotency_key=idempotency_key
+        )
+    return await _document_answer(state, result)
+
+
+@dataclass(frozen=True)
+class _OneFile:
+    form: ReceivedForm
+    file: ReceivedFile
+
+
+@asynccontextmanager
+async def _one_file(request: Request, state: AppState) -> AsyncIterator[_OneFile]:
+    """The request's multipart ``file`` part, streamed to a temp file removed afterwards."""
     form = await receive_multipart(request, max_file_bytes=state.settings.max_upload_bytes, max_files=1, fail_fast=True)
     try:
         files = [f for f in form.files if f.field_name == "file"]
         if not files:
             raise ApiError(422, "validation_error", "multipart field 'file' is required")
-        result = await state.uploads.upload(
-            kb_id=kb_id,
-            key=key,
-            received=files[0],
-            priority=form.fields.get("priority", "normal") or "normal",
-            idempotency_key=idempotency_key,
-        )
+        yield _OneFile(form, files[0])
     finally:
         form.cleanup()
-    body = result.body
-    if result.status_code == 201:
-        async with state.db.transaction() as conn:
-            body = (await with_queue_positions(conn, [Document.model_validate(body)]))[0].model_dump(mode="json")
-    return JSONResponse(body, status_code=result.status_code, headers=result.headers)
+
+
+async def _document_answer(state: AppState, result: UploadResult) -> JSONResponse:
+    """The upload's answer (a replayed one too) with the queue position of now."""
+    async with state.db.transaction() as conn:
+        document = (await with_queue_positions(conn, [Document.model_validate(result.body)]))[0]
+    return JSONResponse(document.model_dump(mode="json"), status_code=result.status_code, headers=result.headers)
 
 
 async def with_queue_positions(conn: AsyncConnection, documents: list[Document]) -> list[Document]:
@@ -117,37 +182,26 @@ async def list_documents(
 ) -> DocumentList:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     require_kb_access(key, kb_id)
-    params: dict[str, object] = {"kb_id": kb_id, "limit": limit + 1, "status": status_}
-    where = "knowledge_base_id = :kb_id AND deleted_at IS NULL AND (CAST(:status AS text) IS NULL OR status = :status)"
-    if cursor:
-        params["c_created"], params["c_id"] = _decode_cursor(cursor)
-        where += " AND (created_at, id) < (:c_created, :c_id)"
+    after = _decode_cursor(cursor) if cursor else None
     async with db.transaction() as conn:
         if await queries.get_kb(conn, kb_id) is None:
             raise ApiError(404, "not_found", "knowledge base not found")
-        rows = (
-            (
-                await conn.execute(
-                    text(
-                        f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE {where} "
-                        "ORDER BY created_at DESC, id DESC LIMIT :limit"
-                    ),
-                    params,
-                )
-            )
-            .mappings()
-            .all()
-        )
+        rows = await queries.list_documents(conn, kb_id, status=status_, limit=limit + 1, after=after)
         items = await with_queue_positions(conn, [Document.from_row(r) for r in rows[:limit]])
     next_cursor = _encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
     return DocumentList(items=items, next_cursor=next_cursor)
 
 
-async def _visible(conn: AsyncConnection, key: CurrentKey, document_id: uuid.UUID) -> Document:
+async def _visible_row(conn: AsyncConnection, key: CurrentKey, document_id: uuid.UUID) -> RowMapping:
+    """The live user document the key may see (404 for anything else, a build row's id included)."""
     row = await queries.get_document(conn, document_id)
     if row is None or not key.allows(row["knowledge_base_id"]):
         raise ApiError(404, "not_found", "document not found")
-    return Document.from_row(row)
+    return row
+
+
+async def _visible(conn: AsyncConnection, key: CurrentKey, document_id: uuid.UUID) -> Document:
+    return Document.from_row(await _visible_row(conn, key, document_id))
 
 
 async def _load_visible(db: DbDep, key: CurrentKey, document_id: uuid.UUID) -> Document:
@@ -180,7 +234,7 @@ async def retry_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> 
             {"status": current.status},
         )
     async with db.transaction() as conn:
-        return (await with_queue_positions(conn, [Document.from_row(row)]))[0]
+        return (await with_queue_positions(conn, [await _visible(conn, key, document_id)]))[0]
 
 
 @router.delete(
@@ -197,21 +251,57 @@ async def delete_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) ->
     return Accepted(id=document_id, status="deleting")
 
 
-@router.get("/v1/documents/{document_id}/content", responses=ERRORS)
-async def document_content(document_id: uuid.UUID, key: CurrentKey, state: StateDep) -> StreamingResponse:
-    document = await _load_visible(state.db, key, document_id)
+@router.get("/v1/documents/{document_id}/versions", response_model=DocumentVersionList, responses=ERRORS)
+async def list_versions(document_id: uuid.UUID, key: CurrentKey, db: DbDep) -> DocumentVersionList:
+    """Every content version of the document, newest first."""
+    async with db.transaction() as conn:
+        await _visible(conn, key, document_id)
+        rows = await queries.list_versions(conn, document_id)
+    return DocumentVersionList(items=[DocumentVersion.from_row(r) for r in rows])
+
+
+@router.get(
+    "/v1/documents/{document_id}/content",
+    responses={**ERRORS, 410: {"model": ErrorResponse, "description": "the version's file was purged"}},
+)
+async def document_content(
+    document_id: uuid.UUID,
+    key: CurrentKey,
+    state: StateDep,
+    version: Annotated[int | None, Query(ge=1, description="a retained version (default: the active one)")] = None,
+) -> StreamingResponse:
     async with state.db.transaction() as conn:
-        object_key = (
-            await conn.execute(text("SELECT object_key FROM documents WHERE id = :id"), {"id": document_id})
-        ).scalar_one()
+        row = await _visible_row(conn, key, document_id)
+        object_key, media_type = await _content_of(conn, row, version)
+    filename = str(row["filename"])
     try:
         stat = await state.store.stat(object_key)
     except ObjectMissing as exc:
+        if version is not None:
+            raise _version_purged(version) from exc
         raise ApiError(404, "object_missing", "the stored file is missing") from exc
-    ascii_name = document.filename.encode("ascii", "replace").decode().replace('"', "'")
-    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(document.filename)}"
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'")
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
     return StreamingResponse(
         state.store.stream(object_key),
-        media_type=document.media_type,
+        media_type=media_type,
         headers={"Content-Length": str(stat.size), "Content-Disposition": disposition},
+    )
+
+
+async def _content_of(conn: AsyncConnection, document: RowMapping, version: int | None) -> tuple[str, str]:
+    """The object key and media type of the active content, or of ``version`` while its file is kept."""
+    if version is None:
+        return str(document["object_key"]), str(document["media_type"])
+    found = await queries.get_version(conn, document["id"], version)
+    if found is None:
+        raise ApiError(404, "version_not_found", f"the document has no version {version}", {"version": version})
+    if found["status"] not in READABLE_VERSIONS:
+        raise _version_purged(version)
+    return str(found["object_key"]), str(found["media_type"])
+
+
+def _version_purged(version: int) -> ApiError:
+    return ApiError(
+        410, "version_purged", f"version {version} is no longer retained (VERSION_RETENTION)", {"version": version}
     )

@@ -9,8 +9,10 @@ each keyed upload prunes a few expired keys, so the table holds about one retent
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import text
@@ -54,6 +56,42 @@ PRUNE: Final = text(
       ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED)
     """
 )
+
+
+@dataclass(frozen=True)
+class KeyedRequest:
+    """A request carrying an ``Idempotency-Key``, and what identifies it (to refuse the key's reuse)."""
+
+    key_id: uuid.UUID
+    key: str
+    request_hash: str
+    retention_s: float
+
+
+def keyed(key_id: uuid.UUID, key: str | None, request: str, *, retention_s: float) -> KeyedRequest | None:
+    """The keyed request ``request`` names (None without a key)."""
+    if key is None:
+        return None
+    return KeyedRequest(key_id, key, hashlib.sha256(request.encode()).hexdigest(), retention_s)
+
+
+async def answered(conn: AsyncConnection, request: KeyedRequest) -> tuple[int, dict[str, Any]] | None:
+    """Hold the key until ``conn``'s transaction ends; its earlier answer, if any (422 when reused)."""
+    await lock(conn, request.key_id, request.key)
+    return await find(conn, request.key_id, request.key, request.request_hash, retention_s=request.retention_s)
+
+
+async def save_answer(conn: AsyncConnection, request: KeyedRequest, *, status_code: int, body: dict[str, Any]) -> None:
+    """Store this request's answer in ``conn``'s transaction (the key is held)."""
+    await save(
+        conn,
+        request.key_id,
+        request.key,
+        request.request_hash,
+        status_code=status_code,
+        body=body,
+        retention_s=request.retention_s,
+    )
 
 
 async def lock(conn: AsyncConnection, key_id: uuid.UUID, key: str) -> None:

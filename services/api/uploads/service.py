@@ -1,69 +1,45 @@
-"""The upload path: validate, store the object, then ONE transaction for row + outbox event."""
+"""Uploads and replacements: validate, store the object, then ONE transaction for the rows + outbox event."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, assert_never
 
 import sqlalchemy.exc
 import structlog
 from sqlalchemy import text
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.api import queries
 from services.api.schemas import Document
-from services.api.uploads import idempotency, kb_lock
+from services.api.uploads import idempotency
+from services.api.uploads.commit import AfterStoreHook, ObjectCommit, Plan, StoredFile, UploadResult
 from services.api.uploads.filenames import original_for_display, sanitize_filename
 from services.api.uploads.media import UnsupportedMediaType, detect_media_type
 from services.api.uploads.receive import ReceivedFile
 from shared.apikeys import KeyRecord
-from shared.db import Database, DatabaseUnavailable
+from shared.db import Database
 from shared.errors import ApiError
-from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
-from shared.lifecycle import create_document
+from shared.lifecycle import create_document, replace_content
 from shared.media_types import SUPPORTED
 from shared.settings import Settings
-from shared.storage import ObjectStore, StorageUnavailable, object_key
+from shared.storage import ObjectStore, object_key
+
+__all__ = ["AfterStoreHook", "OnConflict", "UploadResult", "UploadService"]
 
 log = structlog.get_logger("kbingest.api.uploads")
 
 PRIORITIES: Final = ("high", "normal", "low")
+# What an upload whose filename is taken does: refuse (409 duplicate_document) or replace that document's content.
+OnConflict = Literal["reject", "replace"]
 
-# Every column of one document, tombstoned or not: the row an ambiguous COMMIT may have written.
-GET_WRITTEN: Final = text(f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = :id")
-
-# How a transaction ended: 'committed', 'aborted' or 'in progress' (NULL once too old to know).
-XACT_STATUS: Final = text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))")
-
-# A COMMIT that reached the server ends within milliseconds; a transaction still open after this
-# never got its COMMIT (it aborts when its backend notices the lost client, at the latest after
-# idle_in_transaction_session_timeout), or its server hangs: either way the orphan sweep, whose
-# grace is far longer, decides about the object later.
-COMMIT_SETTLE_S: Final = 5.0
-COMMIT_POLL_S: Final = 0.05
-
-# A hook called after the object is stored and before the commit: tests inject failures here.
-AfterStoreHook = Callable[[uuid.UUID], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    status_code: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    # The answer of an earlier request with the same Idempotency-Key: this request's object is not needed.
-    replayed: bool = False
-
-
-@dataclass
-class _Commit:
-    """The upload transaction's id once its COMMIT is sent: from then on, only Postgres knows how it ended."""
-
-    sent_xid: int | None = None
+# Whether a document's versions reference an object: after an ambiguous COMMIT, tells a replacement
+# that committed from one that turned out a no-op.
+VERSION_REFERENCES: Final = text(
+    "SELECT EXISTS (SELECT 1 FROM document_versions WHERE document_id = :id AND object_key = :key)"
+)
 
 
 def _duplicate_error(existing: Any, *, same_name: bool) -> ApiError:
@@ -77,14 +53,22 @@ def _duplicate_error(existing: Any, *, same_name: bool) -> ApiError:
     )
 
 
-def _replay(status_code: int, body: dict[str, Any]) -> UploadResult:
-    headers = {"Location": f"/v1/documents/{body['id']}", "Idempotent-Replayed": "true"}
-    return UploadResult(status_code, body, headers, replayed=True)
+def _not_found() -> ApiError:
+    return ApiError(404, "not_found", "document not found")
 
 
-def _created(row: Any) -> UploadResult:
+def _deleting(document_id: uuid.UUID) -> ApiError:
+    return ApiError(
+        409,
+        "document_deleting",
+        "the document is being deleted; its content cannot change",
+        {"document_id": str(document_id)},
+    )
+
+
+def _answer(status_code: int, row: RowMapping, **extra: Any) -> UploadResult:
     body = Document.from_row(row).model_dump(mode="json")
-    return UploadResult(201, body, {"Location": f"/v1/documents/{body['id']}"})
+    return UploadResult(status_code, body, {"Location": f"/v1/documents/{body['id']}"}, **extra)
 
 
 class UploadService:
@@ -93,8 +77,9 @@ class UploadService:
     ) -> None:
         self._settings = settings
         self._db = db
-        self._store = store
-        self._after_store = after_store
+        self._objects = ObjectCommit(
+            db=db, store=store, retention_s=settings.idempotency_key_retention_s, after_store=after_store
+        )
 
     def validate(self, received: ReceivedFile) -> str:
         """Return the media type, or raise the 4xx that refuses this file (nothing is stored)."""
@@ -113,6 +98,11 @@ class UploadService:
             raise ApiError(415, "unsupported_media_type", f"{exc}", {"supported": sorted(SUPPORTED)}) from exc
         return media_type
 
+    async def _media_type(self, received: ReceivedFile) -> str:
+        # Sniffing reads a ZIP's directory from disk: off the event loop, so one hostile archive
+        # cannot stall every other request.
+        return await asyncio.to_thread(self.validate, received)
+
     async def upload(
         self,
         *,
@@ -122,92 +112,66 @@ class UploadService:
         priority: str,
         batch_id: uuid.UUID | None = None,
         idempotency_key: str | None = None,
+        on_conflict: OnConflict = "reject",
     ) -> UploadResult:
+        """A new document (201); with ``on_conflict="replace"``, a taken filename replaces that document's content."""
         if priority not in PRIORITIES:
             raise ApiError(422, "validation_error", f"priority must be one of {', '.join(PRIORITIES)}")
-        # Sniffing reads a ZIP's directory from disk: off the event loop, so one hostile archive
-        # cannot stall every other request.
-        media_type = await asyncio.to_thread(self.validate, received)
+        media_type = await self._media_type(received)
         filename = sanitize_filename(received.filename)
-        request_hash = hashlib.sha256(f"{kb_id}:{filename}:{received.sha256}".encode()).hexdigest()
+        keyed = self._objects.keyed(key.id, idempotency_key, f"{kb_id}:{filename}:{received.sha256}")
+        try:
+            return await self._create(
+                kb_id=kb_id,
+                received=received,
+                media_type=media_type,
+                filename=filename,
+                priority=priority,
+                batch_id=batch_id,
+                keyed=keyed,
+            )
+        except ApiError as exc:
+            if on_conflict != "replace" or exc.code != "duplicate_document":
+                raise
+            existing = uuid.UUID(exc.extra["document_id"])
+        return await self._replace(existing, kb_id=kb_id, received=received, media_type=media_type, keyed=keyed)
+
+    async def replace(
+        self, *, document_id: uuid.UUID, key: KeyRecord, received: ReceivedFile, idempotency_key: str | None = None
+    ) -> UploadResult:
+        """New content for a document: 202 (processed beside the active version), 200 when identical."""
         async with self._db.transaction() as conn:
-            if idempotency_key is not None:
-                # Held through the duplicate check: a request with this key committing in between
-                # would otherwise be answered as a 409 duplicate instead of being replayed.
-                await idempotency.lock(conn, key.id, idempotency_key)
-                answered = await idempotency.find(
-                    conn, key.id, idempotency_key, request_hash, retention_s=self._retention_s
-                )
-                if answered is not None:
-                    return _replay(*answered)
+            current = await queries.get_document(conn, document_id)
+        if current is None or not key.allows(current["knowledge_base_id"]):
+            raise _not_found()
+        media_type = await self._media_type(received)
+        keyed = self._objects.keyed(key.id, idempotency_key, f"replace:{document_id}:{received.sha256}")
+        kb_id = current["knowledge_base_id"]
+        return await self._replace(document_id, kb_id=kb_id, received=received, media_type=media_type, keyed=keyed)
+
+    async def _create(
+        self,
+        *,
+        kb_id: uuid.UUID,
+        received: ReceivedFile,
+        media_type: str,
+        filename: str,
+        priority: str,
+        batch_id: uuid.UUID | None,
+        keyed: idempotency.KeyedRequest | None,
+    ) -> UploadResult:
+        async with self._db.transaction() as conn:
+            # The key is held through the duplicate check: a request with this key committing in
+            # between would otherwise be answered as a 409 duplicate instead of being replayed.
+            if (answered := await self._objects.answered(conn, keyed)) is not None:
+                return answered
             if await queries.get_kb(conn, kb_id) is None:
                 raise ApiError(404, "not_found", "knowledge base not found")
             existing = await queries.find_duplicate(conn, kb_id, filename=filename, sha256=received.sha256)
             if existing is not None:
                 raise _duplicate_error(existing, same_name=bool(existing["same_name"]))
         document_id = uuid.uuid4()
-        key_name = object_key(kb_id, document_id)
-        bound = log.bind(document_id=str(document_id), knowledge_base_id=str(kb_id))
-        try:
-            await self._store.put_file(key_name, received.path, content_type=media_type)
-        except StorageUnavailable as exc:
-            bound.warning("upload.storage_unavailable", error=str(exc))
-            raise ApiError(503, "storage_unavailable", "the object store is unavailable; nothing was stored") from exc
-        commit = _Commit()
-        try:
-            result = await self._commit(
-                commit,
-                document_id=document_id,
-                kb_id=kb_id,
-                key=key,
-                received=received,
-                filename=filename,
-                media_type=media_type,
-                priority=priority,
-                batch_id=batch_id,
-                object_key=key_name,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-            )
-        except Exception as exc:
-            if commit.sent_xid is not None:
-                return await self._settle(commit.sent_xid, exc, document_id=document_id, key_name=key_name, bound=bound)
-            await self._discard(key_name, bound)
-            raise
-        except BaseException:
-            # Cancelled: before COMMIT nothing can have committed; after it, nothing more can be
-            # asked here, so the object stays for the orphan sweep to judge against the row.
-            if commit.sent_xid is not None:
-                bound.warning("upload.commit_cancelled", object_key=key_name)
-            else:
-                await self._discard(key_name, bound)
-            raise
-        if result.replayed:
-            await self._discard(key_name, bound)
-            return result
-        bound.info("upload.accepted", size_bytes=received.size, media_type=media_type)
-        return result
-
-    @property
-    def _retention_s(self) -> float:
-        return self._settings.idempotency_key_retention_s
-
-    async def _commit(
-        self,
-        commit: _Commit,
-        *,
-        document_id: uuid.UUID,
-        kb_id: uuid.UUID,
-        key: KeyRecord,
-        received: ReceivedFile,
-        filename: str,
-        media_type: str,
-        priority: str,
-        batch_id: uuid.UUID | None,
-        object_key: str,
-        idempotency_key: str | None,
-        request_hash: str,
-    ) -> UploadResult:
+        file = StoredFile(received.path, media_type, object_key(kb_id, document_id))
         values = {
             "id": document_id,
             "knowledge_base_id": kb_id,
@@ -217,89 +181,101 @@ class UploadService:
             "media_type": media_type,
             "size_bytes": received.size,
             "sha256": received.sha256,
-            "object_key": object_key,
+            "object_key": file.object_key,
             "priority": priority,
             "max_attempts": self._settings.max_attempts,
         }
-        try:
-            async with self._db.transaction() as conn:
-                if self._after_store is not None:
-                    await self._after_store(document_id)
-                if idempotency_key is not None:
-                    # A concurrent request with this key may have committed since the first look.
-                    await idempotency.lock(conn, key.id, idempotency_key)
-                    answered = await idempotency.find(
-                        conn, key.id, idempotency_key, request_hash, retention_s=self._retention_s
-                    )
-                    if answered is not None:
-                        return _replay(*answered)
-                xid = await kb_lock.lock_for_upload(conn, kb_id)
-                if xid is None:
-                    raise ApiError(404, "not_found", "knowledge base not found")
-                result = _created(await create_document(conn, values=values))
-                if idempotency_key is not None:
-                    await idempotency.save(
-                        conn,
-                        key.id,
-                        idempotency_key,
-                        request_hash,
-                        status_code=result.status_code,
-                        body=result.body,
-                        retention_s=self._retention_s,
-                    )
-                commit.sent_xid = xid
-                return result
-        except sqlalchemy.exc.IntegrityError as exc:
-            return await self._resolve_conflict(exc, kb_id, filename, received.sha256)
 
-    async def _resolve_conflict(
-        self, exc: sqlalchemy.exc.IntegrityError, kb_id: uuid.UUID, filename: str, sha256: str
+        async def write(conn: AsyncConnection) -> UploadResult:
+            row = await create_document(conn, values=values)
+            return _answer(201, await queries.get_written_document(conn, row["id"]))
+
+        async def on_conflict(exc: sqlalchemy.exc.IntegrityError) -> ApiError:
+            """A concurrent twin won: answer what it created."""
+            async with self._db.transaction() as conn:
+                existing = await queries.find_duplicate(conn, kb_id, filename=filename, sha256=received.sha256)
+            if existing is None:
+                raise exc
+            return _duplicate_error(existing, same_name=bool(existing["same_name"]))
+
+        async def reread(conn: AsyncConnection) -> UploadResult:
+            return _answer(201, await queries.get_written_document(conn, document_id))
+
+        result = await self._objects.run(Plan(file, document_id, kb_id, keyed, write, on_conflict, reread))
+        bound = log.bind(document_id=str(document_id), knowledge_base_id=str(kb_id))
+        if not result.replayed:
+            bound.info("upload.accepted", size_bytes=received.size, media_type=media_type)
+        return result
+
+    async def _replace(
+        self,
+        document_id: uuid.UUID,
+        *,
+        kb_id: uuid.UUID,
+        received: ReceivedFile,
+        media_type: str,
+        keyed: idempotency.KeyedRequest | None,
     ) -> UploadResult:
-        """A unique index said no: a concurrent twin won. Answer what the winner created."""
         async with self._db.transaction() as conn:
-            existing = await queries.find_duplicate(conn, kb_id, filename=filename, sha256=sha256)
-        if existing is None:
-            raise exc
-        raise _duplicate_error(existing, same_name=bool(existing["same_name"])) from None
+            if (answered := await self._objects.answered(conn, keyed)) is not None:
+                return answered
+            await self._check_replaceable(conn, document_id, kb_id, received.sha256)
+        # A new key per version: the active version's file stays readable until the new one is active.
+        file = StoredFile(received.path, media_type, object_key(kb_id, uuid.uuid4()))
+        values = {
+            "original_filename": original_for_display(received.filename),
+            "media_type": media_type,
+            "size_bytes": received.size,
+            "sha256": received.sha256,
+            "object_key": file.object_key,
+            "max_attempts": self._settings.max_attempts,
+        }
 
-    async def _settle(
-        self, xid: int, exc: Exception, *, document_id: uuid.UUID, key_name: str, bound: Any
-    ) -> UploadResult:
-        """COMMIT was sent and its answer lost: ask Postgres how transaction ``xid`` ended before touching the object.
+        async def write(conn: AsyncConnection) -> UploadResult:
+            outcome = await replace_content(conn, document_id, values=values, source="kbingest/api")
+            match outcome.kind:
+                case "gone":
+                    raise _not_found()
+                case "deleting":
+                    raise _deleting(document_id)
+                case "duplicate":
+                    raise _duplicate_error(outcome.document, same_name=False)
+                case "noop":
+                    return _answer(200, await queries.get_written_document(conn, document_id), keeps_object=False)
+                case "replaced":
+                    row = await queries.get_written_document(conn, document_id)
+                    return _answer(202, row, obsolete_keys=tuple(outcome.obsolete_keys))
+                case _:
+                    assert_never(outcome.kind)
 
-        Deleting the object of a row that did commit would lose an accepted upload (object_missing
-        later); keeping the object of one that did not only leaves an orphan for the sweep.
-        """
-        try:
-            outcome = await self._outcome(xid)
-            if outcome == "committed":
-                async with self._db.transaction() as conn:
-                    row = (await conn.execute(GET_WRITTEN, {"id": document_id})).mappings().one()
-                bound.warning("upload.commit_confirmed", object_key=key_name, error=str(exc))
-                return _created(row)
-        except DatabaseUnavailable as reread:
-            bound.error("upload.commit_unknown", object_key=key_name, error=str(exc), reread_error=str(reread))
-            raise exc from reread
-        if outcome == "aborted":
-            bound.warning("upload.commit_aborted", object_key=key_name, error=str(exc))
-            await self._discard(key_name, bound)
-            raise exc
-        bound.error("upload.commit_unknown", object_key=key_name, error=str(exc), transaction=outcome)
-        raise exc
-
-    async def _outcome(self, xid: int) -> str | None:
-        """The transaction's status read on a new connection, waiting briefly while it is still in progress."""
-        deadline = time.monotonic() + COMMIT_SETTLE_S
-        while True:
+        async def on_conflict(exc: sqlalchemy.exc.IntegrityError) -> ApiError:
+            """Another document took this content meanwhile (the live-content unique index)."""
             async with self._db.transaction() as conn:
-                status: str | None = (await conn.execute(XACT_STATUS, {"xid": str(xid)})).scalar_one()
-            if status != "in progress" or time.monotonic() >= deadline:
-                return status
-            await asyncio.sleep(COMMIT_POLL_S)
+                await self._check_replaceable(conn, document_id, kb_id, received.sha256)
+            raise exc
 
-    async def _discard(self, key_name: str, bound: Any) -> None:
-        """Delete the object of an upload that did not commit (the orphan sweep is the safety net)."""
-        try:
-            await self._store.delete(key_name)
-        except StorageUnavailable as exc:
-            bound.error("upload.orphan_left", object_key=key_name, error=str(exc))
+        async def reread(conn: AsyncConnection) -> UploadResult:
+            row = await queries.get_written_document(conn, document_id)
+            if (await conn.execute(VERSION_REFERENCES, {"id": document_id, "key": file.object_key})).scalar_one():
+                return _answer(202, row)
+            return _answer(200, row, keeps_object=False)
+
+        result = await self._objects.run(Plan(file, document_id, kb_id, keyed, write, on_conflict, reread))
+        bound = log.bind(document_id=str(document_id), knowledge_base_id=str(kb_id))
+        if not result.replayed:
+            event = "upload.replaced" if result.status_code == 202 else "upload.unchanged"
+            bound.info(event, size_bytes=received.size, media_type=media_type, sha256=received.sha256)
+        return result
+
+    async def _check_replaceable(
+        self, conn: AsyncConnection, document_id: uuid.UUID, kb_id: uuid.UUID, sha256: str
+    ) -> None:
+        """404 for a document gone, 409 while it is deleted or when another document has this content."""
+        current = await queries.get_document(conn, document_id)
+        if current is None:
+            raise _not_found()
+        if current["status"] == "deleting":
+            raise _deleting(document_id)
+        other = await queries.find_duplicate(conn, kb_id, filename=None, sha256=sha256, exclude=document_id)
+        if other is not None:
+            raise _duplicate_error(other, same_name=False)
