@@ -74,12 +74,17 @@ export class Api {
   getKb(kbId) { return this.request('GET', `/v1/knowledge-bases/${kbId}`); }
   createKb(name) { return this.request('POST', '/v1/knowledge-bases', { json: { name } }); }
   deleteKb(kbId) { return this.request('DELETE', `/v1/knowledge-bases/${kbId}`); }
+  updateKb(kbId, fields) { return this.request('PATCH', `/v1/knowledge-bases/${kbId}`, { json: fields }); }
+  reindex(kbId) { return this.request('POST', `/v1/knowledge-bases/${kbId}/reindex`); }
+  cancelReindex(kbId) { return this.request('POST', `/v1/knowledge-bases/${kbId}/reindex/cancel`); }
+  rollbackReindex(kbId) { return this.request('POST', `/v1/knowledge-bases/${kbId}/reindex/rollback`); }
 
   listDocuments(kbId, { status, cursor, limit = 100 } = {}) {
     return this.request('GET', `/v1/knowledge-bases/${kbId}/documents`, { query: { status, cursor, limit } });
   }
 
   getDocument(docId) { return this.request('GET', `/v1/documents/${docId}`); }
+  listVersions(docId) { return this.request('GET', `/v1/documents/${docId}/versions`); }
   retryDocument(docId) { return this.request('POST', `/v1/documents/${docId}/retry`); }
   deleteDocument(docId) { return this.request('DELETE', `/v1/documents/${docId}`); }
 
@@ -107,9 +112,18 @@ export class Api {
 
   // XMLHttpRequest, not fetch: it reports upload progress. Resolves {document} or {error}, never rejects.
   upload(kbId, file, onProgress) {
+    return this.sendFile('POST', `/v1/knowledge-bases/${kbId}/documents`, file, onProgress);
+  }
+
+  // New content for a document, processed beside the current version (200 and unchanged when identical).
+  replaceContent(docId, file, onProgress) {
+    return this.sendFile('PUT', `/v1/documents/${docId}/content`, file, onProgress);
+  }
+
+  sendFile(method, path, file, onProgress) {
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest();
-      xhr.open('POST', `/v1/knowledge-bases/${kbId}/documents`);
+      xhr.open(method, path);
       xhr.setRequestHeader('Authorization', `Bearer ${this.key}`);
       xhr.setRequestHeader('Accept', 'application/json');
       xhr.upload.addEventListener('progress', (event) => {
@@ -117,7 +131,7 @@ export class Api {
       });
       xhr.addEventListener('load', () => {
         if (xhr.status >= 200 && xhr.status < 300) {
-          resolve({ document: JSON.parse(xhr.responseText) });
+          resolve({ document: JSON.parse(xhr.responseText), status: xhr.status });
           return;
         }
         const error = errorFromBody(xhr.status, xhr.statusText, xhr.responseText);

@@ -224,6 +224,11 @@ export function createDocumentsTable({ api, kbId, announce, hrefFor, onChange })
       if (event.status !== 'deleting' || filter === 'deleting') fetchOne(docId);
       return;
     }
+    // A version's events describe the replacement, not the document (which stays ready meanwhile).
+    if (String(event.type || '').startsWith('document.version_')) {
+      fetchOne(docId);
+      return;
+    }
     if (Number.isInteger(event.version) && event.version < entry.doc.version) return;
     const doc = {
       ...entry.doc,

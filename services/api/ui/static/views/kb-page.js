@@ -5,6 +5,7 @@ import { describeError } from '../messages.js';
 import { openEventStream } from '../sse.js';
 import { createDocumentDetail } from './doc-detail.js';
 import { createDocumentsTable } from './documents.js';
+import { createIndexSettings } from './kb-index.js';
 import { createSearch } from './search.js';
 import { createUploader } from './upload.js';
 
@@ -35,11 +36,19 @@ export function mountKbPage(container, { api, announce, signOut }, route) {
     }, COUNTS_DEBOUNCE_MS);
   };
 
-  const detail = createDocumentDetail({ api, closeHref: `#/kbs/${encodeURIComponent(kbId)}` });
-  const table = createDocumentsTable({
+  let table = null;
+  const detail = createDocumentDetail({
+    api, announce, closeHref: `#/kbs/${encodeURIComponent(kbId)}`, onChange: (doc) => table.insert(doc),
+  });
+  table = createDocumentsTable({
     api, kbId, announce, hrefFor,
     onChange: (doc) => { detail.update(doc); refreshCounts(); },
   });
+  const indexSettings = createIndexSettings({ api, kbId, announce, onKb: (kb) => {
+    counts.textContent = countsSummary(kb.counts);
+    // A re-index switch changes chunk counts: re-read the list once it is done.
+    if (!kb.index?.building) table.refresh();
+  } });
   const uploader = createUploader({ api, kbId, hrefFor, announce, onUploaded: (doc) => table.insert(doc) });
   const search = createSearch({ api, kbId, hrefFor, announce });
 
@@ -94,6 +103,7 @@ export function mountKbPage(container, { api, announce, signOut }, route) {
       const kb = await api.getKb(kbId);
       title.textContent = kb.name;
       counts.textContent = countsSummary(kb.counts);
+      indexSettings.show(kb);
       document.title = `${kb.name} · kbingest`;
     } catch (error) {
       replaceChildren(container, h('h1', { tabindex: '-1' }, 'Knowledge base'),
@@ -118,7 +128,8 @@ export function mountKbPage(container, { api, announce, signOut }, route) {
     h('div', { class: 'kb-head' }, title, counts, live),
     detail.element,
     h('div', { class: 'kb-grid' }, uploader.element, search.element),
-    table.element);
+    table.element,
+    indexSettings.element);
   document.title = 'Knowledge base · kbingest';
   load();
 
@@ -131,6 +142,8 @@ export function mountKbPage(container, { api, announce, signOut }, route) {
       stopFallback();
       window.clearTimeout(countsTimer);
       uploader.dispose();
+      detail.dispose();
+      indexSettings.dispose();
     },
   };
 }

@@ -1,0 +1,178 @@
+"""Replace in place, the version list, index settings and re-index in the browser, against contract-shaped
+answers (CONTRACT.md "Additions (December 2026)") that the test moves from one state to the next.
+
+Sign-in, the knowledge base and the document are the real stack's; the document, its versions and the
+KB's index answers are fakes, so each state the UI must show is held until the page shows it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.support import browser as b
+from tests.support import user_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.xdist_group(user_stack.GROUP)]
+
+SHA = {1: "a" * 64, 2: "b" * 64, 3: "c" * 64}
+
+
+def _version(number: int, status: str) -> dict[str, Any]:
+    return {
+        "version": number,
+        "sha256": SHA[number],
+        "size_bytes": 100 * number,
+        "status": status,
+        "created_at": f"2026-12-0{number}T10:00:00Z",
+    }
+
+
+class Fakes:
+    """What the faked routes answer now, and what the page sent them."""
+
+    def __init__(self, doc: dict[str, Any], kb: dict[str, Any]) -> None:
+        self.doc = {**doc, "status": "ready", "stage": None, "content_version": 1, "pending_version": None}
+        self.versions = [_version(1, "active")]
+        self.kb = {
+            **kb,
+            "chunk_size": 512,
+            "chunk_overlap": 64,
+            "embedding_model": "local/bge-small",
+            "index": {"generation": 1, "building": None},
+        }
+        self.sent: list[tuple[str, str, Any]] = []
+
+    def document(self, route: Any) -> None:
+        if route.request.method == "PUT":
+            self.sent.append(("PUT", route.request.url, None))
+            number = max(v["version"] for v in self.versions) + 1
+            self.versions.insert(0, _version(number, "pending"))
+            pending = {"version": number, "status": "queued", "stage": None, "error": None}
+            self.doc = {**self.doc, "pending_version": pending}
+            route.fulfill(status=202, json=self.doc)
+        else:
+            route.fulfill(json=self.doc)
+
+    def knowledge_base(self, route: Any) -> None:
+        method, url = route.request.method, route.request.url
+        if method == "GET":
+            route.fulfill(json=self.kb)
+            return
+        body = json.loads(route.request.post_data) if route.request.post_data else None
+        self.sent.append((method, url, body))
+        index = self.kb["index"]
+        if url.endswith("/reindex/cancel"):
+            self.kb["index"] = {**index, "building": None}
+        elif url.endswith("/reindex/rollback"):
+            self.kb["index"] = {"generation": index["generation"] - 1, "building": None}
+        else:  # PATCH with "reindex": true, or POST …/reindex
+            self.kb.update({k: v for k, v in (body or {}).items() if k != "reindex"})
+            building = {"generation": index["generation"] + 1, "done": 0, "total": 3, "failed": 0}
+            self.kb["index"] = {**index, "building": building}
+        route.fulfill(status=202 if method == "POST" else 200, json=self.kb)
+
+    def build(self, done: int, failed: int = 0) -> None:
+        self.kb["index"]["building"] = {**self.kb["index"]["building"], "done": done, "failed": failed}
+
+    def switch(self) -> None:
+        self.kb["index"] = {"generation": self.kb["index"]["building"]["generation"], "building": None}
+
+
+def test_replace_shows_progress_a_failed_version_and_the_versions_then_reindex_cancel_and_rollback(
+    page: Any, stack: user_stack.UserStack
+) -> None:
+    with stack.client() as api:
+        kb = api.post("/v1/knowledge-bases", json={"name": stack.name("versions-ui")}).json()
+        created = api.post(
+            f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": ("notes.md", b"# Notes\n\nfirst words\n")}
+        )
+        assert created.status_code == 201, created.text
+    fakes = Fakes(created.json(), kb)
+    page.route(f"**/v1/documents/{fakes.doc['id']}", fakes.document)
+    page.route(f"**/v1/documents/{fakes.doc['id']}/content", fakes.document)
+    page.route(
+        f"**/v1/documents/{fakes.doc['id']}/versions", lambda route: route.fulfill(json={"items": fakes.versions})
+    )
+    page.route(f"**/v1/knowledge-bases/{kb['id']}", fakes.knowledge_base)
+    page.route(f"**/v1/knowledge-bases/{kb['id']}/reindex**", fakes.knowledge_base)
+    page.route(
+        f"**/v1/knowledge-bases/{kb['id']}/documents?*",
+        lambda route: route.fulfill(json={"items": [fakes.doc], "next_cursor": None}),
+    )
+    page.route(f"**/v1/knowledge-bases/{kb['id']}/events", lambda route: route.fulfill(status=204))
+
+    b.sign_in(page, stack.base_url, stack.api_key)
+    page.goto(f"{stack.base_url}/#/kbs/{kb['id']}/docs/{fakes.doc['id']}")
+    detail = page.locator("#document-detail")
+    expect(detail.locator("#versions-table tbody tr")).to_have_count(1)
+    expect(detail.locator("#versions-table")).to_contain_text("(current)")
+
+    # Replace, by keyboard: the button opens the file picker.
+    page.get_by_role("button", name="Replace file…").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(files=[{"name": "notes.md", "mimeType": "text/markdown", "buffer": b"# Notes v2\n"}])
+    pending = detail.locator("#pending-version")
+    expect(pending).to_contain_text("New version 2")
+    expect(pending).to_contain_text("queued")
+    assert [method for method, _, _ in fakes.sent] == ["PUT"]
+    expect(detail.locator("#versions-table tbody tr")).to_have_count(2)
+
+    fakes.doc = {
+        **fakes.doc,
+        "pending_version": {"version": 2, "status": "processing", "stage": "embedding", "error": None},
+    }
+    expect(pending).to_contain_text("embedding (4 of 5)")
+    error = {"code": "pdf_encrypted", "message": "the PDF needs a password", "retryable": False}
+    fakes.doc = {
+        **fakes.doc,
+        "pending_version": {"version": 2, "status": "failed", "stage": "extracting", "error": error},
+    }
+    fakes.versions[0]["status"] = "failed"
+    expect(pending).to_contain_text("New version 2 failed")
+    expect(pending.locator("code.error-code")).to_have_text("pdf_encrypted")
+    expect(pending).to_contain_text("The current version stays ready and searchable.")
+    expect(detail.locator("#versions-table tbody tr").first).to_contain_text("failed")
+
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Replace file…").click()
+    chooser.value.set_files(files=[{"name": "notes.md", "mimeType": "text/markdown", "buffer": b"# Notes v3\n"}])
+    expect(pending).to_contain_text("New version 3")
+    fakes.versions = [_version(3, "active"), _version(2, "failed"), _version(1, "retained")]
+    fakes.doc = {**fakes.doc, "content_version": 3, "sha256": SHA[3], "pending_version": None}
+    expect(detail.locator("#replace-message")).to_have_text("Version 3 is now served.")
+    expect(pending).to_have_count(0)
+    expect(detail.locator("#versions-table tbody tr")).to_have_count(3)
+    expect(detail.locator("#versions-table tr[data-version='3']")).to_contain_text("(current)")
+
+    # Index settings: new settings travel with "reindex": true; progress; cancel; re-index again; roll back.
+    index = page.locator("#index-settings")
+    expect(index.locator("#index-active")).to_contain_text("generation 1")
+    index.get_by_label("Chunk size").fill("256")
+    index.get_by_role("button", name="Re-index").click()
+    expect(index.locator("#reindex-building")).to_be_visible()
+    assert fakes.sent[-1][0] == "PATCH" and fakes.sent[-1][2] == {"chunk_size": 256, "reindex": True}
+    fakes.build(done=2, failed=1)
+    expect(index.locator("#reindex-progress-text")).to_have_text("generation 2: 2 of 3 documents, 1 failed")
+    index.get_by_role("button", name="Cancel re-index").click()
+    expect(index.locator("#reindex-building")).to_be_hidden()
+    assert fakes.sent[-1][:2] == ("POST", f"{stack.base_url}/v1/knowledge-bases/{kb['id']}/reindex/cancel")
+
+    index.get_by_role("button", name="Re-index").click()
+    expect(index.locator("#reindex-building")).to_be_visible()
+    assert fakes.sent[-1][:2] == ("POST", f"{stack.base_url}/v1/knowledge-bases/{kb['id']}/reindex")
+    fakes.switch()
+    expect(index.locator("#index-message")).to_contain_text("search uses generation 2")
+    index.get_by_role("button", name="Roll back to the previous index").click()
+    expect(index.locator("#index-active")).to_contain_text("generation 1")
+    assert fakes.sent[-1][:2] == ("POST", f"{stack.base_url}/v1/knowledge-bases/{kb['id']}/reindex/rollback")
+
+    assert b.accessibility_problems(page) == []
+    page.set_viewport_size(b.PHONE)
+    expect(index.get_by_role("button", name="Re-index")).to_be_visible()
+    assert b.horizontal_overflow(page) == 0
+    assert page.page_errors == []
