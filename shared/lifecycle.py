@@ -243,8 +243,12 @@ FINISH_DELETE_BUILDS: Final = text(
 )
 
 # A user document, locked: replacements, activation and deletion of a document take its lock first
-# (then its builds'), so they never deadlock with each other.
-LOCK_DOCUMENT: Final = text(f"SELECT {_COLS} FROM documents WHERE id = :id FOR UPDATE")
+# (then its builds'), so they never deadlock with each other. NO KEY UPDATE: inserting a build row
+# (its foreign key takes KEY SHARE on the document, as a re-index start does) is not blocked by it.
+LOCK_DOCUMENT: Final = text(f"SELECT {_COLS} FROM documents WHERE id = :id FOR NO KEY UPDATE")
+
+# Whether the KB is building an index generation (a terminal transition may then switch generations).
+KB_BUILDING: Final = text("SELECT 1 FROM index_generations WHERE knowledge_base_id = :kb AND state = 'building'")
 GET_DOCUMENT: Final = text(f"SELECT {_COLS} FROM documents WHERE id = :id")
 
 # A never-ready document takes the new content itself: requeued with a fresh budget; the epoch bump
@@ -476,7 +480,7 @@ async def claim_next(conn: AsyncConnection, *, owner: str) -> Lease | None:
 async def heartbeat(conn: AsyncConnection, lease: Lease) -> bool:
     """Renew the lease; False means it was lost."""
     result = await conn.execute(HEARTBEAT, {"id": lease.document_id, "epoch": lease.epoch})
-    return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult has rowcount
+    return bool(result.rowcount)
 
 
 async def advance_stage(
@@ -519,6 +523,7 @@ async def mark_ready(
     A replacement's build activates in the same transaction (``_activate``): its document serves it
     from this commit on. ``retention`` is VERSION_RETENTION.
     """
+    await _lock_generations_first(conn, lease)
     parent_id = lease.row.get("parent_id")
     if parent_id is not None:
         await conn.execute(LOCK_DOCUMENT, {"id": parent_id})
@@ -536,8 +541,20 @@ async def mark_ready(
     else:
         await versions.settle(conn, row)
     await _emit(conn, row, "document.indexed", source)
-    await generations.on_terminal(conn, row["knowledge_base_id"])
+    await generations.on_terminal(conn, row["knowledge_base_id"], row)
     return ready
+
+
+async def _lock_generations_first(conn: AsyncConnection, lease: Lease) -> None:
+    """While the KB builds a generation, take its generation locks before any document row's.
+
+    A terminal transition may switch generations (generations.on_terminal), which locks the KB's
+    generations and then updates every document; taking a document row first and the generations
+    second would deadlock against a concurrent switch. Outside a re-index this is one index read.
+    """
+    kb_id = lease.row.get("knowledge_base_id")
+    if kb_id is not None and (await conn.execute(KB_BUILDING, {"kb": kb_id})).first() is not None:
+        await conn.execute(generations.LOCK_LIVE_FOR_UPDATE, {"kb": kb_id})
 
 
 async def _activate(conn: AsyncConnection, build: RowMapping, *, retention: int) -> Ready:
@@ -573,6 +590,8 @@ async def fail_or_retry(
     """Retry a retryable error while attempts remain, else fail for good (wrapping the cause)."""
     row = lease.row
     out_of_attempts = lease.attempt >= row["max_attempts"]
+    if not (error.retryable and not out_of_attempts):
+        await _lock_generations_first(conn, lease)
     final = error
     if error.retryable and out_of_attempts:
         final = DocumentError(
@@ -616,7 +635,7 @@ async def fail_or_retry(
         conn, updated, f"document.{outcome}", source, delay_s=retry_delay_s if outcome == "retry_scheduled" else 0.0
     )
     if outcome == "failed":
-        await generations.on_terminal(conn, updated["knowledge_base_id"])
+        await generations.on_terminal(conn, updated["knowledge_base_id"], updated)
     return outcome
 
 
@@ -697,7 +716,7 @@ async def rescue(
     await versions.settle(conn, row)
     if row["status"] == "failed":
         await _emit(conn, row, "document.failed", source)
-        await generations.on_terminal(conn, row["knowledge_base_id"])
+        await generations.on_terminal(conn, row["knowledge_base_id"], row)
         return "failed"
     await _emit(conn, row, "document.requeued", source)
     return "requeued"
@@ -736,7 +755,7 @@ async def fail_object_missing(
     await _close_attempt(conn, document_id, epoch, "failed", None, error)
     await versions.settle(conn, row)
     await _emit(conn, row, "document.failed", source)
-    await generations.on_terminal(conn, row["knowledge_base_id"])
+    await generations.on_terminal(conn, row["knowledge_base_id"], row)
     return True
 
 
@@ -748,6 +767,8 @@ async def retry_failed(
     A ready document whose replacement failed has that build queued again (it stays ready and
     serving meanwhile; the processors' poll picks the build up). Returns the user document.
     """
+    if await generations.retry_serving_build(conn, document_id):  # served by a failed re-index build
+        return (await conn.execute(GET_DOCUMENT, {"id": document_id})).mappings().one()
     row = (await conn.execute(RETRY_FAILED, {"id": document_id})).mappings().one_or_none()
     if row is not None:
         await versions.reopen(conn, row)

@@ -130,7 +130,7 @@ async def purge_cancelled_builds(db: Database, vectors: VectorStore, *, limit: i
     for build_id in ids:
         await vectors.delete_document(build_id)
         async with db.transaction() as conn:
-            tombstoned = (await conn.execute(TOMBSTONE_BUILD, {"id": build_id})).rowcount  # type: ignore[attr-defined]
-        done += int(tombstoned or 0)
+            result = await conn.execute(TOMBSTONE_BUILD, {"id": build_id})
+        done += int(getattr(result, "rowcount", 0) or 0)
         log.info("document.build_purged", build_id=str(build_id))
     return done

@@ -11,11 +11,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jsonschema
 import pytest
 
 from shared import lifecycle
 from shared.db import Database
 from shared.errors import DocumentError, ErrorCode
+from shared.events import event_schema
 from shared.settings import Settings
 from tests.support.pipeline_helpers import claim, create_document, create_kb, execute, fetch, fetch_one, open_db
 
@@ -167,6 +169,8 @@ async def test_a_ready_document_gets_a_build_that_activates_in_one_transaction(d
     activated = (await _events(db, doc))[-1]
     assert activated["subject"] == str(doc) and activated["data"]["document_id"] == str(doc)
     assert activated["data"]["build_id"] == str(build["id"]) and activated["data"]["chunk_count"] == 5
+    for event in await _events(db, doc):
+        jsonschema.validate(event, event_schema(event["type"]), format_checker=jsonschema.FormatChecker())
 
     # A third version: the first is beyond VERSION_RETENTION = 1, and the second's build stops serving.
     third = _content(b"third content", kb)
@@ -227,6 +231,7 @@ async def test_a_failed_replacement_leaves_the_document_serving_and_can_be_retri
     failed = (await _events(db, doc))[-1]
     assert failed["type"] == "document.version_failed" and failed["subject"] == str(doc)
     assert failed["data"]["status"] == "ready" and failed["data"]["error"]["code"] == "pdf_encrypted"
+    jsonschema.validate(failed, event_schema(failed["type"]), format_checker=jsonschema.FormatChecker())
     assert [r["build_id"] for r in await fetch(db, SERVING_BUILDS, ids=[doc, build["id"]])] == [doc]
 
     async with db.transaction() as conn:
