@@ -160,16 +160,27 @@ async def kb_indexes(conn: AsyncConnection, kb_ids: list[uuid.UUID], settings: S
     out: dict[uuid.UUID, KbIndex] = {}
     for row in (await conn.execute(INDEX_OF_KBS, {"ids": kb_ids})).mappings():
         active = resolve(row, settings, generation=row["active_generation"])
-        building = None
-        if row["building"] is not None:
-            building = {
-                "generation": int(row["building"]),
-                "done": int(row["done"] or 0),
-                "total": int(row["total"] or 0),
-                "failed": int(row["failed"] or 0),
-            }
-        out[row["knowledge_base_id"]] = KbIndex(settings=active, building=building)
+        out[row["knowledge_base_id"]] = KbIndex(settings=active, building=_building(row))
     return out
+
+
+def _building(row: Mapping[Any, Any]) -> dict[str, int] | None:
+    if row["building"] is None:
+        return None
+    return {
+        "generation": int(row["building"]),
+        "done": int(row["done"] or 0),
+        "total": int(row["total"] or 0),
+        "failed": int(row["failed"] or 0),
+    }
+
+
+async def index_state(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[str, Any] | None:
+    """The KB resource's ``index``: ``{"generation", "building": null | {generation, done, total, failed}}``."""
+    row = (await conn.execute(INDEX_OF_KBS, {"ids": [kb_id]})).mappings().one_or_none()
+    if row is None:
+        return None
+    return {"generation": int(row["active_generation"]), "building": _building(row)}
 
 
 # --- generation rows -------------------------------------------------------------------------
@@ -345,6 +356,28 @@ SERVE_ROW: Final = text(
     """
 )
 
+KB_BUILDING: Final = text("SELECT 1 FROM index_generations WHERE knowledge_base_id = :kb AND state = 'building'")
+# A document served by a build shows that build's outcome.
+FOLLOW_SERVING_BUILD: Final = text(
+    """
+    UPDATE documents d SET status = b.status, error = b.error, chunk_count = b.chunk_count,
+        processed_at = b.processed_at, updated_at = now()
+    FROM documents b
+    WHERE b.id = :id AND d.served_by = b.id AND d.deleted_at IS NULL AND d.status <> 'deleting'
+      AND b.status IN ('ready', 'failed')
+    """
+)
+RETRY_SERVING_BUILD: Final = text(
+    """
+    UPDATE documents b SET status = 'queued', attempts = 0, error = NULL, stage = NULL,
+        available_at = now(), updated_at = now()
+    FROM documents d
+    WHERE d.id = :id AND d.served_by = b.id AND b.purpose = 'reindex' AND b.status = 'failed'
+      AND d.status = 'failed' AND d.deleted_at IS NULL AND b.deleted_at IS NULL
+    RETURNING b.id
+    """
+)
+
 _NOTIFY: Final = text(f"SELECT pg_notify('{STATE_CHANNEL}', :payload)")
 
 
@@ -450,19 +483,28 @@ async def on_content_activated(conn: AsyncConnection, kb_id: uuid.UUID, document
         await conn.execute(REQUEUE_BUILD, {"id": document_id, "generation": live["building"]})
 
 
-async def on_terminal(conn: AsyncConnection, kb_id: uuid.UUID) -> None:
+async def on_terminal(conn: AsyncConnection, kb_id: uuid.UUID, row: RowMapping | None = None) -> None:
     """A row of the KB became terminal: switch if that was the last work of a building generation.
 
-    Called from lifecycle's terminal transitions; a KB that is not re-indexing costs one index read.
+    Called from lifecycle's terminal transitions with the row; a KB that is not re-indexing costs
+    one index read. A build that serves its document (a retried one, after the switch) carries its
+    outcome over to the document, as the switch did.
     """
-    building = (
-        await conn.execute(
-            text("SELECT 1 FROM index_generations WHERE knowledge_base_id = :kb AND state = 'building'"),
-            {"kb": kb_id},
-        )
-    ).first()
-    if building is not None:
-        await maybe_switch(conn, kb_id)
+    if row is not None and row.get("purpose") == "reindex":
+        await conn.execute(FOLLOW_SERVING_BUILD, {"id": row["id"]})
+    if (await conn.execute(KB_BUILDING, {"kb": kb_id})).first() is None:
+        return
+    if await maybe_switch(conn, kb_id) is None and row is not None and row.get("purpose") == "reindex":
+        await notify(conn, kb_id, "index.progress")
+
+
+async def retry_serving_build(conn: AsyncConnection, document_id: uuid.UUID) -> bool:
+    """User retry of a document whose serving re-index build failed: that build runs again.
+
+    The document row itself belongs to an older generation: re-running it would index for an
+    index search no longer reads. The document shows its build's outcome once it is terminal.
+    """
+    return (await conn.execute(RETRY_SERVING_BUILD, {"id": document_id})).first() is not None
 
 
 async def maybe_switch(conn: AsyncConnection, kb_id: uuid.UUID) -> int | None:
@@ -568,7 +610,15 @@ async def rollback(conn: AsyncConnection, kb_id: uuid.UUID, target: int, servers
 
 
 async def notify(conn: AsyncConnection, kb_id: uuid.UUID, change: str) -> None:
-    """Tell the KB's event streams its index changed (SSE ``knowledge_base``), after commit."""
-    notice = {"kind": "knowledge_base", "knowledge_base_id": str(kb_id), "change": change}
-    notice["event_id"] = str(uuid.uuid4())
+    """Tell the KB's event streams its index changed (SSE ``event: knowledge_base``), on commit.
+
+    ``change``: ``index.progress``, ``index.switched``, ``index.cancelled`` or ``index.rolled_back``;
+    the notice carries the KB resource's ``index`` as of this transaction.
+    """
+    notice = {
+        "kind": "knowledge_base",
+        "knowledge_base_id": str(kb_id),
+        "change": change,
+        "index": await index_state(conn, kb_id),
+    }
     await conn.execute(_NOTIFY, {"payload": json.dumps(notice)})

