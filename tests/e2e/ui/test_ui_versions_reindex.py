@@ -1,12 +1,14 @@
-"""Replace in place, the version list, index settings and re-index in the browser, against contract-shaped
-answers (CONTRACT.md "Additions (December 2026)") that the test moves from one state to the next.
+"""Replace in place, the version list, index settings and re-index in the browser.
 
-Sign-in, the knowledge base and the document are the real stack's; the document, its versions and the
-KB's index answers are fakes, so each state the UI must show is held until the page shows it.
+The first test runs against contract-shaped answers (CONTRACT.md "Additions (December 2026)") that it
+moves from one state to the next, so each state the UI must show is held until the page shows it
+(sign-in, the knowledge base and the document are the real stack's). The second replaces a document
+on the real stack and waits for the processor to serve the new version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -18,6 +20,8 @@ from tests.support import user_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.xdist_group(user_stack.GROUP)]
 
+# Long enough for a cold processor (model load, imports) on a busy 2-core machine.
+PROCESSING_DEADLINE_S = 240
 SHA = {1: "a" * 64, 2: "b" * 64, 3: "c" * 64}
 
 
@@ -175,4 +179,43 @@ def test_replace_shows_progress_a_failed_version_and_the_versions_then_reindex_c
     page.set_viewport_size(b.PHONE)
     expect(index.get_by_role("button", name="Re-index")).to_be_visible()
     assert b.horizontal_overflow(page) == 0
+    assert page.page_errors == []
+
+
+def test_replace_on_the_real_stack_serves_the_new_version_and_lists_both(
+    page: Any, stack: user_stack.UserStack
+) -> None:
+    """Needs the processor: the first version and its replacement are processed for real."""
+    with stack.client() as api:
+        kb = api.post("/v1/knowledge-bases", json={"name": stack.name("versions-real")}).json()
+        created = api.post(
+            f"/v1/knowledge-bases/{kb['id']}/documents",
+            files={"file": ("recipes.md", b"# Recipes\n\nBread needs flour, water, salt and time.\n")},
+        )
+        assert created.status_code == 201, created.text
+    doc = created.json()
+    b.sign_in(page, stack.base_url, stack.api_key)
+    page.goto(f"{stack.base_url}/#/kbs/{kb['id']}/docs/{doc['id']}")
+    detail = page.locator("#document-detail")
+    deadline_ms = PROCESSING_DEADLINE_S * 1000
+    expect(detail.locator(".badge-ready"), "the first version must be processed").to_be_visible(timeout=deadline_ms)
+
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Replace file…").click()
+    new = b"# Recipes\n\nSourdough needs a starter, flour, water and salt.\n"
+    chooser.value.set_files(files=[{"name": "recipes.md", "mimeType": "text/markdown", "buffer": new}])
+    expect(detail.locator("#replace-message")).to_have_text("Version 2 is now served.", timeout=deadline_ms)
+    rows = detail.locator("#versions-table tbody tr")
+    expect(rows).to_have_count(2)
+    expect(detail.locator("#versions-table tr[data-version='2']")).to_contain_text("(current)")
+    expect(detail.locator("#versions-table tr[data-version='2']")).to_contain_text("active")
+    with stack.client() as api:
+        served = api.get(f"/v1/documents/{doc['id']}").json()
+    assert served["content_version"] == 2 and served["pending_version"] is None
+    assert served["sha256"] == hashlib.sha256(new).hexdigest()
+
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Replace file…").click()
+    chooser.value.set_files(files=[{"name": "recipes.md", "mimeType": "text/markdown", "buffer": new}])
+    expect(detail.locator("#replace-message")).to_have_text("Identical content: nothing changed.")
     assert page.page_errors == []

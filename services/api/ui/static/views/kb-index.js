@@ -7,14 +7,16 @@ import { describeError } from '../messages.js';
 // While a generation builds, the KB is re-read this often for its progress.
 const BUILDING_REFRESH_MS = 2000;
 const SETTINGS = [
-  { name: 'chunk_size', label: 'Chunk size', type: 'number', min: 1, hint: 'tokens per chunk' },
-  { name: 'chunk_overlap', label: 'Chunk overlap', type: 'number', min: 0, hint: 'tokens shared by neighbours' },
+  { name: 'chunk_size', label: 'Chunk size', type: 'number', min: 200, max: 8000,
+    hint: 'largest chunk, in characters (200–8000)' },
+  { name: 'chunk_overlap', label: 'Chunk overlap', type: 'number', min: 0,
+    hint: 'characters a chunk repeats (up to a third of the size)' },
   { name: 'embedding_model', label: 'Embedding model', type: 'text', hint: 'a litellm model name' },
 ];
 
 export function createIndexSettings({ api, kbId, announce, onKb }) {
   const inputs = Object.fromEntries(SETTINGS.map((s) => [s.name, h('input', {
-    id: `index-${s.name.replace(/_/g, '-')}`, name: s.name, type: s.type, min: s.min, required: true,
+    id: `index-${s.name.replace(/_/g, '-')}`, name: s.name, type: s.type, min: s.min, max: s.max, required: true,
     inputmode: s.type === 'number' ? 'numeric' : null, 'aria-describedby': `index-${s.name}-hint`,
   })]));
   const active = h('p', { class: 'muted', id: 'index-active' });
