@@ -289,3 +289,29 @@ async def test_deleting_a_document_cancels_its_builds_and_supersedes_its_version
         db, "SELECT id FROM documents WHERE deleted_at IS NOT NULL AND (id = :id OR parent_id = :id)", id=doc
     )
     assert {r["id"] for r in tombstones} == {doc, build["id"]}
+
+
+async def test_rescued_builds_speak_for_their_document_only_when_they_fail(db: Database) -> None:
+    kb = await create_kb(db)
+    doc = await create_document(db, None, kb)
+    await _ready(db, doc)
+    await _replace(db, doc, _content(b"stalls twice", kb))
+    build = await _build_of(db, doc, 2)
+    await execute(db, "UPDATE documents SET max_attempts = 2 WHERE id = :id", id=build["id"])
+    before = len(await _events(db, doc))
+    outcomes = []
+    for _ in range(2):
+        lease = await claim(db, build["id"])
+        await execute(
+            db, "UPDATE documents SET heartbeat_at = now() - interval '1 hour' WHERE id = :id", id=lease.document_id
+        )
+        async with db.transaction() as conn:
+            outcomes.append(
+                await lifecycle.rescue(conn, build["id"], epoch=lease.epoch, reason="stale", stale_after_s=60)
+            )
+    assert outcomes == ["requeued", "failed"]
+    events = (await _events(db, doc))[before:]
+    assert [e["type"] for e in events] == ["document.version_failed"], "a requeue of a build emits nothing"
+    assert events[0]["data"]["error"]["code"] == "max_attempts_exceeded" and events[0]["data"]["status"] == "ready"
+    assert (await _versions(db, doc))[2] == "failed"
+    assert not await _events(db, build["id"])
