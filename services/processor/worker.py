@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import functools
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Final, Literal
@@ -84,6 +85,7 @@ class Worker:
         self._may_claim = may_claim
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._builds_purged_at = float("-inf")
         self.accepting = True
 
     @property
@@ -127,7 +129,14 @@ class Worker:
             self._start(lease)
 
     async def _purge_cancelled_builds(self) -> None:
-        """Purge builds cancelled without an event (a superseded replacement, a cancelled re-index)."""
+        """Purge builds cancelled without an event (a superseded replacement, a cancelled re-index).
+
+        At most once per pull interval: wake-ups come with every event, the look costs a query.
+        """
+        now = time.monotonic()
+        if now - self._builds_purged_at < self._pull_interval_s:
+            return
+        self._builds_purged_at = now
         try:
             await purge_cancelled_builds(self._db, self._vectors)
         except ProcessingError as exc:
@@ -167,7 +176,7 @@ class Worker:
                 self._heartbeat_db,
                 lease,
                 interval_s=self._settings.heartbeat_interval_s,
-                work=work,  # type: ignore[arg-type]
+                work=work,
                 failures=self._metrics.heartbeat_failures,
             ) as beat:
                 try:
