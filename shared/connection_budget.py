@@ -18,12 +18,8 @@ CONNECTION_HEADROOM: Final = 5
 # The reconciler's work runs on one NullPool connection beside its leader session.
 RECONCILER_WORK_CONNECTIONS: Final = 1
 
-# The settings the formula reads, by their environment names (the ConfigMap / compose spelling).
-LIMIT_SETTINGS: Final = {
-    "db_pool_size": "KBINGEST_DB_POOL_SIZE",
-    "db_max_overflow": "KBINGEST_DB_MAX_OVERFLOW",
-    "db_max_connections": "KBINGEST_DB_MAX_CONNECTIONS",
-}
+# The settings the formula reads (a deployment spells them KBINGEST_DB_POOL_SIZE, …).
+LIMIT_SETTINGS: Final = ("db_pool_size", "db_max_overflow", "db_max_connections")
 
 
 class DbLimits(Protocol):
@@ -89,10 +85,10 @@ def peak_connections(settings: DbLimits, replicas: Mapping[str, int]) -> int:
 
 def limits_from_env(env: Mapping[str, str]) -> EnvLimits:
     """The limits a deployment's ``KBINGEST_*`` environment sets; an unset one takes Settings' default."""
-    fields = Settings.model_fields
+    fields, prefix = Settings.model_fields, Settings.model_config.get("env_prefix", "")
 
     def value(name: str) -> int:
-        raw = env.get(LIMIT_SETTINGS[name])
+        raw = env.get(f"{prefix}{name}".upper())
         default = fields[name].default
         assert isinstance(default, int)
         return int(raw) if raw else default

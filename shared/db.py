@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Final, Literal
 
 import asyncpg
@@ -117,6 +117,17 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+@contextmanager
+def _unavailable_when_unreachable() -> Iterator[None]:
+    """A lost or unreachable database surfaces as ``DatabaseUnavailable`` (503 in the API, a retry in workers)."""
+    try:
+        yield
+    except BaseException as exc:
+        if is_connection_error(exc) and not isinstance(exc, DatabaseUnavailable):
+            raise DatabaseUnavailable(str(exc)) from exc
+        raise
+
+
 class Database:
     """An engine plus a semaphore: a process never holds more than ``max_connections``."""
 
@@ -143,25 +154,17 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One connection, one transaction: commits on success, rolls back on error."""
         async with self._slot():
-            try:
+            with _unavailable_when_unreachable():
                 async with self.engine.begin() as conn:
                     yield conn
-            except BaseException as exc:
-                if is_connection_error(exc) and not isinstance(exc, DatabaseUnavailable):
-                    raise DatabaseUnavailable(str(exc)) from exc
-                raise
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
         """A connection without an implicit transaction (autocommit reads, LISTEN)."""
         async with self._slot():
-            try:
+            with _unavailable_when_unreachable():
                 async with self.engine.connect() as conn:
                     yield conn
-            except BaseException as exc:
-                if is_connection_error(exc) and not isinstance(exc, DatabaseUnavailable):
-                    raise DatabaseUnavailable(str(exc)) from exc
-                raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import text
 
+from services.cli.db import one_transaction
 from services.cli.doctor import CheckResult
 from shared.aio import wait_for
 from shared.connection_budget import CONNECTION_HEADROOM, connection_budget
-from shared.db import worker_database
 from shared.pipeline import PROCESSOR_ALIVE_S, RECONCILER_MISSED_PASSES, RECONCILER_STATE_NAME
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings, subscriber_members
 from shared.supervision import STATUS_FILENAME, read_status, status_path_from_env, supervisor_alive
@@ -52,12 +52,8 @@ SERVER_LIMITS: Final = text(
 
 
 async def _fetch_one(settings: Settings, statement: Any, **params: Any) -> Any:
-    db = worker_database(settings.database_url, service="doctor", max_connections=1, acquire_timeout_s=5)
-    try:
-        async with db.connection() as conn:
-            return (await conn.execute(statement, params)).first()
-    finally:
-        await db.dispose()
+    async with one_transaction(settings, service="doctor", acquire_timeout_s=5) as conn:
+        return (await conn.execute(statement, params)).first()
 
 
 async def check_qdrant(settings: Settings) -> list[CheckResult]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from shared.db import Database, worker_database
+from services.cli.db import one_transaction
 from shared.deadletters import DeadLetter, list_dead, replay
 from shared.settings import Settings
 
@@ -23,26 +23,14 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _db(settings: Settings) -> Database:
-    return worker_database(settings.database_url, service="cli", max_connections=1, acquire_timeout_s=10)
-
-
 async def _list(settings: Settings, limit: int) -> list[DeadLetter]:
-    db = _db(settings)
-    try:
-        async with db.transaction() as conn:
-            return await list_dead(conn, limit=limit)
-    finally:
-        await db.dispose()
+    async with one_transaction(settings) as conn:
+        return await list_dead(conn, limit=limit)
 
 
 async def _replay(settings: Settings, event_id: uuid.UUID) -> str:
-    db = _db(settings)
-    try:
-        async with db.transaction() as conn:
-            return await replay(conn, event_id)
-    finally:
-        await db.dispose()
+    async with one_transaction(settings) as conn:
+        return await replay(conn, event_id)
 
 
 def describe(letter: DeadLetter) -> str:

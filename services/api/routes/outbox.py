@@ -11,11 +11,10 @@ from pydantic import BaseModel
 
 from services.api.deps import CurrentKey, DbDep, require_unscoped
 from services.api.routes.responses import error_responses
-from shared.deadletters import DeadLetter, list_dead, replay
+from shared.deadletters import DeadLetter, DeadReason, list_dead, replay
 from shared.errors import ApiError
 
 router = APIRouter(tags=["outbox"])
-Reason = Literal["max_attempts", "rejected", "unroutable"]
 
 
 class DeadLetterItem(BaseModel):
@@ -57,7 +56,7 @@ async def list_dead_letters(
     db: DbDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-    reason: Reason | None = None,
+    reason: DeadReason | None = None,
 ) -> DeadLetterList:
     """Oldest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     require_unscoped(key)
