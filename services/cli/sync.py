@@ -57,6 +57,8 @@ from services.cli.upload import (
 )
 
 EXIT_USAGE = 2
+# Uploads answered with a since-deleted document (each under a new key) before giving up.
+MAX_STALE_ANSWERS = 5
 EXIT_INTERRUPTED = 130
 HASH_CHUNK_BYTES = 1024 * 1024
 # A name or content held by a document being deleted (a renamed file with --delete) is free once
@@ -94,6 +96,10 @@ class SyncItem(Tracked):
             self.stage = pending.get("stage")
             if self.status == "failed":
                 self.refuse(pending.get("error") or {}, status="failed", prefix="the new version failed: ")
+        elif self.action is Action.REPLACE and self.status == "ready" and self.step and self.step.local:
+            if document.get("sha256") != self.step.local.sha256:
+                message = "the document now serves other content than this file (changed meanwhile?)"
+                self.refuse({"code": "content_mismatch", "message": message}, status="failed")
 
     def refuse(self, error: dict[str, Any], *, status: str = "refused", prefix: str = "") -> None:
         self.status = status
@@ -180,29 +186,47 @@ def _wait_deleted(client: Client, document_id: str) -> None:
         pause.wait(POLL_INTERVAL_S)
 
 
-def _upload(client: Client, kb_id: str, step: Step, advance: Callable[[int], None]) -> dict[str, Any]:
+def _ignore_bytes(_: int) -> None:
+    """A repeated upload's bytes: the progress bar counted the file once already."""
+
+
+def _post(client: Client, kb_id: str, step: Step, key: str, advance: Callable[[int], None]) -> dict[str, Any]:
+    """One upload; refused because a document being deleted holds the name or content: once it is gone."""
     assert step.local is not None
-    local = step.local
-    key = idempotency_key(kb_id, step.name, local.sha256)
     try:
-        document = client.upload_named(kb_id, local.path, name=step.name, on_bytes=advance, idempotency_key=key)
+        return client.upload_named(kb_id, step.local.path, name=step.name, on_bytes=advance, idempotency_key=key)
     except ApiProblem as problem:
         holder = problem.extra.get("document_id")
         if problem.status != 409 or problem.extra.get("status") != "deleting" or not holder:
             raise
         _wait_deleted(client, str(holder))
-        document = client.upload_named(kb_id, local.path, name=step.name, on_bytes=lambda n: None, idempotency_key=key)
-    # The key can be answered with a document deleted since (a file removed, then restored within
-    # the server's idempotency retention): then upload again under a key of its own.
+        return client.upload_named(kb_id, step.local.path, name=step.name, on_bytes=_ignore_bytes, idempotency_key=key)
+
+
+def _live(client: Client, document_id: str) -> dict[str, Any] | None:
+    """The document as it is now; None when it is deleted or being deleted."""
     try:
-        current = client.get_document(str(document["id"]))
-        if current["status"] != "deleting":
-            return current
+        document = client.get_document(document_id)
     except ApiProblem as problem:
-        if problem.status != 404:
-            raise
-    again = idempotency_key(kb_id, step.name, local.sha256, str(document["id"]))
-    return client.upload_named(kb_id, local.path, name=step.name, on_bytes=lambda n: None, idempotency_key=again)
+        if problem.status == 404:
+            return None
+        raise
+    return None if document["status"] == "deleting" else document
+
+
+def _upload(client: Client, kb_id: str, step: Step, advance: Callable[[int], None]) -> dict[str, Any]:
+    assert step.local is not None
+    key = idempotency_key(kb_id, step.name, step.local.sha256)
+    for _ in range(MAX_STALE_ANSWERS):
+        document = _post(client, kb_id, step, key, advance)
+        advance = _ignore_bytes
+        current = _live(client, str(document["id"]))
+        if current is not None:
+            return current
+        # The key was answered with a document deleted since (a file removed, then restored within
+        # the server's idempotency retention): upload again under a key naming the deleted one.
+        key = idempotency_key(kb_id, step.name, step.local.sha256, str(document["id"]))
+    raise CliError(f"{step.name}: every upload was answered with a deleted document")
 
 
 def _carry_out(client: Client, kb_id: str, item: SyncItem, advance: Callable[[int], None]) -> None:
@@ -220,7 +244,9 @@ def _carry_out(client: Client, kb_id: str, item: SyncItem, advance: Callable[[in
             item.status = "deleted"
         elif step.action is Action.REPLACE:
             assert step.local is not None and step.remote is not None
-            key = idempotency_key(kb_id, step.remote.id, step.local.sha256)
+            # The active version is part of the key: content that comes back after a later change
+            # (A -> B -> A -> B) is a new replacement, not the replay of the first one.
+            key = idempotency_key(kb_id, step.remote.id, str(step.remote.content_version), step.local.sha256)
             item.update(
                 client.replace_content(
                     step.remote.id, step.local.path, name=step.name, on_bytes=advance, idempotency_key=key

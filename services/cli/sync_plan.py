@@ -54,13 +54,15 @@ class RemoteDoc:
     filename: str
     sha256: str
     status: str
+    content_version: int = 0
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> RemoteDoc:
         filename = str(document["filename"])
         original = normalise_name(str(document.get("original_filename") or ""))
         name = original if original and PurePosixPath(original).name == filename else normalise_name(filename)
-        return cls(str(document["id"]), name, filename, str(document["sha256"]), str(document["status"]))
+        version = int(document.get("content_version") or 0)
+        return cls(str(document["id"]), name, filename, str(document["sha256"]), str(document["status"]), version)
 
 
 @dataclass(frozen=True)
