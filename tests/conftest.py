@@ -12,11 +12,14 @@ import pytest
 from fastapi import FastAPI
 
 from services.api.app import create_app
+from shared.db import Database
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.s3 import EmbeddedS3
 from shared.settings import Settings
+from shared.storage import ObjectStore
 from tests.support import servers
 from tests.support.corpus import CORPUS, corpus_missing
+from tests.support.pipeline_helpers import open_db
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +62,22 @@ def settings(database_url: str, s3_server: EmbeddedS3, tmp_path: Path, api_key: 
         api_key=api_key,  # type: ignore[arg-type]
         max_upload_bytes=2 * 1024 * 1024,
     )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    """A database handle on the test database (two connections)."""
+    database = open_db(settings)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def store(settings: Settings) -> ObjectStore:
+    """The test bucket, created."""
+    object_store = ObjectStore.from_settings(settings)
+    await object_store.ensure_bucket()
+    return object_store
 
 
 async def _client_for(app: FastAPI, api_key: str) -> AsyncIterator[httpx.AsyncClient]:

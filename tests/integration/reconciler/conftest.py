@@ -1,4 +1,4 @@
-"""Fixtures for reconciler tests: a test database handle, an object store, reconcilers to drive by hand."""
+"""Fixtures for reconciler tests: reconcilers to drive by hand (db and store come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.reconciler.reconciler import Reconciler, Step
-from shared.db import Database
 from shared.settings import Settings
-from shared.storage import ObjectStore
-from tests.support.pipeline_helpers import open_db
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = open_db(settings)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def store(settings: Settings) -> ObjectStore:
-    object_store = ObjectStore.from_settings(settings)
-    await object_store.ensure_bucket()
-    return object_store
-
 
 ReconcilerFactory = Callable[..., Reconciler]
 
