@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"
     INTERNAL_ERROR = "internal_error"
     CANCELLED = "cancelled"
+    # A replacement whose content another document of the KB took meanwhile (one live copy per KB).
+    DUPLICATE_CONTENT = "duplicate_content"
 
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
@@ -131,6 +133,7 @@ DOCUMENT_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.MAX_ATTEMPTS_EXCEEDED: "every attempt failed",
     ErrorCode.INTERNAL_ERROR: "an unexpected error in the processor",
     ErrorCode.CANCELLED: "the batch was cancelled before this document was processed",
+    ErrorCode.DUPLICATE_CONTENT: "another document of the knowledge base already has this content",
 }
 
 # What an API answer's ``error.code`` means; a code not listed here is shown with the server's message.

@@ -20,7 +20,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import generations, queue, versions
-from shared.errors import DocumentError, ErrorCode
+from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES
 from shared.outbox import add_event, release_held
 
@@ -521,12 +521,15 @@ async def mark_ready(
     """Finish as ``ready`` with ``document.indexed``; None means the lease was lost.
 
     A replacement's build activates in the same transaction (``_activate``): its document serves it
-    from this commit on. ``retention`` is VERSION_RETENTION.
+    from this commit on. ``retention`` is VERSION_RETENTION. Raises ProcessingError
+    (``duplicate_content``) when another document took the replacement's content meanwhile.
     """
     await _lock_generations_first(conn, lease)
     parent_id = lease.row.get("parent_id")
     if parent_id is not None:
         await conn.execute(LOCK_DOCUMENT, {"id": parent_id})
+        if lease.row.get("purpose") == "replace":
+            await _refuse_duplicate(conn, lease.row)
     row = (
         (await conn.execute(MARK_READY, {"id": lease.document_id, "epoch": lease.epoch, "chunk_count": chunk_count}))
         .mappings()
@@ -543,6 +546,20 @@ async def mark_ready(
     await _emit(conn, row, "document.indexed", source)
     await generations.on_terminal(conn, row["knowledge_base_id"], row)
     return ready
+
+
+async def _refuse_duplicate(conn: AsyncConnection, build: RowMapping) -> None:
+    """Raise when another live document of the KB took this content after the replacement was accepted.
+
+    The switch would break the one-live-copy-per-KB rule (its unique index); the replacement fails
+    for good instead (the caller's transaction rolls back; the worker records the failure).
+    """
+    params = {"kb": build["knowledge_base_id"], "sha256": build["sha256"], "id": build["parent_id"]}
+    other = (await conn.execute(SAME_CONTENT, params)).mappings().first()
+    if other is not None:
+        raise ProcessingError(
+            ErrorCode.DUPLICATE_CONTENT, f"document {other['id']} ({other['filename']!r}) already has this content"
+        )
 
 
 async def _lock_generations_first(conn: AsyncConnection, lease: Lease) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from shared import lifecycle
 from shared.db import Database
-from shared.errors import DocumentError, ErrorCode
+from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.events import event_schema
 from shared.settings import Settings
 from tests.support.pipeline_helpers import claim, create_document, create_kb, execute, fetch, fetch_one, open_db
@@ -315,3 +315,27 @@ async def test_rescued_builds_speak_for_their_document_only_when_they_fail(db: D
     assert events[0]["data"]["error"]["code"] == "max_attempts_exceeded" and events[0]["data"]["status"] == "ready"
     assert (await _versions(db, doc))[2] == "failed"
     assert not await _events(db, build["id"])
+
+
+async def test_a_replacement_whose_content_another_document_took_meanwhile_fails_instead_of_switching(
+    db: Database,
+) -> None:
+    kb = await create_kb(db)
+    doc = await create_document(db, None, kb)
+    await _ready(db, doc)
+    body = b"uploaded twice"
+    await _replace(db, doc, _content(body, kb))
+    build = await _build_of(db, doc, 2)
+    other = await create_document(db, None, kb, content=body)  # accepted: the replacement is not live yet
+    lease = await claim(db, build["id"])
+    with pytest.raises(ProcessingError) as refused:
+        async with db.transaction() as conn:
+            await lifecycle.mark_ready(conn, lease, chunk_count=1)
+    assert refused.value.code == ErrorCode.DUPLICATE_CONTENT and str(other) in refused.value.message
+    async with db.transaction() as conn:
+        error = refused.value.to_document_error()
+        assert await lifecycle.fail_or_retry(conn, lease, error, stage="indexing", retry_delay_s=0) == "failed"
+    row = await fetch_one(db, "SELECT status, served_by, content_version FROM documents WHERE id = :id", id=doc)
+    assert (row["status"], row["served_by"], row["content_version"]) == ("ready", None, 1)
+    assert await _versions(db, doc) == {1: "active", 2: "failed"}
+    assert (await _events(db, doc))[-1]["data"]["error"]["code"] == "duplicate_content"
