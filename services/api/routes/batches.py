@@ -75,7 +75,7 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
                 )
                 results.append(
                     BatchFileResult(filename=received.filename, status_code=outcome.status_code, document=outcome.body)
-                )  # type: ignore[arg-type]  # validated dict
+                )
             except ApiError as exc:
                 results.append(
                     BatchFileResult(
@@ -116,7 +116,7 @@ async def batch_progress(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Bat
     accepted = sum(counts.values())
     done = counts["ready"] + counts["failed"]
     percent = round(100.0 * done / accepted, 1) if accepted else 100.0
-    return BatchProgress(**batch, **counts, percent=percent)  # type: ignore[arg-type]  # row fields match
+    return BatchProgress(**batch, **counts, percent=percent)
 
 
 @router.post(
