@@ -18,8 +18,6 @@ QUEUE_MAX: Final = 1000
 # A silently dead peer is noticed within PING_INTERVAL_S + PING_TIMEOUT_S.
 PING_INTERVAL_S: Final = 5.0
 PING_TIMEOUT_S: Final = 5.0
-RECONNECT_BASE_S: Final = 0.2
-RECONNECT_MAX_S: Final = 5.0
 
 log = structlog.get_logger("kbingest.api")
 
@@ -65,8 +63,6 @@ class Broadcaster:
             on_open=self._listen,
             ping_interval_s=PING_INTERVAL_S,
             ping_timeout_s=PING_TIMEOUT_S,
-            reconnect_base_s=RECONNECT_BASE_S,
-            reconnect_max_s=RECONNECT_MAX_S,
         )
         self._task: asyncio.Task[None] | None = None
 
