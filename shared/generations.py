@@ -108,20 +108,22 @@ ACTIVE_OF_KB: Final = text(
     """
 )
 
-# Active and building generations of many KBs (listings), with the building one's progress.
+# Active and building generations of many KBs (listings), with the building one's progress: one
+# pass over a building generation's rows; skipped (one-time filter) for a KB that builds nothing.
 INDEX_OF_KBS: Final = text(
     """
     SELECT k.id AS knowledge_base_id, k.active_generation, a.chunk_size, a.chunk_overlap, a.embedding_model,
-        b.generation AS building,
-        (SELECT count(*) FILTER (WHERE r.status = 'ready') FROM documents r
-         WHERE r.knowledge_base_id = k.id AND r.purpose = 'reindex' AND r.generation = b.generation) AS done,
-        (SELECT count(*) FILTER (WHERE r.status = 'failed') FROM documents r
-         WHERE r.knowledge_base_id = k.id AND r.purpose = 'reindex' AND r.generation = b.generation) AS failed,
-        (SELECT count(*) FILTER (WHERE r.status <> 'deleting' AND r.deleted_at IS NULL) FROM documents r
-         WHERE r.knowledge_base_id = k.id AND r.purpose = 'reindex' AND r.generation = b.generation) AS total
+        b.generation AS building, p.done, p.failed, p.total
     FROM knowledge_bases k
     LEFT JOIN index_generations a ON a.knowledge_base_id = k.id AND a.generation = k.active_generation
     LEFT JOIN index_generations b ON b.knowledge_base_id = k.id AND b.state = 'building'
+    LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE r.status = 'ready') AS done,
+            count(*) FILTER (WHERE r.status = 'failed') AS failed, count(*) AS total
+        FROM documents r
+        WHERE b.generation IS NOT NULL AND r.knowledge_base_id = k.id AND r.purpose = 'reindex'
+          AND r.generation = b.generation AND r.deleted_at IS NULL AND r.status <> 'deleting'
+    ) p ON true
     WHERE k.id = ANY(:ids)
     """
 )
