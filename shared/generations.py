@@ -337,6 +337,10 @@ ROLLBACK_TARGET: Final = text(
 )
 # Who served each live document in generation ``:generation``: its newest ready replacement of that
 # generation, else its re-index build, else the document row itself (generation 1 documents).
+LIVE_DOCUMENTS: Final = text(
+    "SELECT count(*) FROM documents WHERE knowledge_base_id = :kb AND parent_id IS NULL "
+    "AND deleted_at IS NULL AND status <> 'deleting'"
+)
 SERVERS_IN: Final = text(
     """
     SELECT DISTINCT ON (d.id) d.id AS document_id, r.id AS row_id, r.status, r.error, r.chunk_count,
@@ -575,12 +579,23 @@ class Server:
     chunk_count: int | None
 
 
+class RollbackIncomplete(Exception):
+    """Documents added since the target generation was retired have nothing in it (409)."""
+
+
 async def rollback_plan(conn: AsyncConnection, kb_id: uuid.UUID) -> tuple[int, list[Server]] | None:
-    """The generation a rollback returns to and who serves each document there; None: nothing to roll back."""
+    """The generation a rollback returns to and who serves each document there; None: nothing to roll back.
+
+    Raises ``RollbackIncomplete`` when some live document has no row in that generation (uploaded
+    after it was retired): rolling back would hide it from search.
+    """
     target = (await conn.execute(ROLLBACK_TARGET, {"kb": kb_id})).scalar_one_or_none()
     if target is None:
         return None
     rows = (await conn.execute(SERVERS_IN, {"kb": kb_id, "generation": target})).mappings().all()
+    missing = int((await conn.execute(LIVE_DOCUMENTS, {"kb": kb_id})).scalar_one()) - len(rows)
+    if missing > 0:
+        raise RollbackIncomplete(int(target), missing)
     return int(target), [Server(r["document_id"], r["row_id"], r["status"], r["error"], r["chunk_count"]) for r in rows]
 
 

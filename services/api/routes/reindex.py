@@ -86,7 +86,17 @@ async def rollback(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> Accept
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
         await _active(conn, state.settings, kb_id)
-        plan = await generations.rollback_plan(conn, kb_id)
+        try:
+            plan = await generations.rollback_plan(conn, kb_id)
+        except generations.RollbackIncomplete as exc:
+            target, missing = exc.args
+            raise ApiError(
+                409,
+                "rollback_incomplete",
+                f"{missing} documents were added after generation {target} was retired and are not in it; "
+                "re-index instead",
+                {"generation": target, "documents_missing": missing},
+            ) from exc
     if plan is None:
         raise ApiError(409, "nothing_to_roll_back", "this knowledge base has no previous index generation to return to")
     target, servers = plan

@@ -112,3 +112,14 @@ async def until_listening(app: Any) -> None:
     async with asyncio.timeout(30):
         while not app.state.kb.broadcaster.connected:
             await asyncio.sleep(0.05)
+
+
+async def test_rollback_refuses_to_hide_documents_added_since(api: httpx.AsyncClient) -> None:
+    kb = await create_kb(api)
+    assert (await api.post(f"/v1/knowledge-bases/{kb}/reindex", json={"chunk_size": 900})).status_code == 202
+    assert (await upload(api, kb, "new.txt", b"added after the switch")).status_code == 201
+    refused = assert_error_shape(
+        await api.post(f"/v1/knowledge-bases/{kb}/reindex/rollback"), 409, "rollback_incomplete"
+    )
+    assert (refused["generation"], refused["documents_missing"]) == (1, 1)
+    assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["index"]["generation"] == 2
