@@ -41,22 +41,12 @@ StatusFilter = Literal["queued", "processing", "ready", "failed", "deleting"]
 # Versions whose file is kept (a purged or superseded one's is deleted, or about to be).
 READABLE_VERSIONS: Final = frozenset({"active", "retained", "pending", "failed"})
 
-_FILE_FORM: Final = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "priority": {"type": "string", "enum": ["high", "normal", "low"]},
-                    },
-                }
-            }
-        }
-    }
-}
+
+def _multipart(**fields: dict[str, object]) -> dict[str, object]:
+    """The OpenAPI request body of a route reading a multipart ``file`` (and the form ``fields``)."""
+    properties = {"file": {"type": "string", "format": "binary"}, **fields}
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}}}
 
 
 @router.post(
@@ -68,7 +58,7 @@ _FILE_FORM: Final = {
         202: {"model": Document, "description": "on_conflict=replace: the new content is being processed"},
         **error_responses(409, 413, 415, 422, 503),
     },
-    openapi_extra=_FILE_FORM,
+    openapi_extra=_multipart(priority={"type": "string", "enum": ["high", "normal", "low"]}),
 )
 async def upload_document(
     kb_id: uuid.UUID,
@@ -105,7 +95,7 @@ async def upload_document(
         200: {"model": Document, "description": "identical content: nothing changed"},
         **error_responses(409, 413, 415, 422, 503),
     },
-    openapi_extra=_FILE_FORM,
+    openapi_extra=_multipart(),
 )
 async def replace_document_content(
     document_id: uuid.UUID,

@@ -285,6 +285,12 @@ async def test_openapi_documents_the_version_routes(api: httpx.AsyncClient, rout
     schemas = spec["components"]["schemas"]
     document = schemas.get("Document") or schemas["Document-Output"]
     assert {"content_version", "pending_version"} <= set(document["properties"])
+    put = spec["paths"]["/v1/documents/{document_id}/content"]["put"]
+    form = put["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"] and set(form["properties"]) == {"file"}
+    assert {"200", "202", "404", "409", "413", "415"} <= set(put["responses"])
+    upload_params = spec["paths"]["/v1/knowledge-bases/{kb_id}/documents"]["post"]["parameters"]
+    assert "on_conflict" in {p["name"] for p in upload_params}
 
 
 async def test_the_error_catalogue_explains_the_version_codes(api: httpx.AsyncClient) -> None:
