@@ -14,7 +14,10 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from sqlalchemy import text
 
+from services.api.queries import LIST_DOCUMENTS
+from shared.db import worker_database
 from shared.events import event_schema
 from shared.settings import Settings
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload
@@ -296,3 +299,16 @@ async def test_openapi_documents_the_version_routes(api: httpx.AsyncClient, rout
 async def test_the_error_catalogue_explains_the_version_codes(api: httpx.AsyncClient) -> None:
     request = (await api.get("/v1/errors")).json()["request"]
     assert {"document_deleting", "version_not_found", "version_purged", "duplicate_content"} <= set(request)
+
+
+async def test_a_page_of_documents_is_one_query_on_indexes(settings: Settings) -> None:
+    """The list's pending_version is a lateral lookup by parent (ix_documents_parent), not a query per document."""
+    db = worker_database(settings.database_url, service="test", max_connections=1)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))
+            params = {"kb_id": uuid.uuid4(), "status": None, "limit": 51}
+            plan = "\n".join(r[0] for r in await conn.execute(text(f"EXPLAIN {LIST_DOCUMENTS.text}"), params))
+    finally:
+        await db.dispose()
+    assert "ix_documents_kb_created" in plan and "ix_documents_parent" in plan, plan
