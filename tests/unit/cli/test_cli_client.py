@@ -12,20 +12,7 @@ import pytest
 from services.cli import client as c
 from services.cli import messages
 from services.cli.upload import collect_files
-from shared.errors import ErrorCode, error_catalogue
-
-
-@pytest.fixture(autouse=True)
-def catalogue_server() -> list[str]:
-    """A server answering GET /v1/errors with shared/errors.py's catalogue; records the paths asked."""
-    asked: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        asked.append(request.url.path)
-        return httpx.Response(200, content=error_catalogue().model_dump_json())
-
-    messages.use_server("http://kbingest.test", transport=httpx.MockTransport(answer))
-    return asked
+from shared.errors import ErrorCode
 
 
 def _error(http_status: int, code: str, message: str = "server text", **extra: Any) -> httpx.Response:
