@@ -51,7 +51,6 @@ from services.cli.upload import (
     EXIT_TIMED_OUT,
     PARALLEL_UPLOADS,
     POLL_INTERVAL_S,
-    TERMINAL,
     Tracked,
     wait_for_results,
 )
@@ -266,19 +265,26 @@ def _carry_out(client: Client, kb_id: str, item: SyncItem, advance: Callable[[in
         item.meaning = "the request did not reach the server"
 
 
+def _in_parallel(work: Callable[[SyncItem], None], items: list[SyncItem]) -> None:
+    """``work`` on each item, PARALLEL_UPLOADS at a time. On Ctrl-C the steps not started are dropped
+    and only those in flight finish (each is whole on the server either way): a rerun does the rest."""
+    pool = ThreadPoolExecutor(PARALLEL_UPLOADS)
+    try:
+        for future in [pool.submit(work, item) for item in items]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def carry_out(client: Client, kb_id: str, items: list[SyncItem], console: Console) -> None:
     """Deletions first (they free names and contents a renamed file needs), then the transfers."""
     deletions = [item for item in items if item.action is Action.DELETE]
     transfers = [item for item in items if item.action in (Action.UPLOAD, Action.REPLACE)]
-    with ThreadPoolExecutor(PARALLEL_UPLOADS) as pool:
-        for future in [pool.submit(_carry_out, client, kb_id, item, lambda n: None) for item in deletions]:
-            future.result()
+    _in_parallel(lambda item: _carry_out(client, kb_id, item, _ignore_bytes), deletions)
     total = sum(item.step.local.size_bytes for item in transfers if item.step and item.step.local)
-    with _byte_progress(console) as progress, ThreadPoolExecutor(PARALLEL_UPLOADS) as pool:
+    with _byte_progress(console) as progress:
         task = progress.add_task(f"sending {len(transfers)} file(s)", total=total)
-        advance = lambda n: progress.advance(task, n)  # noqa: E731 - one callback shared by the workers
-        for future in [pool.submit(_carry_out, client, kb_id, item, advance) for item in transfers]:
-            future.result()
+        _in_parallel(lambda item: _carry_out(client, kb_id, item, lambda n: progress.advance(task, n)), transfers)
 
 
 def _outcome(item: SyncItem) -> str | None:
@@ -286,9 +292,8 @@ def _outcome(item: SyncItem) -> str | None:
         return "failed"
     if item.action is Action.DELETE:
         return "deleted"
-    if item.status in TERMINAL:
-        return "added" if item.action is Action.UPLOAD else "replaced"
-    return None  # still in progress (waiting timed out or --no-wait)
+    # Accepted by the server: counted whether or not it is processed yet (--no-wait, a timeout).
+    return "added" if item.action is Action.UPLOAD else "replaced"
 
 
 def summary_table(items: list[SyncItem], steps: list[Step], *, title: str) -> Table:
@@ -407,10 +412,12 @@ def _sync(
             watched: list[Tracked] = [item for item in items if item.action is not Action.DELETE]
             finished = wait_for_results(client, watched, console, timeout) if wait else True
     console.print(summary_table(items, steps, title=f"knowledge base {kb}"))
+    processing = sum(not item.done for item in watched)
+    if processing:
+        console.print(f"{processing} of them still processing (`kbingest status --kb {kb}` shows them)")
     if any(item.failed for item in items):
         console.print(failures_table(items))
         raise typer.Exit(EXIT_FAILED)
     if not finished:
-        pending = sum(not item.done for item in watched)
-        typer.secho(f"kbingest: {pending} change(s) still in progress after {timeout:.0f} s", fg="yellow", err=True)
+        typer.secho(f"kbingest: {processing} change(s) still in progress after {timeout:.0f} s", fg="yellow", err=True)
         raise typer.Exit(EXIT_TIMED_OUT)

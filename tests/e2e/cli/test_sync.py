@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.cli.conftest import Run
+from tests.e2e.cli.conftest import Run, _kbingest
 from tests.support import user_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(user_stack.GROUP)]
@@ -113,3 +116,42 @@ def test_sync_a_folder_then_again_then_after_a_change_and_a_removal(
 
     last = kbingest("sync", str(folder), "--kb", kb, "--delete", *wait)
     assert last.returncode == 0 and "plan: 2 unchanged" in last.stdout, _say(last)
+
+
+def test_a_sync_cut_by_ctrl_c_resumes_by_running_it_again(
+    kbingest: Run, stack: user_stack.UserStack, tmp_path: Path
+) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    names = {f"note-{i:02}.md" for i in range(12)}
+    for i, name in enumerate(sorted(names)):
+        (folder / name).write_text(f"# Note {i}\n\n" + f"words of note {i}, " * 400)
+    kb = stack.name("cli-sync-resume")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBINGEST_")}
+    env |= {"KBINGEST_URL": stack.base_url, "KBINGEST_API_KEY": stack.api_key, "COLUMNS": "200"}
+    first = subprocess.Popen(
+        [*_kbingest(), "sync", str(folder), "--kb", kb, "--create", "--no-wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Ctrl-C once the server holds a first file (on a fast machine the run may have ended already).
+    deadline = time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline:
+        if _kb_exists(stack, kb) and _documents(stack, kb):
+            break
+        time.sleep(0.05)  # a polling interval, not a timing assumption
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode in (0, 130), f"exit {first.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    if first.returncode == 130:
+        assert "run the same command again to resume" in err and "Traceback" not in err
+
+    again = kbingest("sync", str(folder), "--kb", kb, "--no-wait")
+    assert again.returncode == 0, _say(again)
+    summary = _summary(again)
+    assert summary["added"] + summary["unchanged"] == len(names) and summary["failed"] == 0, _say(again)
+    assert set(_documents(stack, kb)) == names  # each file once: nothing lost, nothing doubled
+    last = kbingest("sync", str(folder), "--kb", kb, "--no-wait")
+    assert last.returncode == 0 and f"plan: {len(names)} unchanged" in last.stdout, _say(last)
