@@ -199,6 +199,8 @@ async def test_missing_deleting_and_build_rows_are_refused(api: httpx.AsyncClien
     kb = await create_kb(api)
     doc = await ready_document(api, settings, kb)
     assert_error_shape(await put_content(api, str(uuid.uuid4()), NEW), 404, "not_found")
+    anonymous = await put_content(api, doc["id"], NEW, headers={"Authorization": ""})
+    assert_error_shape(anonymous, 401, "unauthorized")
 
     assert (await put_content(api, doc["id"], NEW)).status_code == 202
     build_id = str((await builds_of(settings, doc["id"]))[0]["id"])
