@@ -99,6 +99,8 @@ _DOCUMENT_DATA: Final[dict[str, Any]] = {
         # own id for its first content, or a replacement's build row).
         "content_version": {"type": "integer", "minimum": 1},
         "build_id": {"type": "string", "format": "uuid"},
+        # document.version_activated: the row that served before (its points are purged after commit).
+        "previous_build_id": {"type": "string", "format": "uuid"},
     },
 }
 

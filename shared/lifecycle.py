@@ -384,7 +384,13 @@ def _version_data(row: RowMapping) -> dict[str, Any]:
 
 
 async def _emit(
-    conn: AsyncConnection, row: RowMapping, event_type: str, source: str, *, delay_s: float = 0.0
+    conn: AsyncConnection,
+    row: RowMapping,
+    event_type: str,
+    source: str,
+    *,
+    delay_s: float = 0.0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Write the event of ``row``'s transition and notify the SSE listeners; returns the envelope.
 
@@ -401,7 +407,7 @@ async def _emit(
     if mapped is None:
         return None
     document = (await conn.execute(GET_DOCUMENT, {"id": row["parent_id"]})).mappings().one()
-    data = event_data(document) | _version_data(row)
+    data = event_data(document) | _version_data(row) | (extra or {})
     if mapped == "document.version_failed":
         data["error"] = row["error"]
     return await _publish(conn, document, mapped, data, source, delay_s=delay_s)
@@ -539,11 +545,15 @@ async def mark_ready(
         return None
     await _close_attempt(conn, lease.document_id, lease.epoch, "ready", None, None)
     ready = Ready()
+    extra: dict[str, Any] = {}
     if row["purpose"] == "replace":
         ready = await _activate(conn, row, retention=retention)
+        # The durable record of the row that stopped serving: the reconciler purges its points once
+        # more from this event, should the processor die before its own purge after the commit.
+        extra = {"previous_build_id": str(ready.purge_rows[0])}
     else:
         await versions.settle(conn, row)
-    await _emit(conn, row, "document.indexed", source)
+    await _emit(conn, row, "document.indexed", source, extra=extra)
     await generations.on_terminal(conn, row["knowledge_base_id"], row)
     return ready
 

@@ -6,6 +6,10 @@ request may even land after the purge. So a document tombstoned after a holder's
 from it (an attempt closed as ``deleted`` or ``stalled``) has its points deleted once more,
 ``settle_s`` after the tombstone: by then a live holder has noticed the loss and settled its write,
 and a dead one's last request has landed or timed out.
+
+Replacements (docs/documents-change.md): every tombstoned build row is re-purged the same way, and
+so is the row each activation stopped serving, found by its ``document.version_activated`` event
+(the document row itself, after its first replacement, has no tombstone).
 """
 
 from __future__ import annotations
@@ -52,6 +56,28 @@ RECENT_TOMBSTONES: Final = text(
     """
 )
 
+# Activations of replacements after the cursor, settled: the row each one stopped serving. Its points
+# were purged by the processor after the commit; a processor that died first left them behind, and the
+# document row itself (a document's first replacement) has no tombstone to find them by.
+SETTLED_ACTIVATIONS: Final = text(
+    """
+    SELECT seq, CAST(payload -> 'data' ->> 'previous_build_id' AS uuid) AS row_id FROM outbox
+    WHERE seq > :after AND type = 'document.version_activated'
+      AND created_at <= now() - make_interval(secs => :settle_s) AND payload -> 'data' ? 'previous_build_id'
+    ORDER BY seq LIMIT :limit
+    """
+)
+
+# Where a reconciler that just started (or took over) looks from: the last event before the look-back
+# (the primary key walked backwards over the look-back's events only).
+LOOKBACK_SEQ: Final = text(
+    """
+    SELECT COALESCE((SELECT seq FROM outbox
+                     WHERE created_at <= now() - make_interval(secs => CAST(:settle_s AS float8) + :lookback_s)
+                     ORDER BY seq DESC LIMIT 1), 0)
+    """
+)
+
 VectorsFactory = Callable[[], VectorStore]
 
 
@@ -73,9 +99,41 @@ class TombstoneRepurge:
         self._limit = limit
         self.settle_s = settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
         self._after: tuple[datetime, uuid.UUID] | None = None
+        self._activations_after: int | None = None
 
     async def run(self) -> Counter[str]:
-        """Delete the points of the tombstones that settled since the last pass."""
+        """Delete the points of tombstones and of rows a replacement stopped serving, settled since the last pass."""
+        counts = await self._tombstones()
+        counts.update(await self._activations())
+        return counts
+
+    async def _activations(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        async with self._db.transaction() as conn:
+            if self._activations_after is None:
+                params = {"settle_s": self.settle_s, "lookback_s": self._lookback_s}
+                self._activations_after = int((await conn.execute(LOOKBACK_SEQ, params)).scalar_one())
+            params = {"after": self._activations_after, "settle_s": self.settle_s, "limit": self._limit}
+            rows = (await conn.execute(SETTLED_ACTIVATIONS, params)).mappings().all()
+        if not rows:
+            return counts
+        vectors = self._vectors()
+        try:
+            for row in rows:
+                try:
+                    await vectors.delete_document(row["row_id"])
+                except ProcessingError as exc:
+                    log.warning(
+                        "document.replaced_points_repurge_failed", build_id=str(row["row_id"]), error=exc.message
+                    )
+                    break
+                self._activations_after = int(row["seq"])
+                counts["replaced_repurged"] += 1
+        finally:
+            await vectors.close()
+        return counts
+
+    async def _tombstones(self) -> Counter[str]:
         counts: Counter[str] = Counter()
         after_at, after_id = self._after or (None, None)
         params = {

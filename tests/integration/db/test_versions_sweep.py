@@ -10,6 +10,7 @@ import pytest
 
 from services.reconciler import repairs
 from services.reconciler.sweep import ObjectSweep
+from services.reconciler.tombstones import TombstoneRepurge
 from shared import lifecycle
 from shared.db import Database
 from shared.settings import Settings
@@ -100,3 +101,36 @@ async def test_lost_dispatch_and_stuck_delete_scans_skip_build_rows(db: Database
         await lifecycle.replace_content(conn, doc, values=values | {"sha256": "c" * 64, "object_key": "kb/x/y"})
     await age_document(db, build, 3600)
     assert (await repairs.finish_stuck_deletes(db, grace_s=1.0)) == {}
+
+
+class RecordingVectors:
+    """Records which rows' points a re-purge deletes (the deletes themselves are tested with Qdrant elsewhere)."""
+
+    def __init__(self) -> None:
+        self.deleted: list[uuid.UUID] = []
+
+    async def delete_document(self, document_id: uuid.UUID) -> None:
+        self.deleted.append(document_id)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
+    settings: Settings, db: Database
+) -> None:
+    kb = await create_kb(db)
+    doc = await create_document(db, None, kb)
+    await _ready(db, doc)
+    values = {"object_key": f"kb/{kb}/{uuid.uuid4()}", "size_bytes": 1, "media_type": "text/plain"}
+    async with db.transaction() as conn:
+        await lifecycle.replace_content(conn, doc, values=values | {"sha256": "d" * 64, "original_filename": "a"})
+    await _ready(db, (await _build_ids(db, doc))[-1])
+    recorded = RecordingVectors()
+    step = TombstoneRepurge(db, settings, vectors=lambda: recorded)  # type: ignore[arg-type,return-value]
+    assert await step.run() == {}, "an activation younger than the settle time is left alone"
+
+    step.settle_s = 0.0
+    assert await step.run() == {"replaced_repurged": 1}
+    assert recorded.deleted == [doc], "the document row's own points: it has no tombstone to find them by"
+    assert await step.run() == {}, "each activation is re-purged once"
