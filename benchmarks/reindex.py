@@ -43,7 +43,8 @@ def documents(n: int) -> list[tuple[str, bytes]]:
         paragraphs = [
             " ".join(WORDS[(i * 5 + p * 3 + j) % len(WORDS)] for j in range(55)).capitalize() + "." for p in range(8)
         ]
-        files.append((f"doc-{tag}-{i:04d}.txt", "\n\n".join(paragraphs).encode()))
+        title = f"Document {tag}-{i}."  # the word cycle repeats every len(WORDS) documents
+        files.append((f"doc-{tag}-{i:04d}.txt", "\n\n".join([title, *paragraphs]).encode()))
     return files
 
 
