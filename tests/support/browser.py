@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Every wait of a page (actions and expect) has this much time: a 2-core machine running other test workers
+# can take far longer than a person would wait, and a wait on a condition costs nothing when it holds.
+WAIT_MS = 60_000
 LAPTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = servers.ROOT / "docs" / "screenshots"
@@ -160,6 +164,43 @@ def create_kb(page: Any, name: str) -> None:
     page.get_by_role("button", name="Create", exact=True).click()
     page.get_by_role("heading", level=1, name=name).wait_for()
     page.locator("#dropzone").wait_for()
+
+
+def file_chooser_by_keyboard(page: Any, target: Any, *, key: str = "Space", deadline_s: float = 120.0) -> Any:
+    """The file chooser that ``key`` on the focused ``target`` opens, asking again until one appears.
+
+    A loaded headless Chromium sometimes drops the activation (or opens the chooser long after it): one
+    listener stays on for the whole wait, so a late chooser still counts, and the key is pressed again
+    whenever ``REPRESS_S`` pass without one, until the overall deadline.
+    """
+    from playwright.sync_api import expect
+
+    choosers: list[Any] = []
+
+    def on_chooser(chooser: Any) -> None:
+        choosers.append(chooser)
+
+    page.on("filechooser", on_chooser)
+    try:
+        deadline = time.monotonic() + deadline_s
+        pressed_at: float | None = None
+        presses = 0
+        while not choosers:
+            now = time.monotonic()
+            if now > deadline:
+                raise AssertionError(f"no file chooser within {deadline_s:g} s of {presses} {key} presses")
+            if pressed_at is None or now - pressed_at >= REPRESS_S:
+                expect(target).to_be_focused()
+                page.keyboard.press(key)
+                pressed_at, presses = time.monotonic(), presses + 1
+            page.wait_for_timeout(POLL_MS)  # lets Playwright deliver the event; the loop waits on the condition
+        return choosers[0]
+    finally:
+        page.remove_listener("filechooser", on_chooser)
+
+
+REPRESS_S = 15.0
+POLL_MS = 200
 
 
 def row(page: Any, filename: str) -> Any:

@@ -36,8 +36,9 @@ def chromium() -> Iterator[Any]:
     reason = b.browser_missing_reason()
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=b.WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(b.CHROMIUM), args=b.CHROMIUM_ARGS)
         yield browser
@@ -48,7 +49,7 @@ def chromium() -> Iterator[Any]:
 def page(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh browser context at laptop width; console, page errors and a failure screenshot are kept."""
     context = chromium.new_context(viewport=b.LAPTOP, locale="en-GB", timezone_id="UTC")
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(b.WAIT_MS)
     page = context.new_page()
     console: list[str] = []
     page_errors: list[str] = []

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
 from tests.support import browser as b
@@ -100,7 +99,7 @@ def test_keyboard_phone_width_and_health(page: Any, stack: user_stack.UserStack,
     page.keyboard.press("Tab")
     expect(page.locator("#dropzone")).to_be_focused()
     assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
-    chooser = _file_chooser_from_keyboard(page)
+    chooser = b.file_chooser_by_keyboard(page, page.locator("#dropzone"))
     chooser.set_files(str(corpus / MEMO))
     expect(b.row(page, "fake-memo.pdf")).to_have_count(1)
 
@@ -145,15 +144,3 @@ def test_keyboard_phone_width_and_health(page: Any, stack: user_stack.UserStack,
     page.reload()
     expect(page.get_by_role("heading", level=1, name="Sign in")).to_be_visible()
     assert page.page_errors == []
-
-
-def _file_chooser_from_keyboard(page: Any, tries: int = 3) -> Any:
-    """Space on the focused drop zone opens the picker; a loaded headless Chromium sometimes drops one, so ask again."""
-    for _ in range(tries):
-        try:
-            with page.expect_file_chooser(timeout=20_000) as pending:
-                page.keyboard.press("Space")
-            return pending.value
-        except PlaywrightTimeoutError:
-            expect(page.locator("#dropzone")).to_be_focused()
-    raise AssertionError(f"the focused drop zone did not open the file picker after {tries} Space presses")
