@@ -12,6 +12,8 @@ from typing import Any, Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.pipeline_report import PipelineSample, Slots
+
 # Drain rate and utilization look back this far: long enough to smooth one slow document, short
 # enough that a stopped queue shows within minutes.
 FLOW_WINDOW_S: Final = 300.0
@@ -105,8 +107,8 @@ class Flow:
     last_ready_at: datetime | None = None
 
     @property
-    def slots(self) -> dict[str, int]:
-        return {"total": self.slots_total, "busy": self.slots_busy}
+    def slots(self) -> Slots:
+        return Slots(total=self.slots_total, busy=self.slots_busy)
 
     def sample(self) -> dict[str, Any]:
         """The columns of a ``pipeline_samples`` row."""
@@ -132,6 +134,9 @@ async def read_flow(conn: AsyncConnection, *, alive_s: float, window_s: float = 
     )
 
 
-async def flow_history(conn: AsyncConnection, *, minutes: int) -> list[dict[str, Any]]:
+async def flow_history(conn: AsyncConnection, *, minutes: int) -> list[PipelineSample]:
     """Recorded samples of the last ``minutes``, oldest first."""
-    return [dict(row) for row in (await conn.execute(HISTORY, {"minutes": minutes})).mappings()]
+    return [
+        PipelineSample.model_validate(dict(row))
+        for row in (await conn.execute(HISTORY, {"minutes": minutes})).mappings()
+    ]

@@ -10,6 +10,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.flow import Flow, read_flow
+from shared.models import DOCUMENT_STATUSES
+from shared.pipeline_report import (
+    DatabaseHealth,
+    OutboxHealth,
+    PipelineAlert,
+    PipelineReport,
+    ProcessorSeen,
+    ReconcilerHealth,
+)
 from shared.settings import Settings
 
 # A processor whose last heartbeat is older than this is counted as gone (seed 000).
@@ -72,7 +81,7 @@ PROCESSOR_SUMMARY: Final = text(
 
 PROCESSORS_LISTED: Final = text(
     """
-    SELECT id, hostname, pid, concurrency, started_at, ready_at, last_seen, stopped_at,
+    SELECT id, hostname, pid, concurrency, started_at, ready_at, last_seen AS last_heartbeat, stopped_at,
            stopped_at IS NULL AND last_seen > now() - make_interval(secs => :alive_s) AS alive
     FROM processors
     WHERE stopped_at IS NULL OR last_seen > now() - make_interval(secs => :window_s)
@@ -96,16 +105,6 @@ CONNECTIONS: Final = text(
 )
 
 STORED_ALERTS: Final = text("SELECT code, since FROM pipeline_alerts")
-
-
-@dataclass(frozen=True)
-class Alert:
-    code: str
-    message: str
-    since: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "since": self.since}
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,12 @@ def _queue_stalled(facts: Facts, after_s: float) -> tuple[str, str, datetime] | 
     )
 
 
-def compute_alerts(facts: Facts, settings: Settings) -> list[Alert]:
+def reconciler_window_s(settings: Settings) -> float:
+    """How long without a completed pass before the reconciler counts as not running."""
+    return RECONCILER_MISSED_PASSES * settings.reconcile_interval_s
+
+
+def compute_alerts(facts: Facts, settings: Settings) -> list[PipelineAlert]:
     """The active alerts, in a fixed order; ``since`` comes from the data where it can."""
     now = facts.now
     found: list[tuple[str, str, datetime | None]] = []
@@ -224,7 +228,7 @@ def compute_alerts(facts: Facts, settings: Settings) -> list[Alert]:
                 None,
             )
         )
-    window = RECONCILER_MISSED_PASSES * settings.reconcile_interval_s
+    window = reconciler_window_s(settings)
     finished = facts.reconciler_finished_at
     if finished is None or (now - finished).total_seconds() > window:
         when = f"last pass {_ago(now, finished)} ago" if finished else "no pass ever recorded"
@@ -235,12 +239,26 @@ def compute_alerts(facts: Facts, settings: Settings) -> list[Alert]:
                 finished + timedelta(seconds=window) if finished else facts.first_event_at,
             )
         )
-    return [Alert(code, message, since or facts.stored_since.get(code) or now) for code, message, since in found]
+    return [
+        PipelineAlert(code=code, message=message, since=since or facts.stored_since.get(code) or now)
+        for code, message, since in found
+    ]
 
 
-async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, dict[str, Any]]:
+@dataclass(frozen=True)
+class Detail:
+    """What the report lists beside the facts the alerts need."""
+
+    counts_by_status: dict[str, int]
+    counts_by_stage: dict[str, int]
+    outbox: OutboxHealth
+    processors: list[ProcessorSeen]
+    reconciler: ReconcilerHealth
+
+
+async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, Detail]:
     """Read the facts plus the detail the report lists (counts, processors, reconciler)."""
-    by_status: dict[str, int] = {s: 0 for s in ("queued", "processing", "ready", "failed", "deleting")}
+    by_status: dict[str, int] = dict.fromkeys(DOCUMENT_STATUSES, 0)
     by_stage: dict[str, int] = {}
     for row in (await conn.execute(DOCUMENT_COUNTS)).mappings():
         by_status[row["status"]] = by_status.get(row["status"], 0) + int(row["n"])
@@ -277,76 +295,56 @@ async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, 
         reconciler_finished_at=reconciler["pass_finished_at"] if reconciler else None,
         stored_since=stored,
     )
-    oldest_pending = outbox["oldest_pending_at"]
-    detail: dict[str, Any] = {
-        "by_status": by_status,
-        "by_stage": by_stage,
-        "outbox": {
-            "pending": int(outbox["pending"]),
-            "dead": facts.dead,
-            "unroutable": facts.unroutable,
-            "oldest_pending_age_s": max(0.0, (facts.now - oldest_pending).total_seconds()) if oldest_pending else None,
-        },
-        "processors": [
-            {
-                "id": p["id"],
-                "hostname": p["hostname"],
-                "pid": p["pid"],
-                "concurrency": p["concurrency"],
-                "started_at": p["started_at"],
-                "ready_at": p["ready_at"],
-                "last_heartbeat": p["last_seen"],
-                "stopped_at": p["stopped_at"],
-                "alive": bool(p["alive"]),
-            }
-            for p in listed
-        ],
-        "reconciler": _reconciler_detail(reconciler, facts.now),
-    }
+    detail = Detail(
+        counts_by_status=by_status,
+        counts_by_stage=by_stage,
+        outbox=OutboxHealth(
+            pending=int(outbox["pending"]),
+            dead=facts.dead,
+            unroutable=facts.unroutable,
+            oldest_pending_age_s=_age_s(facts.now, outbox["oldest_pending_at"]),
+        ),
+        processors=[ProcessorSeen.model_validate(dict(p)) for p in listed],
+        reconciler=_reconciler_health(reconciler, facts.now),
+    )
     return facts, detail
 
 
-def _reconciler_detail(row: Any, now: datetime) -> dict[str, Any]:
+def _age_s(now: datetime, then: datetime | None) -> float | None:
+    return max(0.0, (now - then).total_seconds()) if then else None
+
+
+def _reconciler_health(row: Any, now: datetime) -> ReconcilerHealth:
     if row is None:
-        return {
-            "leader_id": None,
-            "leader_since": None,
-            "last_pass_started_at": None,
-            "last_pass_finished_at": None,
-            "last_pass_age_s": None,
-            "passes": 0,
-            "last_pass_counts": {},
-        }
-    finished = row["pass_finished_at"]
-    return {
-        "leader_id": row["leader_id"],
-        "leader_since": row["leader_since"],
-        "last_pass_started_at": row["pass_started_at"],
-        "last_pass_finished_at": finished,
-        "last_pass_age_s": max(0.0, (now - finished).total_seconds()) if finished else None,
-        "passes": int(row["passes"]),
-        "last_pass_counts": dict(row["counts"] or {}),
-    }
+        return ReconcilerHealth()
+    return ReconcilerHealth(
+        leader_id=row["leader_id"],
+        leader_since=row["leader_since"],
+        last_pass_started_at=row["pass_started_at"],
+        last_pass_finished_at=row["pass_finished_at"],
+        last_pass_age_s=_age_s(now, row["pass_finished_at"]),
+        passes=int(row["passes"]),
+        last_pass_counts=dict(row["counts"] or {}),
+    )
 
 
-async def pipeline_report(conn: AsyncConnection, settings: Settings) -> dict[str, Any]:
-    """The whole ``GET /v1/pipeline`` body: counts, queue age, outbox, processors, reconciler, alerts."""
+async def pipeline_report(conn: AsyncConnection, settings: Settings) -> PipelineReport:
+    """The whole ``GET /v1/pipeline`` body but ``supervisor``: counts, queue, outbox, processors, reconciler, alerts."""
     facts, detail = await read_facts(conn, settings)
-    alerts = compute_alerts(facts, settings)
-    return {
-        "generated_at": facts.now,
-        "counts_by_status": detail["by_status"],
-        "counts_by_stage": detail["by_stage"],
-        "queued_due": facts.flow.queued_due,
-        "oldest_queued_age_s": facts.oldest_queued_age_s,
-        "slots": facts.flow.slots,
-        "drain_rate_per_min": facts.flow.drain_rate_per_min,
-        "utilization": facts.flow.utilization,
-        "outbox": detail["outbox"],
-        "processors": detail["processors"],
-        "processors_alive": facts.processors_alive,
-        "processors_ready": facts.processors_ready,
-        "reconciler": detail["reconciler"],
-        "database": {"connections_in_use": facts.connections_in_use, "max_connections": facts.max_connections},
-        "alerts": [alert.as_dict() for alert in alerts],
-    }
+    return PipelineReport(
+        generated_at=facts.now,
+        counts_by_status=detail.counts_by_status,
+        counts_by_stage=detail.counts_by_stage,
+        queued_due=facts.flow.queued_due,
+        oldest_queued_age_s=facts.oldest_queued_age_s,
+        slots=facts.flow.slots,
+        drain_rate_per_min=facts.flow.drain_rate_per_min,
+        utilization=facts.flow.utilization,
+        outbox=detail.outbox,
+        processors=detail.processors,
+        processors_alive=facts.processors_alive,
+        processors_ready=facts.processors_ready,
+        reconciler=detail.reconciler,
+        database=DatabaseHealth(connections_in_use=facts.connections_in_use, max_connections=facts.max_connections),
+        alerts=compute_alerts(facts, settings),
+    )

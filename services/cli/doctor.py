@@ -58,23 +58,6 @@ async def check_postgres(settings: Settings) -> list[CheckResult]:
                     "migrations", version == head, f"database at {version}, code at {head}", "run `kbingest migrate`"
                 )
             )
-            used, maximum = (
-                await conn.execute(
-                    text(
-                        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
-                        "current_setting('max_connections')::int"
-                    )
-                )
-            ).one()
-            ok = used < 0.8 * maximum
-            results.append(
-                CheckResult(
-                    "connections",
-                    ok,
-                    f"{used}/{maximum} in use",
-                    "lower DB_MAX_CONNECTIONS / replicas or raise max_connections",
-                )
-            )
     except Exception as exc:
         results.append(
             CheckResult(
@@ -121,8 +104,7 @@ def _all_checks(deep: bool) -> list[Callable[[Settings], Awaitable[list[CheckRes
         p.check_qdrant,
         embedder,
         p.check_routes,
-        p.check_processors,
-        p.check_reconciler,
+        p.check_pipeline,
         p.check_connection_budget,
         p.check_supervisor,
     ]

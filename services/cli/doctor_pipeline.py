@@ -17,7 +17,8 @@ from services.cli.db import one_transaction
 from services.cli.doctor import CheckResult
 from shared.aio import wait_for
 from shared.connection_budget import CONNECTION_HEADROOM, connection_budget
-from shared.pipeline import PROCESSOR_ALIVE_S, RECONCILER_MISSED_PASSES, RECONCILER_STATE_NAME
+from shared.pipeline import PROCESSOR_ALIVE_S, pipeline_report, reconciler_window_s
+from shared.pipeline_report import PipelineReport
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings, subscriber_members
 from shared.supervision import STATUS_FILENAME, read_status, status_path_from_env, supervisor_alive
 
@@ -34,18 +35,6 @@ PROVIDER_KEYS: Final = {
     "bedrock": "AWS_ACCESS_KEY_ID",
 }
 
-PROCESSORS: Final = text(
-    """
-    SELECT count(*) FILTER (WHERE ready_at IS NOT NULL) AS ready, count(*) AS alive
-    FROM processors WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :alive_s)
-    """
-)
-RECONCILER: Final = text(
-    """
-    SELECT leader_id, extract(epoch FROM now() - pass_finished_at) AS age_s
-    FROM reconciler_state WHERE name = :name
-    """
-)
 SERVER_LIMITS: Final = text(
     "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
 )
@@ -165,29 +154,46 @@ async def check_routes(settings: Settings) -> list[CheckResult]:
     return results
 
 
-async def check_processors(settings: Settings) -> list[CheckResult]:
-    row = await _fetch_one(settings, PROCESSORS, alive_s=PROCESSOR_ALIVE_S)
-    ready, alive = int(row[0]), int(row[1])
+async def check_pipeline(settings: Settings) -> list[CheckResult]:
+    """Connections, processors and the reconciler as ``GET /v1/pipeline`` reports them: the same report, read here."""
+    async with one_transaction(settings, service="doctor", acquire_timeout_s=5) as conn:
+        report = await pipeline_report(conn, settings)
+    alerts = report.alert_codes()
+    db = report.database
+    return [
+        CheckResult(
+            "connections",
+            "db_connections_high" not in alerts,
+            f"{db.connections_in_use}/{db.max_connections} in use",
+            "lower DB_MAX_CONNECTIONS / replicas or raise max_connections",
+        ),
+        _processor_result(report),
+        _reconciler_result(report, settings, late="reconciler_not_running" in alerts),
+    ]
+
+
+def _processor_result(report: PipelineReport) -> CheckResult:
+    # Stricter than the no_processor alert (which waits for queued work): a deployment needs a ready processor.
+    ready, alive = report.processors_ready, report.processors_alive
     if ready:
-        return [
-            CheckResult(
-                "processor", True, f"{ready} ready processor(s) with a heartbeat in the last {PROCESSOR_ALIVE_S:g} s"
-            )
-        ]
+        return CheckResult(
+            "processor", True, f"{ready} ready processor(s) with a heartbeat in the last {PROCESSOR_ALIVE_S:g} s"
+        )
     detail = f"{alive} processor(s) alive but none ready" if alive else "no processor heartbeat"
     fix = "see the processor's /readyz for the failing dependency" if alive else "start one: `kbingest processor`"
-    return [CheckResult("processor", False, f"{detail} in the last {PROCESSOR_ALIVE_S:g} s (seed 000/004)", fix)]
+    return CheckResult("processor", False, f"{detail} in the last {PROCESSOR_ALIVE_S:g} s (seed 000/004)", fix)
 
 
-async def check_reconciler(settings: Settings) -> list[CheckResult]:
-    row = await _fetch_one(settings, RECONCILER, name=RECONCILER_STATE_NAME)
-    window = RECONCILER_MISSED_PASSES * settings.reconcile_interval_s
+def _reconciler_result(report: PipelineReport, settings: Settings, *, late: bool) -> CheckResult:
     fix = "start one: `kbingest reconciler`"
-    if row is None or row[1] is None:
-        return [CheckResult("reconciler", False, "no reconciler pass ever recorded (seed 003)", fix)]
-    leader, age = row[0], float(row[1])
-    ok = age <= window
-    return [CheckResult("reconciler", ok, f"leader {leader}, last pass {age:.0f} s ago (limit {window:g} s)", fix)]
+    reconciler = report.reconciler
+    if reconciler.last_pass_age_s is None:
+        return CheckResult("reconciler", False, "no reconciler pass ever recorded (seed 003)", fix)
+    detail = (
+        f"leader {reconciler.leader_id}, last pass {reconciler.last_pass_age_s:.0f} s ago "
+        f"(limit {reconciler_window_s(settings):g} s)"
+    )
+    return CheckResult("reconciler", not late, detail, fix)
 
 
 async def check_supervisor(settings: Settings) -> list[CheckResult]:

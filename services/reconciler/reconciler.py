@@ -187,7 +187,7 @@ class Reconciler:
                     conn, leader_id=self.reconciler_id, duration_s=time.monotonic() - started, counts=counts
                 )
         async with self._db.transaction() as conn:
-            report = await pipeline_report(conn, self._settings)
+            report = (await pipeline_report(conn, self._settings)).model_dump()
             if leader:
                 await state.sync_alerts(conn, report["alerts"])
         self.metrics.observe_report(report)

@@ -101,7 +101,7 @@ async def test_slots_count_alive_ready_processors_and_their_leases(db: Database)
         flow = await read_flow(conn, alive_s=PROCESSOR_ALIVE_S)
     assert (flow.slots_total, flow.slots_busy) == (5, 3)
     assert (flow.queued, flow.queued_due, flow.processing) == (1, 1, 4)
-    assert flow.slots == {"total": 5, "busy": 3}
+    assert (flow.slots.total, flow.slots.busy) == (5, 3)
     assert flow.last_started_at is not None and flow.last_ready_at is not None
 
 
