@@ -164,6 +164,7 @@ def test_replace_shows_progress_a_failed_version_and_the_versions_then_reindex_c
     expect(index.locator("#reindex-progress-text")).to_have_text("generation 2: 2 of 3 documents, 1 failed")
     index.get_by_role("button", name="Cancel re-index").click()
     expect(index.locator("#reindex-building")).to_be_hidden()
+    expect(index.locator("#index-message")).to_have_text("Re-index cancelled: the active index is unchanged.")
     assert fakes.sent[-1][:2] == ("POST", f"{stack.base_url}/v1/knowledge-bases/{kb['id']}/reindex/cancel")
 
     index.get_by_role("button", name="Re-index").click()
@@ -218,4 +219,34 @@ def test_replace_on_the_real_stack_serves_the_new_version_and_lists_both(
         page.get_by_role("button", name="Replace file…").click()
     chooser.value.set_files(files=[{"name": "recipes.md", "mimeType": "text/markdown", "buffer": new}])
     expect(detail.locator("#replace-message")).to_have_text("Identical content: nothing changed.")
+    assert page.page_errors == []
+
+
+def test_reindex_on_the_real_stack_switches_then_rolls_back(page: Any, stack: user_stack.UserStack) -> None:
+    """Needs the processor: the document is processed, then built again with another chunk size."""
+    with stack.client() as api:
+        kb = api.post("/v1/knowledge-bases", json={"name": stack.name("reindex-real")}).json()
+        text = "".join(f"Paragraph {i}: kilns fire clay at high heat for hours on end.\n\n" for i in range(60))
+        created = api.post(f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": ("kilns.md", text.encode())})
+        assert created.status_code == 201, created.text
+    b.sign_in(page, stack.base_url, stack.api_key)
+    page.goto(f"{stack.base_url}/#/kbs/{kb['id']}")
+    deadline_ms = PROCESSING_DEADLINE_S * 1000
+    expect(b.row(page, "kilns.md"), "the document must be processed").to_have_attribute(
+        "data-status", "ready", timeout=deadline_ms
+    )
+    index = page.locator("#index-settings")
+    expect(index.locator("#index-active")).to_contain_text("generation 1")
+    index.get_by_label("Chunk size").fill("900")
+    index.get_by_role("button", name="Re-index").click()
+    expect(index.locator("#index-message")).to_have_text(
+        "Re-index finished: search uses generation 2.", timeout=deadline_ms
+    )
+    expect(index.locator("#index-active")).to_contain_text("chunk size 900")
+    with stack.client() as api:
+        assert api.get(f"/v1/knowledge-bases/{kb['id']}").json()["index"] == {"generation": 2, "building": None}
+
+    index.get_by_role("button", name="Roll back to the previous index").click()
+    expect(index.locator("#index-active")).to_contain_text("generation 1")
+    expect(index.locator("#index-message")).to_have_text("Rolled back to the previous index.")
     assert page.page_errors == []

@@ -27,7 +27,10 @@ export function createIndexSettings({ api, kbId, announce, onKb }) {
   const message = h('p', { class: 'message', role: 'status', id: 'index-message', hidden: true });
   const submit = h('button', { type: 'submit', class: 'button-primary', id: 'reindex-button' }, 'Re-index');
   const cancel = h('button', { type: 'button', class: 'button-danger-quiet', id: 'reindex-cancel', hidden: true,
-    onClick: () => act(() => api.cancelReindex(kbId), 'Re-index cancelled: the active index is unchanged.') },
+    onClick: () => {
+      watching = null;
+      act(() => api.cancelReindex(kbId), 'Re-index cancelled: the active index is unchanged.');
+    } },
   'Cancel re-index');
   const rollback = h('button', { type: 'button', class: 'button-quiet', id: 'reindex-rollback', hidden: true,
     onClick: () => act(() => api.rollbackReindex(kbId), 'Rolled back to the previous index.') },
@@ -46,6 +49,9 @@ export function createIndexSettings({ api, kbId, announce, onKb }) {
   let kb = null;
   let timer = null;
   let disposed = false;
+  // {from}: the active generation when a build was started here or first seen; a different active
+  // generation once nothing builds means it switched (the same one: it was cancelled).
+  let watching = null;
 
   function say(text, kind = 'info') {
     message.className = `message message-${kind}`;
@@ -54,7 +60,6 @@ export function createIndexSettings({ api, kbId, announce, onKb }) {
   }
 
   function render(next, { resetForm = false } = {}) {
-    const wasBuilding = kb?.index?.building;
     kb = next;
     if (!kb.index) return; // an older server without index settings: the card stays hidden
     element.hidden = false;
@@ -73,9 +78,13 @@ export function createIndexSettings({ api, kbId, announce, onKb }) {
       progress.value = build.done;
       progressText.textContent = `generation ${build.generation}: ${build.done} of ${build.total} documents`
         + (build.failed ? `, ${build.failed} failed` : '');
-    } else if (wasBuilding) {
-      say(`Re-index finished: search uses generation ${kb.index.generation}.`);
-      announce(`Re-index finished: generation ${kb.index.generation}`);
+      if (!watching) watching = { from: kb.index.generation };
+    } else if (watching) {
+      if (kb.index.generation !== watching.from) {
+        say(`Re-index finished: search uses generation ${kb.index.generation}.`);
+        announce(`Re-index finished: generation ${kb.index.generation}`);
+      }
+      watching = null;
     }
     schedule();
   }
@@ -124,6 +133,7 @@ export function createIndexSettings({ api, kbId, announce, onKb }) {
     const call = Object.keys(changed).length
       ? () => api.updateKb(kbId, { ...changed, reindex: true })
       : () => api.reindex(kbId);
+    watching = { from: kb.index.generation };
     act(call, 'Re-index started: search keeps using the current index until the new one is complete.');
   });
 
