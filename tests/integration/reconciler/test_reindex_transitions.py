@@ -1,0 +1,54 @@
+"""Lifecycle transitions during a re-index, straight through shared.lifecycle on real Postgres."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from shared import generations, lifecycle
+from shared.db import Database
+from shared.settings import Settings
+from shared.storage import ObjectStore, object_key
+from tests.support.pipeline_helpers import claim, create_document, create_kb, fetch_one
+
+
+async def test_a_replacement_activated_during_a_build_requeues_the_build_on_the_new_content(
+    db: Database, store: ObjectStore, settings: Settings
+) -> None:
+    kb = await create_kb(db)
+    doc = await create_document(db, store, kb)
+    first = await claim(db, doc)
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, first, chunk_count=1) is not None
+        await generations.start(conn, kb, generations.resolve({"chunk_size": 600}, settings), max_attempts=3)
+    build = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'reindex'", id=doc)
+    building = await claim(db, build["id"])  # the build is mid-attempt on the old content
+
+    new = b"the second version of this document"
+    key = object_key(kb, uuid.uuid4())
+    await store.put_bytes(key, new, content_type="text/plain")
+    values = {
+        "object_key": key,
+        "sha256": hashlib.sha256(new).hexdigest(),
+        "size_bytes": len(new),
+        "media_type": "text/plain",
+        "original_filename": "v2.txt",
+    }
+    async with db.transaction() as conn:
+        assert (await lifecycle.replace_content(conn, doc, values=values)).kind == "replaced"
+    replacement = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'replace'", id=doc)
+    lease = await claim(db, replacement["id"])
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, lease, chunk_count=2) is not None
+
+    row = await fetch_one(
+        db, "SELECT status, sha256, object_key, lease_epoch FROM documents WHERE id = :id", id=build["id"]
+    )
+    assert (row["status"], row["sha256"], row["object_key"]) == ("queued", values["sha256"], key)
+    assert row["lease_epoch"] > building.epoch, "the attempt on the old content is fenced out"
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, building, chunk_count=9) is None
+    state = await fetch_one(
+        db, "SELECT state FROM index_generations WHERE knowledge_base_id = :kb AND generation = 2", kb=kb
+    )
+    assert state == {"state": "building"}, "the switch waits for the build on the new content"
