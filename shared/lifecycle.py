@@ -380,7 +380,14 @@ def event_data(row: RowMapping) -> dict[str, Any]:
 
 
 def _version_data(row: RowMapping) -> dict[str, Any]:
-    return {"content_version": row["content_version"], "build_id": str(row["id"])}
+    """What a version event says of the version itself: its number, its build and its content."""
+    return {
+        "content_version": row["content_version"],
+        "build_id": str(row["id"]),
+        "sha256": row["sha256"],
+        "size_bytes": row["size_bytes"],
+        "media_type": row["media_type"],
+    }
 
 
 async def _emit(

@@ -163,8 +163,9 @@ async def test_a_ready_document_gets_a_build_that_activates_in_one_transaction(d
     )
     assert row["sha256"] == new["sha256"] and row["object_key"] == new["object_key"]
     assert await _versions(db, doc) == {1: "retained", 2: "active"}
-    types = [e["type"] for e in await _events(db, doc)]
-    assert types[-2:] == ["document.version_created", "document.version_activated"]
+    events = await _events(db, doc)
+    assert [e["type"] for e in events][-2:] == ["document.version_created", "document.version_activated"]
+    assert events[-2]["data"]["sha256"] == new["sha256"], "a version event describes the new version's content"
     assert not await _events(db, build["id"]), "a build row has no events of its own"
     activated = (await _events(db, doc))[-1]
     assert activated["subject"] == str(doc) and activated["data"]["document_id"] == str(doc)
