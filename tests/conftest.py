@@ -20,6 +20,7 @@ from shared.storage import ObjectStore
 from tests.support import servers
 from tests.support.corpus import CORPUS, corpus_missing
 from tests.support.pipeline_helpers import open_db
+from tests.support.reconcilers import ReconcilerFactory, reconciler_factory
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +79,13 @@ async def store(settings: Settings) -> ObjectStore:
     object_store = ObjectStore.from_settings(settings)
     await object_store.ensure_bucket()
     return object_store
+
+
+@pytest.fixture
+async def make_reconciler(settings: Settings) -> AsyncIterator[ReconcilerFactory]:
+    """Reconcilers on the test database to drive by hand (tests/support/reconcilers.py)."""
+    async with reconciler_factory(settings) as factory:
+        yield factory
 
 
 async def _client_for(app: FastAPI, api_key: str) -> AsyncIterator[httpx.AsyncClient]:

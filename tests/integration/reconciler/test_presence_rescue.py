@@ -23,7 +23,6 @@ from shared import lifecycle, presence
 from shared.db import Database, asyncpg_dsn
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support import servers
 from tests.support.pipeline_helpers import (
     claim,
@@ -35,6 +34,7 @@ from tests.support.pipeline_helpers import (
     fetch_one,
     open_db,
 )
+from tests.support.reconcilers import ReconcilerFactory
 
 HeldBy = Callable[[str], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from shared.db import Database
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import claim, create_document, create_kb, eventually, execute, fetch, fetch_one
+from tests.support.reconcilers import ReconcilerFactory
 
 
 async def _stale_documents(db: Database, store: ObjectStore, n: int) -> None:

@@ -7,7 +7,7 @@ import json
 from services.reconciler.leader import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, failover_bound_s
 from shared.pg_session import SESSION_KEEPALIVE
 from shared.settings import Settings
-from tests.integration.reconciler.conftest import ReconcilerFactory
+from tests.support.reconcilers import ReconcilerFactory
 
 # pg_settings as seen by the session that runs the query: its own values, in base units (s, ms).
 OWN_SETTINGS = """

@@ -5,7 +5,6 @@ from __future__ import annotations
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import (
     age_document,
     create_document,
@@ -15,6 +14,7 @@ from tests.support.pipeline_helpers import (
     execute,
     fetch_one,
 )
+from tests.support.reconcilers import ReconcilerFactory
 
 INTERVAL_S = 5.0  # grace = 2 intervals = 10 s; documents are aged 60 s
 

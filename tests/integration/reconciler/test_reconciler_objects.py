@@ -8,8 +8,8 @@ import uuid
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore, object_key
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import claim, create_document, create_kb, events_of, execute, fetch_one
+from tests.support.reconcilers import ReconcilerFactory
 
 GRACE_S = 3.0
 

@@ -8,8 +8,8 @@ from collections import Counter
 from services.reconciler import prune
 from shared.db import Database
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import create_document, create_kb, execute, fetch
+from tests.support.reconcilers import ReconcilerFactory
 
 RETENTION_S = 3600.0
 # Dead letters have a retention of their own; these tests' dead rows (30 days old) are within it.

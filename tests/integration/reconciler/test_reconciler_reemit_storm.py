@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import age_document, create_document, create_kb, events_of, execute, fetch
+from tests.support.reconcilers import ReconcilerFactory
 
 INTERVAL_S = 5.0  # grace = 2 intervals = 10 s
 # Far past the grace and the back-off cap (1 h): only the refusal rule can hold a re-emit back.

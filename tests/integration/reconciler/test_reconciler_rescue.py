@@ -7,8 +7,8 @@ from prometheus_client import generate_latest
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import claim, create_document, create_kb, events_of, execute, fetch, fetch_one
+from tests.support.reconcilers import ReconcilerFactory
 
 
 async def _stale(db: Database, doc_id: object, seconds: float = 120) -> None:

@@ -13,7 +13,6 @@ from structlog.testing import capture_logs
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore, object_key
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import (
     age_document,
     claim,
@@ -22,6 +21,7 @@ from tests.support.pipeline_helpers import (
     execute,
     fetch_one,
 )
+from tests.support.reconcilers import ReconcilerFactory
 
 # Every step of a pass, in order, and the repair kind each one shows when it ran (None: no count of its own).
 STEPS = {

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from shared.db import Database
 from shared.storage import ObjectStore, object_key
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import create_document, create_kb, eventually, fetch_one
+from tests.support.reconcilers import ReconcilerFactory
 
 PAGE = 400
 ORPHANS = 2000

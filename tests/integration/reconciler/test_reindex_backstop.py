@@ -8,8 +8,8 @@ from shared import generations, lifecycle
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.pipeline_helpers import claim, create_document, create_kb, execute, fetch, fetch_one
+from tests.support.reconcilers import ReconcilerFactory
 
 
 async def _ready_kb_with_build(db: Database, store: ObjectStore, settings: Settings) -> tuple[uuid.UUID, uuid.UUID]:

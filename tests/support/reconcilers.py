@@ -1,11 +1,11 @@
-"""Fixtures for reconciler tests: reconcilers to drive by hand (db and store come from tests/conftest.py)."""
+"""Reconcilers on the test database, driven by hand (the ``make_reconciler`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from services.reconciler.reconciler import Reconciler, Step
@@ -14,9 +14,9 @@ from shared.settings import Settings
 ReconcilerFactory = Callable[..., Reconciler]
 
 
-@pytest.fixture
-async def make_reconciler(settings: Settings) -> AsyncIterator[ReconcilerFactory]:
-    """Reconcilers on the test database; ``overrides`` replace settings, ``step_overrides`` named steps."""
+@asynccontextmanager
+async def reconciler_factory(settings: Settings) -> AsyncIterator[ReconcilerFactory]:
+    """Make reconcilers whose ``overrides`` replace settings and ``step_overrides`` named steps; all closed at exit."""
     made: list[Reconciler] = []
 
     def factory(*, step_overrides: Mapping[str, Step] | None = None, **overrides: Any) -> Reconciler:
@@ -26,6 +26,8 @@ async def make_reconciler(settings: Settings) -> AsyncIterator[ReconcilerFactory
         made.append(reconciler)
         return reconciler
 
-    yield factory
-    for reconciler in made:
-        await reconciler.close()
+    try:
+        yield factory
+    finally:
+        for reconciler in made:
+            await reconciler.close()

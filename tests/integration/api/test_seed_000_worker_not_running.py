@@ -10,9 +10,9 @@ import httpx
 from prometheus_client import generate_latest
 
 from shared.db import Database
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.api_helpers import create_kb, upload
 from tests.support.pipeline_helpers import alert_codes, claim, eventually, execute, fetch, register_processor
+from tests.support.reconcilers import ReconcilerFactory
 
 
 async def test_seed_000_queued_documents_and_no_worker_raise_no_processor(

@@ -12,7 +12,6 @@ from sqlalchemy import text
 from shared.db import Database
 from shared.flow import FLOW, read_flow, utilization
 from shared.pipeline import PROCESSOR_ALIVE_S
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.api_helpers import assert_error_shape, upload
 from tests.support.api_helpers import create_kb as api_create_kb
 from tests.support.pipeline_helpers import (
@@ -26,6 +25,7 @@ from tests.support.pipeline_helpers import (
     fetch_one,
     register_processor,
 )
+from tests.support.reconcilers import ReconcilerFactory
 
 
 async def _processor(

@@ -7,9 +7,9 @@ from prometheus_client import generate_latest
 
 from shared.db import Database
 from shared.settings import Settings
-from tests.integration.reconciler.conftest import ReconcilerFactory
 from tests.support.api_helpers import create_kb, upload
 from tests.support.pipeline_helpers import alert_codes, claim, eventually, execute, fetch, register_processor
+from tests.support.reconcilers import ReconcilerFactory
 
 
 async def test_pipeline_requires_a_key(api: httpx.AsyncClient) -> None:
