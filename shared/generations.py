@@ -211,6 +211,7 @@ LOCK_LIVE: Final = "SELECT generation, state FROM index_generations WHERE knowle
 )
 LOCK_LIVE_FOR_UPDATE: Final = text(LOCK_LIVE + " FOR UPDATE")
 LOCK_LIVE_FOR_SHARE: Final = text(LOCK_LIVE + " FOR SHARE")
+LOCK_LIVE_SKIP_LOCKED: Final = text(LOCK_LIVE + " FOR UPDATE SKIP LOCKED")
 LIVE_GENERATIONS: Final = text(LOCK_LIVE)
 
 UPDATE_ACTIVE_SETTINGS: Final = text(
@@ -410,16 +411,28 @@ async def create_first(
     )
 
 
-async def _lock_live(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[str, int]:
-    """Lock the KB's active and building generations (in order); ``{state: generation}``."""
+async def _lock_live(conn: AsyncConnection, kb_id: uuid.UUID, *, wait: bool = True) -> dict[str, int] | None:
+    """Lock the KB's active and building generations (in order); ``{state: generation}``.
+
+    ``wait=False``: None instead of waiting when another transaction holds either of them.
+    """
     await conn.execute(ENSURE_ACTIVE_ROW, {"kb": kb_id})
-    rows = (await conn.execute(LOCK_LIVE_FOR_UPDATE, {"kb": kb_id})).all()
-    return {state: int(generation) for generation, state in rows}
+    rows = (await conn.execute(LOCK_LIVE_FOR_UPDATE if wait else LOCK_LIVE_SKIP_LOCKED, {"kb": kb_id})).all()
+    live = {state: int(generation) for generation, state in rows}
+    if not wait and len(rows) < len((await conn.execute(LIVE_GENERATIONS, {"kb": kb_id})).all()):
+        return None
+    return live
+
+
+async def _locked(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[str, int]:
+    live = await _lock_live(conn, kb_id)
+    assert live is not None  # waiting always gets the locks
+    return live
 
 
 async def update_active_settings(conn: AsyncConnection, kb_id: uuid.UUID, values: IndexSettings) -> None:
     """Change an empty KB's settings in place (nothing is indexed with the old ones)."""
-    await _lock_live(conn, kb_id)
+    await _locked(conn, kb_id)
     await conn.execute(
         UPDATE_ACTIVE_SETTINGS,
         {
@@ -437,7 +450,7 @@ async def start(conn: AsyncConnection, kb_id: uuid.UUID, values: IndexSettings, 
     Locking the active generation first makes an upload committing at the same time either visible
     to the build insert below or, when it commits after, see the building generation and add its own.
     """
-    live = await _lock_live(conn, kb_id)
+    live = await _locked(conn, kb_id)
     if "building" in live:
         raise ReindexInProgress(live["building"])
     generation = int((await conn.execute(NEXT_GENERATION, {"kb": kb_id})).scalar_one())
@@ -500,7 +513,10 @@ async def on_terminal(conn: AsyncConnection, kb_id: uuid.UUID, row: RowMapping |
         await conn.execute(FOLLOW_SERVING_BUILD, {"id": row["id"]})
     if (await conn.execute(KB_BUILDING, {"kb": kb_id})).first() is None:
         return
-    if await maybe_switch(conn, kb_id) is None and row is not None and row.get("purpose") == "reindex":
+    # Not waiting: a transition that did not take the generation locks first (a rescue) already holds
+    # its row, and a holder of the locks may be waiting for that row. Skipped here, the switch comes
+    # from the lock holder's own check or from the reconciler's next pass.
+    if await maybe_switch(conn, kb_id, wait=False) is None and row is not None and row.get("purpose") == "reindex":
         await notify(conn, kb_id, "index.progress")
 
 
@@ -513,17 +529,18 @@ async def retry_serving_build(conn: AsyncConnection, document_id: uuid.UUID) -> 
     return (await conn.execute(RETRY_SERVING_BUILD, {"id": document_id})).first() is not None
 
 
-async def maybe_switch(conn: AsyncConnection, kb_id: uuid.UUID) -> int | None:
+async def maybe_switch(conn: AsyncConnection, kb_id: uuid.UUID, *, wait: bool = True) -> int | None:
     """Switch to the building generation once nothing is pending; the new active generation or None.
 
     One transaction moves every document's ``served_by`` (search moves with it), the KB's
     ``active_generation`` and the states. A generation in which no build succeeded is cancelled
-    instead: switching would leave the KB with nothing to search.
+    instead: switching would leave the KB with nothing to search. ``wait=False`` gives up when
+    another transaction holds the generation locks (see ``on_terminal``).
     """
-    live = await _lock_live(conn, kb_id)
-    generation = live.get("building")
-    if generation is None:
+    live = await _lock_live(conn, kb_id, wait=wait)
+    if live is None or "building" not in live:
         return None
+    generation = live["building"]
     params = {"kb": kb_id, "generation": generation}
     if (await conn.execute(PENDING_WORK, params)).scalar_one():
         return None
@@ -546,7 +563,7 @@ async def maybe_switch(conn: AsyncConnection, kb_id: uuid.UUID) -> int | None:
 
 async def cancel(conn: AsyncConnection, kb_id: uuid.UUID) -> int | None:
     """Drop the building generation: its builds become ``deleting`` (purged like deleted documents)."""
-    live = await _lock_live(conn, kb_id)
+    live = await _locked(conn, kb_id)
     generation = live.get("building")
     if generation is None:
         return None
@@ -601,7 +618,7 @@ async def rollback_plan(conn: AsyncConnection, kb_id: uuid.UUID) -> tuple[int, l
 
 async def rollback(conn: AsyncConnection, kb_id: uuid.UUID, target: int, servers: list[Server]) -> bool:
     """Switch back to retired generation ``target`` the same way; False when it is no longer possible."""
-    live = await _lock_live(conn, kb_id)
+    live = await _locked(conn, kb_id)
     if "building" in live:
         raise ReindexInProgress(live["building"])
     if (await conn.execute(ROLLBACK_TARGET, {"kb": kb_id})).scalar_one_or_none() != target:
