@@ -36,6 +36,7 @@ MIN_CHUNK_SIZE: Final = 200
 MAX_CHUNK_SIZE: Final = 8000
 MAX_MODEL_NAME: Final = 200
 REINDEX_PRIORITY: Final = "low"
+PROGRESS: Final = "index.progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +518,7 @@ async def on_terminal(conn: AsyncConnection, kb_id: uuid.UUID, row: RowMapping |
     # its row, and a holder of the locks may be waiting for that row. Skipped here, the switch comes
     # from the lock holder's own check or from the reconciler's next pass.
     if await maybe_switch(conn, kb_id, wait=False) is None and row is not None and row.get("purpose") == "reindex":
-        await notify(conn, kb_id, "index.progress")
+        await notify(conn, kb_id, PROGRESS)
 
 
 async def retry_serving_build(conn: AsyncConnection, document_id: uuid.UUID) -> bool:
@@ -647,12 +648,10 @@ async def notify(conn: AsyncConnection, kb_id: uuid.UUID, change: str) -> None:
     """Tell the KB's event streams its index changed (SSE ``event: knowledge_base``), on commit.
 
     ``change``: ``index.progress``, ``index.switched``, ``index.cancelled`` or ``index.rolled_back``;
-    the notice carries the KB resource's ``index`` as of this transaction.
+    the notice carries the KB resource's ``index`` as of this transaction, except for progress:
+    counting a building generation's rows at every finished build would cost O(documents) each
+    time, so a progress notice says only that the KB is worth reading again (``index``: null).
     """
-    notice = {
-        "kind": "knowledge_base",
-        "knowledge_base_id": str(kb_id),
-        "change": change,
-        "index": await index_state(conn, kb_id),
-    }
+    index = None if change == PROGRESS else await index_state(conn, kb_id)
+    notice = {"kind": "knowledge_base", "knowledge_base_id": str(kb_id), "change": change, "index": index}
     await conn.execute(_NOTIFY, {"payload": json.dumps(notice)})
