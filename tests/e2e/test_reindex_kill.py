@@ -20,7 +20,8 @@ import pytest
 from shared.db import Database
 from shared.settings import Settings
 from tests.e2e.reconciler.test_processor_death_rescue import SHORT_STALE, Stack, _stack
-from tests.support.pipeline_helpers import eventually, fetch, fetch_one, open_db
+from tests.support.pipeline_helpers import fetch, fetch_one, open_db
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
 

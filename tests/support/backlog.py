@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,7 +21,6 @@ import httpx
 BATCH_FILES = 100
 UPLOAD_WORKERS = 3
 TERMINAL = ("ready", "failed")
-T = TypeVar("T")
 WORDS = (
     "ledger invoice quarterly revenue audit forecast pipeline vendor contract renewal region margin "
     "backlog onboarding policy handbook release incident review capacity budget headcount roadmap"
@@ -116,18 +115,6 @@ def wait_drained(
         if time.monotonic() > deadline:
             return False, alerts
         time.sleep(poll_s)
-
-
-def until(check: Callable[[], T | None], *, timeout_s: float, every_s: float = 0.2, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy (generous deadlines: 2 shared cores)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last: {found!r})")
-        time.sleep(every_s)
 
 
 def fetch(dsn: str, sql: str, *args: object) -> list[dict[str, Any]]:

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import uvicorn
@@ -24,8 +24,7 @@ from shared.db import Database, worker_database
 from shared.settings import Settings
 from shared.storage import ObjectStore, object_key
 from tests.support import servers
-
-T = TypeVar("T")
+from tests.support.poll import eventually
 
 
 def open_db(settings: Settings, max_connections: int = 2) -> Database:
@@ -39,8 +38,10 @@ async def execute(db: Database, sql: str, **params: Any) -> int:
 
 
 async def fetch(db: Database, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """The tests' raw SQL: one statement in a transaction; its rows, or [] for a statement without rows."""
     async with db.transaction() as conn:
-        return [dict(r) for r in (await conn.execute(text(sql), params)).mappings()]
+        result = await conn.execute(text(sql), params)
+        return [dict(r) for r in result.mappings()] if result.returns_rows else []
 
 
 async def fetch_one(db: Database, sql: str, **params: Any) -> dict[str, Any]:
@@ -142,18 +143,6 @@ async def register_processor(db: Database, *, ready: bool, started_ago_s: float 
         ready=ready,
     )
     return pid
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout_s: float = 60.0, every_s: float = 0.2) -> T:
-    """Poll ``check`` until it returns something truthy; generous deadlines, no tight timing."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s:g}s (last: {last!r})")
 
 
 async def alert_codes(api: httpx.AsyncClient) -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,14 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 from services.processor.app import create_app
 from services.processor.extraction.elements import Element
-from shared.db import worker_database
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings
 from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.vectorstore import QdrantVectorStore
+from tests.support.pipeline_helpers import fetch, open_db
+from tests.support.poll import eventually
 
 ExtractFn = Callable[[str, str], Awaitable[list[Element]]]
 
@@ -37,11 +36,10 @@ async def post_event(client: httpx.AsyncClient, settings: Settings, envelope: di
 
 
 async def sql(settings: Settings, statement: str, **params: Any) -> list[dict[str, Any]]:
-    db = worker_database(settings.database_url, service="test", max_connections=1)
+    """One statement on a connection of its own (the rows, or [] for a statement without rows)."""
+    db = open_db(settings, max_connections=1)
     try:
-        async with db.transaction() as conn:
-            result = await conn.execute(text(statement), params)
-            return [dict(r) for r in result.mappings()] if result.returns_rows else []
+        return await fetch(db, statement, **params)
     finally:
         await db.dispose()
 
@@ -77,16 +75,14 @@ async def wait_for(
     timeout_s: float = 120.0,
 ) -> dict[str, Any]:
     """Poll until the document reaches one of ``statuses`` (delivering due events meanwhile)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def reached() -> dict[str, Any] | None:
         if client is not None:
             await deliver_due(client, settings)
         doc = await document(settings, document_id)
-        if doc["status"] in statuses:
-            return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"document stayed {doc['status']}/{doc['stage']}: {doc['error']}")
-        await asyncio.sleep(0.1)
+        return doc if doc["status"] in statuses else None
+
+    return await eventually(reached, timeout_s=timeout_s, every_s=0.1, what=f"document {document_id} in {statuses}")
 
 
 async def no_warm_up() -> None:
@@ -107,8 +103,9 @@ async def processor_client(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://processor", timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while (ready := await client.get("/readyz")).status_code != 200:
-                assert time.monotonic() < deadline, ready.text
-                await asyncio.sleep(0.1)
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, timeout_s=120, every_s=0.1, what="the processor's /readyz to answer 200")
             yield client, app.state.processor

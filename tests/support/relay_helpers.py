@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,18 +182,6 @@ async def query(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]
 async def scalar(database_url: str, sql: str, *args: Any) -> Any:
     rows = await query(database_url, sql, *args)
     return rows[0][0]
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.1, what: str = "condition"
-) -> None:
-    """Poll ``check`` until true; generous deadlines only (a busy 2-core machine must not flake)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 async def pending(database_url: str) -> int:

@@ -22,7 +22,8 @@ from shared.db import Database
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from tests.support import servers
-from tests.support.pipeline_helpers import claim, create_document, create_kb, eventually, fetch
+from tests.support.pipeline_helpers import claim, create_document, create_kb, fetch
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.support import backlog
+from tests.support import backlog, poll
 from tests.support.up_process import UpProcess, running_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("flow-order")]
@@ -87,7 +87,7 @@ def test_an_idle_kb_starts_before_95_percent_of_another_kbs_backlog(stack: UpPro
                     raise AssertionError(f"{limit:g} of the backlog started before the idle KB's document")
                 return started
 
-            started = backlog.until(decided, timeout_s=START_TIMEOUT_S, what="the idle KB's document to start")
+            started = poll.until(decided, timeout_s=START_TIMEOUT_S, what="the idle KB's document to start")
             counts = backlog.fetch(stack.pg_dsn, STARTED_BETWEEN, busy, started, _created(stack, single))[0]
     assert counts["before"] < limit, counts
     # Not required by the 95 % rule, but what it stands for: the single upload waited for at most
@@ -102,7 +102,7 @@ def test_high_priority_starts_before_the_normal_backlog_queued_before_it(stack: 
         with cancelled_afterwards(client, batches):
             urgent = backlog.upload_one(client, kb, "urgent.txt", backlog.small_documents(1)[0][1], priority="high")
             created = _created(stack, urgent)
-            started = backlog.until(
+            started = poll.until(
                 lambda: _first_start(stack, urgent), timeout_s=START_TIMEOUT_S, what="the high-priority document"
             )
             counts = backlog.fetch(stack.pg_dsn, STARTED_BETWEEN, kb, started, created)[0]

@@ -19,7 +19,7 @@ import pytest
 
 from services.cli.localstack import routes_to_processors
 from shared.settings import Settings
-from tests.support import backlog, servers
+from tests.support import backlog, poll, servers
 from tests.support.pipeline_helpers import start_cli, wait_http_ok
 from tests.support.up_process import UpProcess, running_up
 
@@ -79,7 +79,7 @@ def test_both_processors_work_the_backlog_and_one_survives_the_others_kill(
             owners = list(row["owners"])
             return owners if len(owners) >= 2 and row["queued"] > 0 else None
 
-        owners = backlog.until(both_busy_with_work_waiting, timeout_s=BUSY_TIMEOUT_S, what="two busy processors")
+        owners = poll.until(both_busy_with_work_waiting, timeout_s=BUSY_TIMEOUT_S, what="two busy processors")
         victim = next(o for o in owners if _owner_pid(o) == second.pid)
         survivor = next(o for o in owners if o != victim)
         killed_at = backlog.fetch(up.pg_dsn, "SELECT extract(epoch FROM now())::float8 AS t")[0]["t"]

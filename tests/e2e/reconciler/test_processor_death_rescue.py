@@ -25,15 +25,8 @@ from shared.db import Database
 from shared.settings import Settings
 from tests.support import servers
 from tests.support.fake_embedder import FakeEmbedder, fake_embedder
-from tests.support.pipeline_helpers import (
-    eventually,
-    fetch,
-    fetch_one,
-    service_env,
-    start_cli,
-    stop_process,
-    wait_http_ok,
-)
+from tests.support.pipeline_helpers import fetch, fetch_one, service_env, start_cli, stop_process, wait_http_ok
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,6 @@ from tests.support.pipeline_helpers import (
     claim,
     create_document,
     create_kb,
-    eventually,
     execute,
     fetch,
     fetch_one,
@@ -28,6 +27,7 @@ from tests.support.pipeline_helpers import (
     stop_process,
     wait_http_ok,
 )
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
 

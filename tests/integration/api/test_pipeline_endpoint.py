@@ -8,7 +8,8 @@ from prometheus_client import generate_latest
 from shared.db import Database
 from shared.settings import Settings
 from tests.support.api_helpers import create_kb, upload
-from tests.support.pipeline_helpers import alert_codes, claim, eventually, execute, fetch, register_processor
+from tests.support.pipeline_helpers import alert_codes, claim, execute, fetch, register_processor
+from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
 
 

@@ -123,3 +123,23 @@ async def test_rollback_refuses_to_hide_documents_added_since(api: httpx.AsyncCl
     )
     assert (refused["generation"], refused["documents_missing"]) == (1, 1)
     assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["index"]["generation"] == 2
+
+
+async def test_uploads_racing_a_reindex_start_are_each_built_exactly_once(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    kb = await create_kb(api)
+    for n in range(3):
+        assert (await upload(api, kb, f"before-{n}.txt", f"before {n}".encode())).status_code == 201
+    racing = [upload(api, kb, f"racing-{n}.txt", f"racing {n}".encode()) for n in range(12)]
+    results = await asyncio.gather(api.post(f"/v1/knowledge-bases/{kb}/reindex"), *racing)
+    assert [r.status_code for r in results] == [202] + [201] * 12
+    rows = await fetch_all(
+        settings,
+        "SELECT d.id, count(b.id) AS builds FROM documents d LEFT JOIN documents b ON b.parent_id = d.id "
+        "AND b.purpose = 'reindex' AND b.generation = 2 WHERE d.knowledge_base_id = :kb AND d.parent_id IS NULL "
+        "GROUP BY d.id",
+        kb=kb,
+    )
+    assert len(rows) == 15 and all(r["builds"] == 1 for r in rows), rows
+    assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["index"]["building"]["total"] == 15

@@ -14,15 +14,8 @@ import httpx
 from shared.settings import Settings
 from tests.support import servers
 from tests.support.api_helpers import create_kb, upload
-from tests.support.pipeline_helpers import (
-    alert_codes,
-    eventually,
-    http_sink,
-    service_env,
-    start_cli,
-    stop_process,
-    wait_http_ok,
-)
+from tests.support.pipeline_helpers import alert_codes, http_sink, service_env, start_cli, stop_process, wait_http_ok
+from tests.support.poll import eventually
 
 
 async def test_seed_002_event_without_route_is_parked_and_reported(

@@ -27,7 +27,6 @@ from tests.support.api_helpers import create_kb, upload
 from tests.support.pipeline_helpers import (
     alert_codes,
     claim,
-    eventually,
     execute,
     fetch_one,
     open_db,
@@ -35,6 +34,7 @@ from tests.support.pipeline_helpers import (
     start_cli,
     wait_http_ok,
 )
+from tests.support.poll import eventually
 
 INTERVAL_S = 1.0
 

@@ -15,7 +15,8 @@ import pytest
 from shared.db import Database
 from shared.settings import Settings
 from tests.support.api_helpers import create_kb, upload
-from tests.support.pipeline_helpers import alert_codes, eventually, execute, open_db, register_processor
+from tests.support.pipeline_helpers import alert_codes, execute, open_db, register_processor
+from tests.support.poll import eventually
 
 DEADLINE_S = 2.0
 

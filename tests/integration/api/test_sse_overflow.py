@@ -11,7 +11,7 @@ from services.api.routes.events import Stream
 from shared.db import Database
 from shared.events import STATE_CHANNEL
 from shared.settings import Settings
-from tests.support.pipeline_helpers import eventually
+from tests.support.poll import eventually
 
 
 def _notice(kb: str, n: int) -> str:

@@ -3,14 +3,12 @@ network, write big files or hand back an oversized result (services/processor/ex
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 import signal
 import socket
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from services.processor.extraction import poison
 from services.processor.extraction.confine import NOFILE_LIMIT, isolate_network
 from services.processor.extraction.sandbox import ExtractorPool
 from shared.errors import ErrorCode, ProcessingError
+from tests.support.poll import eventually
 
 MEMORY_BYTES = 2 * 1024**3
 LIMIT_BYTES = 4 * 1024 * 1024
@@ -45,15 +44,6 @@ async def hostile_pool() -> AsyncIterator[ExtractorPool]:
         await pool.warm_up()
     yield pool
     await pool.close()
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def _argument(tmp_path: Path, value: object) -> str:
@@ -219,7 +209,7 @@ async def test_without_network_namespaces_extraction_still_works_and_says_so_onc
             server = pool.server_pid
             assert server is not None
             os.kill(server, signal.SIGKILL)
-            assert await _until(lambda: pool.server_pid is None), "the pool must notice its server died"
+            await eventually(lambda: pool.server_pid is None, every_s=0.05, what="the pool to notice its server died")
             again = await _probe(pool, "text/plain", str(sample))
             assert pool.server_pid not in (None, server)
     finally:

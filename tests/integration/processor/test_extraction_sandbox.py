@@ -9,7 +9,7 @@ import signal
 import socket
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from services.processor.extraction.partition import partition_file
 from services.processor.extraction.sandbox import ExtractorPool
 from shared.errors import ErrorCode, ProcessingError
 from tests.support.corpus import CORPUS, corpus_missing
+from tests.support.poll import eventually
 
 MEMORY_BYTES = 2 * 1024**3
 
@@ -30,15 +31,6 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except FileNotFoundError:
         return []
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -69,7 +61,7 @@ async def test_endless_loop_hits_the_wall_clock_timeout(poison_pool: ExtractorPo
         await poison_pool.extract("/dev/null", poison.TEST_LOOP, timeout_s=2, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
     assert caught.value.code == ErrorCode.EXTRACT_TIMEOUT
     assert time.monotonic() - started < 8
-    assert await _until(lambda: not _children(server or 0)), "the looping child must be killed"
+    await eventually(lambda: not _children(server or 0), every_s=0.05, what="the looping child to be killed")
     await _still_works(poison_pool, sample_txt)
     assert poison_pool.server_pid == server, "a poison file must not cost the warm server"
 
@@ -115,11 +107,11 @@ async def test_cancelling_an_extraction_kills_its_child(poison_pool: ExtractorPo
     task = asyncio.create_task(
         poison_pool.extract("/dev/null", poison.TEST_SLEEP, timeout_s=300, cpu_seconds=300, memory_bytes=MEMORY_BYTES)
     )
-    assert await _until(lambda: bool(_children(server)))
+    await eventually(lambda: bool(_children(server)), every_s=0.05, what="the extraction's child to start")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _until(lambda: not _children(server)), "a cancelled extraction must not leave its child running"
+    await eventually(lambda: not _children(server), every_s=0.05, what="the cancelled extraction's child to be gone")
     await _still_works(poison_pool, sample_txt)
 
 
@@ -150,7 +142,7 @@ async def test_a_dead_server_fails_its_jobs_and_is_restarted(poison_pool: Extrac
     task = asyncio.create_task(
         poison_pool.extract("/dev/null", poison.TEST_SLEEP, timeout_s=60, cpu_seconds=60, memory_bytes=MEMORY_BYTES)
     )
-    assert await _until(lambda: bool(_children(server)))
+    await eventually(lambda: bool(_children(server)), every_s=0.05, what="the extraction's child to start")
     os.kill(server, signal.SIGKILL)
     with pytest.raises(ProcessingError) as caught:
         await task

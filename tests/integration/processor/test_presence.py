@@ -14,7 +14,7 @@ from services.processor.presence import Presence, PresenceTaken
 from shared import presence
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
-from tests.support.pipeline_helpers import eventually
+from tests.support.poll import eventually
 
 
 @pytest.fixture

@@ -24,16 +24,8 @@ from shared.db import Database, asyncpg_dsn
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from tests.support import servers
-from tests.support.pipeline_helpers import (
-    claim,
-    create_document,
-    create_kb,
-    events_of,
-    eventually,
-    fetch,
-    fetch_one,
-    open_db,
-)
+from tests.support.pipeline_helpers import claim, create_document, create_kb, events_of, fetch, fetch_one, open_db
+from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
 
 HeldBy = Callable[[str], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]

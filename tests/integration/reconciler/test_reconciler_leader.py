@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from shared.db import Database
 from shared.storage import ObjectStore
-from tests.support.pipeline_helpers import claim, create_document, create_kb, eventually, execute, fetch, fetch_one
+from tests.support.pipeline_helpers import claim, create_document, create_kb, execute, fetch, fetch_one
+from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
 
 

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 from shared.db import Database
 from shared.storage import ObjectStore, object_key
-from tests.support.pipeline_helpers import create_document, create_kb, eventually, fetch_one
+from tests.support.pipeline_helpers import create_document, create_kb, fetch_one
+from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
 
 PAGE = 400

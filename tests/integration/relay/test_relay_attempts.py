@@ -10,15 +10,8 @@ import json
 from services.relay import claim as sql
 from services.relay.build import open_relay
 from shared.settings import Settings
-from tests.support.relay_helpers import (
-    SubscriberProcess,
-    connect,
-    fill,
-    metrics,
-    query,
-    relay_settings,
-    wait_until,
-)
+from tests.support.poll import eventually
+from tests.support.relay_helpers import SubscriberProcess, connect, fill, metrics, query, relay_settings
 
 ROW = "SELECT attempts, claimed_by, dead_at, dead_reason, delivered_at, errors, last_error FROM outbox ORDER BY seq"
 
@@ -41,7 +34,7 @@ async def test_a_digit_like_retry_after_is_a_failed_attempt_and_the_relay_keeps_
                 (row,) = await query(settings.database_url, ROW)
                 return row["dead_at"] is not None
 
-            await wait_until(dead, timeout_s=120, what="the dead letter")
+            await eventually(dead, timeout_s=120, what="the dead letter")
             (row,) = await query(settings.database_url, ROW)
             assert (row["attempts"], row["dead_reason"]) == (3, "max_attempts")
             assert [(e["attempt"], e["status"]) for e in json.loads(row["errors"])] == [(1, 503), (2, 503), (3, 503)]
@@ -54,7 +47,7 @@ async def test_a_digit_like_retry_after_is_a_failed_attempt_and_the_relay_keeps_
                 rows = await query(settings.database_url, ROW)
                 return rows[-1]["delivered_at"] is not None
 
-            await wait_until(delivered, timeout_s=60, what="the next event")
+            await eventually(delivered, timeout_s=60, what="the next event")
             assert not running.done()
         finally:
             relay.stop()

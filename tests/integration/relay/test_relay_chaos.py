@@ -12,6 +12,7 @@ import random
 import pytest
 
 from tests.support import servers
+from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
@@ -22,7 +23,6 @@ from tests.support.relay_helpers import (
     relay_process,
     relay_ready,
     relay_settings,
-    wait_until,
 )
 from tests.support.servers import free_port
 
@@ -43,10 +43,10 @@ async def test_relay_process_rides_out_restarts_crashes_and_killed_sessions(
     await subscriber.control(delay_s=0.003)
     rng = random.Random(20261124)
     with relay_process(settings) as proc:
-        await wait_until(lambda: relay_ready(settings.relay_port), timeout_s=60, what="relay ready")
+        await eventually(lambda: relay_ready(settings.relay_port), timeout_s=60, what="relay ready")
         for fault in FAULTS:
             seen = (await subscriber.stats())["total"]
-            await wait_until(
+            await eventually(
                 lambda seen=seen: delivered_at_least(subscriber, seen + 300), timeout_s=120, what="progress"
             )
             if fault == "terminate":
@@ -57,8 +57,8 @@ async def test_relay_process_rides_out_restarts_crashes_and_killed_sessions(
                 await asyncio.to_thread(own_pg.start)
             assert proc.poll() is None, f"the relay exited after a '{fault}' fault"
         await subscriber.control(delay_s=0)
-        await wait_until(lambda: drained(url), timeout_s=300, what="every event delivered")
-        await wait_until(lambda: relay_ready(settings.relay_port), timeout_s=60, what="readyz 200 again")
+        await eventually(lambda: drained(url), timeout_s=300, what="every event delivered")
+        await eventually(lambda: relay_ready(settings.relay_port), timeout_s=60, what="readyz 200 again")
         assert proc.poll() is None, "the relay exited"
     report = analyse(await subscriber.deliveries())
     assert report.unique == EVENTS

@@ -10,6 +10,7 @@ from services.relay.worker import Relay
 from shared.db import worker_database
 from shared.outbox import add_event
 from shared.settings import Settings
+from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
@@ -19,7 +20,6 @@ from tests.support.relay_helpers import (
     query,
     relay_settings,
     start_subscriber,
-    wait_until,
 )
 
 
@@ -55,7 +55,7 @@ async def test_each_subscriber_has_its_own_delivery_state(database_url: str, sub
             by_url = {r["subscriber"]: r for r in rows}
             assert by_url[subscriber.url]["delivered"] and not by_url[other.url]["delivered"]
             assert all(r["row_done"] is None for r in rows), "the row waits for every subscriber"
-            await wait_until(lambda: _drained(relay, database_url), timeout_s=60, what="fan-out to finish")
+            await eventually(lambda: _drained(relay, database_url), timeout_s=60, what="fan-out to finish")
         first = analyse(await subscriber.deliveries())
         second = analyse(await other.deliveries())
         assert (first.unique, first.duplicates, first.order_violations) == (2, 0, [])
@@ -94,7 +94,7 @@ async def test_batch_subscribers_get_arrays_with_per_event_acks(database_url: st
         await fill(database_url, count=600, aggregates=300)
         await batch.control(status=503, count=7)
         async with open_relay(settings, metrics()) as relay:
-            await wait_until(lambda: _drained(relay, database_url), timeout_s=120, what="the batch drain")
+            await eventually(lambda: _drained(relay, database_url), timeout_s=120, what="the batch drain")
         report = analyse(await batch.deliveries())
         assert (report.unique, report.duplicates, report.order_violations) == (600, 0, [])
         stats = await batch.stats()
@@ -110,11 +110,11 @@ async def test_a_notify_wakes_the_relay_without_polling(relay_config: Settings, 
     async with open_relay(relay_config, metrics(), poll_interval_s=60.0) as relay:
         task = asyncio.create_task(relay.run())
         try:
-            await wait_until(lambda: _true(relay.listener.connected), timeout_s=30, what="LISTEN")
+            await eventually(lambda: _true(relay.listener.connected), timeout_s=30, what="LISTEN")
             await asyncio.sleep(0.5)  # let the catch-up drain after connecting finish: only NOTIFY is left
             async with db.transaction() as conn:
                 await add_event(conn, event_type="document.uploaded", aggregate_id=uuid.uuid4(), data={}, source="t")
-            await wait_until(lambda: _count(subscriber, 1), timeout_s=30, what="delivery after NOTIFY")
+            await eventually(lambda: _count(subscriber, 1), timeout_s=30, what="delivery after NOTIFY")
 
             # Kill the LISTEN backend: the listener reconnects by itself and NOTIFY works again.
             await query(
@@ -122,7 +122,7 @@ async def test_a_notify_wakes_the_relay_without_polling(relay_config: Settings, 
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = 'kbingest.relay.listen'",
             )
-            await wait_until(
+            await eventually(
                 lambda: _true(relay.listener.reconnects >= 1 and relay.listener.connected),
                 timeout_s=30,
                 what="LISTEN reconnect",
@@ -130,7 +130,7 @@ async def test_a_notify_wakes_the_relay_without_polling(relay_config: Settings, 
             await asyncio.sleep(0.5)
             async with db.transaction() as conn:
                 await add_event(conn, event_type="document.uploaded", aggregate_id=uuid.uuid4(), data={}, source="t")
-            await wait_until(lambda: _count(subscriber, 2), timeout_s=30, what="delivery after reconnect")
+            await eventually(lambda: _count(subscriber, 2), timeout_s=30, what="delivery after reconnect")
         finally:
             relay.stop()
             await task
@@ -163,7 +163,7 @@ async def test_the_benchmark_subscriber_verifies_signatures_like_the_default_one
                 await relay.run_once()
                 return await pending(database_url) == 0
 
-            await wait_until(drained, timeout_s=60, what="the outbox to drain")
+            await eventually(drained, timeout_s=60, what="the outbox to drain")
         report = analyse(await raw.deliveries())
         assert (report.unique, report.order_violations) == (30, [])
         assert (await raw.stats())["rejected_signatures"] == 0 and (await raw.stats())["unique"] == 30

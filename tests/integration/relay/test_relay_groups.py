@@ -6,6 +6,7 @@ import json
 
 from services.relay.build import open_relay
 from services.relay.worker import Relay
+from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
@@ -15,7 +16,6 @@ from tests.support.relay_helpers import (
     query,
     relay_settings,
     start_subscriber,
-    wait_until,
 )
 from tests.support.servers import free_port
 
@@ -32,7 +32,7 @@ async def drain(relay: Relay, database_url: str) -> None:
         await relay.run_once()
         return await pending(database_url) == 0
 
-    await wait_until(done, timeout_s=120, interval_s=0.05, what="the outbox to drain")
+    await eventually(done, timeout_s=120, every_s=0.05, what="the outbox to drain")
 
 
 async def test_a_replica_that_goes_down_holds_nothing_back(database_url: str, subscriber: SubscriberProcess) -> None:

@@ -15,6 +15,7 @@ from services.relay.listener import Listener
 from services.relay.worker import SideTaskDied
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
+from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
@@ -28,7 +29,6 @@ from tests.support.relay_helpers import (
     relay_ready,
     relay_settings,
     start_subscriber,
-    wait_until,
 )
 from tests.support.servers import ROOT, free_port
 
@@ -92,8 +92,8 @@ async def test_sigterm_finishes_in_flight_and_leaves_nothing_claimed(
     await fill(database_url, count=200, aggregates=200)
     await subscriber.control(delay_s=2.0)
     with relay_process(settings) as proc:
-        await wait_until(lambda: relay_ready(settings.relay_port), timeout_s=60, what="relay ready")
-        await wait_until(lambda: _requests(subscriber, 1), timeout_s=30, what="a delivery in flight")
+        await eventually(lambda: relay_ready(settings.relay_port), timeout_s=60, what="relay ready")
+        await eventually(lambda: _requests(subscriber, 1), timeout_s=30, what="a delivery in flight")
         sent_before = (await subscriber.stats())["requests"]
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
@@ -122,7 +122,7 @@ async def test_stop_cancels_hung_deliveries_after_the_grace_and_releases_leases(
     await subscriber.control(delay_s=60.0)
     async with open_relay(settings, metrics(), shutdown_grace_s=1.0) as relay:
         task = asyncio.create_task(relay.run())
-        await wait_until(lambda: _requests(subscriber, 1), timeout_s=30, what="a hung delivery")
+        await eventually(lambda: _requests(subscriber, 1), timeout_s=30, what="a hung delivery")
         relay.stop()
         await asyncio.wait_for(task, 30)
     rows = await query(settings.database_url, "SELECT claimed_by, available_at <= now() AS due, attempts FROM outbox")

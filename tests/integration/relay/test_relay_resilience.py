@@ -12,6 +12,7 @@ from services.relay.app import create_app
 from services.relay.claim import ACK, CLAIM, SETTLE
 from shared.settings import Settings
 from tests.support import servers
+from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
@@ -20,7 +21,6 @@ from tests.support.relay_helpers import (
     drained,
     fill,
     relay_settings,
-    wait_until,
 )
 
 EVENTS = 3000
@@ -46,11 +46,11 @@ async def test_relay_survives_a_postgres_restart(
     own_pg: servers.EmbeddedPostgres, subscriber: SubscriberProcess, relay_app: httpx.AsyncClient
 ) -> None:
     url = own_pg.dsn
-    await wait_until(lambda: _status(relay_app, 200), timeout_s=30, what="readyz 200")
+    await eventually(lambda: _status(relay_app, 200), timeout_s=30, what="readyz 200")
     # Slow the subscriber so the restart lands mid-drain.
     await subscriber.control(delay_s=0.002)
     await fill(url, count=EVENTS, aggregates=300)
-    await wait_until(lambda: delivered_at_least(subscriber, 300), timeout_s=60, what="the drain to start")
+    await eventually(lambda: delivered_at_least(subscriber, 300), timeout_s=60, what="the drain to start")
 
     await asyncio.to_thread(own_pg.stop)
     down = await _wait_for_503(relay_app)
@@ -58,9 +58,9 @@ async def test_relay_survives_a_postgres_restart(
     await asyncio.sleep(1.0)
     await asyncio.to_thread(own_pg.start)
 
-    await wait_until(lambda: _status(relay_app, 200), timeout_s=60, what="readyz back to 200")
+    await eventually(lambda: _status(relay_app, 200), timeout_s=60, what="readyz back to 200")
     await subscriber.control(delay_s=0)
-    await wait_until(lambda: drained(url), timeout_s=120, what="every event delivered")
+    await eventually(lambda: drained(url), timeout_s=120, what="every event delivered")
     report = analyse(await subscriber.deliveries())
     assert report.unique == EVENTS
     assert report.order_violations == []
@@ -83,7 +83,7 @@ async def _wait_for_503(client: httpx.AsyncClient) -> dict[str, object]:
         body = response.json()
         return response.status_code == 503
 
-    await wait_until(unavailable, timeout_s=30, interval_s=0.05, what="readyz 503")
+    await eventually(unavailable, timeout_s=30, every_s=0.05, what="readyz 503")
     return body
 
 
@@ -117,7 +117,7 @@ async def test_metrics_and_health_endpoints(relay_config: Settings) -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
-            await wait_until(lambda: _status(client, 200), timeout_s=30, what="readyz 200")
+            await eventually(lambda: _status(client, 200), timeout_s=30, what="readyz 200")
             text = (await client.get("/metrics")).text
     for name in (
         "kbingest_outbox_pending ",

@@ -12,6 +12,7 @@ from services.relay.backoff import BUSY_JITTER_S, BUSY_RETRY_MAX_S
 from services.relay.build import open_relay
 from services.relay.worker import Relay
 from shared.settings import Settings
+from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
@@ -21,7 +22,6 @@ from tests.support.relay_helpers import (
     query,
     relay_settings,
     start_subscriber,
-    wait_until,
 )
 
 # Seconds until a row is due again, read in the database's own clock.
@@ -35,7 +35,7 @@ async def drain(relay: Relay, database_url: str, *, timeout_s: float = 60.0) -> 
         await relay.run_once()
         return await pending(database_url) == 0
 
-    await wait_until(done, timeout_s=timeout_s, interval_s=0.05, what="the outbox to drain")
+    await eventually(done, timeout_s=timeout_s, every_s=0.05, what="the outbox to drain")
 
 
 def _gaps(deliveries: list[dict[str, Any]]) -> list[float]:
@@ -138,7 +138,7 @@ async def test_busy_answers_do_not_spend_the_budget_of_real_failures(
             return int((await subscriber.stats())["requests"]) >= 10
 
         # run_once is the only thing sending: nothing is in flight once this returns.
-        await wait_until(busy_enough, timeout_s=120, interval_s=0.05, what="ten 429 answers")
+        await eventually(busy_enough, timeout_s=120, every_s=0.05, what="ten 429 answers")
         await subscriber.control(status=503, count=-1)
 
         async def dead() -> bool:
@@ -146,7 +146,7 @@ async def test_busy_answers_do_not_spend_the_budget_of_real_failures(
             rows = await query(settings.database_url, "SELECT dead_at FROM outbox")
             return rows[0]["dead_at"] is not None
 
-        await wait_until(dead, timeout_s=120, interval_s=0.05, what="the dead letter")
+        await eventually(dead, timeout_s=120, every_s=0.05, what="the dead letter")
     (row,) = await query(settings.database_url, "SELECT attempts, dead_reason, errors FROM outbox")
     errors = json.loads(row["errors"])
     assert (row["attempts"], row["dead_reason"]) == (3, "max_attempts")

@@ -8,7 +8,8 @@ import pytest
 
 from services.relay.build import open_relay
 from shared.settings import Settings
-from tests.support.relay_helpers import SubscriberProcess, delivered_at_least, fill, metrics, query, wait_until
+from tests.support.poll import eventually
+from tests.support.relay_helpers import SubscriberProcess, delivered_at_least, fill, metrics, query
 
 # Far longer than the test's deadline: a delivery that waited for a poll would miss it.
 POLL_INTERVAL_S = 120.0
@@ -26,9 +27,10 @@ async def test_put_back_events_are_re_claimed_when_due_not_at_the_next_poll(
         try:
             # The LISTEN connection's catch-up wake-up may bring back one of them; only the due
             # times can bring back all of them before half a poll interval has passed.
-            await wait_until(
+            await eventually(
                 lambda: delivered_at_least(subscriber, answers + 1),
                 timeout_s=POLL_INTERVAL_S / 2,
+                every_s=0.1,
                 what="every re-offer and the delivery, without a poll",
             )
         finally:
