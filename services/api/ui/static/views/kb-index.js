@@ -140,6 +140,13 @@ export function createIndexSettings({ api, kbId, announce, onKb }) {
   return {
     element,
     show: (next) => render(next, { resetForm: !kb }),
+    // A `knowledge_base` stream event: progress is applied as is; a switch, cancel or rollback
+    // changes the settings too, so the KB is read again.
+    applyEvent(data) {
+      if (!kb?.index || !data?.index) return;
+      if (data.change === 'index.progress') render({ ...kb, index: data.index });
+      else refresh();
+    },
     dispose() {
       disposed = true;
       window.clearTimeout(timer);

@@ -90,6 +90,14 @@ export function mountKbPage(container, { api, announce, signOut }, route) {
       table.refresh();
       return;
     }
+    if (event.type === 'knowledge_base') {
+      try {
+        indexSettings.applyEvent(JSON.parse(event.data));
+      } catch {
+        // A malformed event is skipped; the index section re-reads the KB while it builds.
+      }
+      return;
+    }
     if (event.type !== 'document') return;
     try {
       table.applyEvent(JSON.parse(event.data));
