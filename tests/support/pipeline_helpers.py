@@ -13,10 +13,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import uvicorn
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from shared import lifecycle
@@ -151,22 +152,37 @@ async def alert_codes(api: httpx.AsyncClient) -> set[str]:
     return {alert["code"] for alert in response.json()["alerts"]}
 
 
-def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment for a ``kbingest`` subprocess against the test database and bucket."""
-    env = {
-        **os.environ,
-        "KBINGEST_DATABASE_URL": settings.database_url,
-        "KBINGEST_S3_ENDPOINT": settings.s3_endpoint,
-        "KBINGEST_S3_ACCESS_KEY": settings.s3_access_key,
-        "KBINGEST_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
-        "KBINGEST_S3_BUCKET": settings.s3_bucket,
-        "KBINGEST_DATA_DIR": str(settings.data_dir),
-        "KBINGEST_LOG_LEVEL": "INFO",
-    }
-    if settings.api_key is not None:
-        env["KBINGEST_API_KEY"] = settings.api_key.get_secret_value()
+# What every ``kbingest`` child needs to reach the test database, bucket and data dir (the API key when set).
+SERVICE_FIELDS: Final = (
+    "database_url",
+    "s3_endpoint",
+    "s3_access_key",
+    "s3_secret_key",
+    "s3_bucket",
+    "data_dir",
+    "api_key",
+)
+
+
+def service_env(settings: Settings, *fields: str, **extra: str) -> dict[str, str]:
+    """The one environment builder for ``kbingest`` subprocesses: this process's environment, ``settings``'
+    ``SERVICE_FIELDS`` and ``fields`` as ``KBINGEST_*`` variables (unset ones left out), then ``extra``."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    env = {**os.environ, f"{prefix}LOG_LEVEL": "INFO"}
+    for name in (*SERVICE_FIELDS, *fields):
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"{prefix}{name}".upper()] = _env_value(value)
     env.update(extra)
     return env
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
 
 
 def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from services.relay.http1 import Answer, ClosedError, ConnectError
 from services.relay.metrics import RelayMetrics
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
-from tests.support.pipeline_helpers import stop_process
+from tests.support.pipeline_helpers import service_env, stop_process
 from tests.support.servers import ROOT, free_port
 
 SECRET = "relay-test-secret"
@@ -216,22 +214,22 @@ def analyse(deliveries: list[dict[str, Any]]) -> Report:
     return Report(len(ok), len(counts), sum(c - 1 for c in counts.values()), violations)
 
 
+# What a ``kbingest relay`` child takes from the test's settings beyond pipeline_helpers.SERVICE_FIELDS.
+RELAY_FIELDS = (
+    "relay_routes",
+    "relay_secret",
+    "relay_port",
+    "db_max_connections",
+    "relay_timeout_s",
+    "relay_backoff_base_s",
+    "relay_backoff_max_s",
+    "relay_batch_subscribers",
+)
+
+
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a ``kbingest relay`` child process with these settings."""
-    return {
-        **os.environ,
-        "KBINGEST_DATABASE_URL": settings.database_url,
-        "KBINGEST_RELAY_ROUTES": json.dumps(settings.relay_routes),
-        "KBINGEST_RELAY_SECRET": settings.relay_secret.get_secret_value(),
-        "KBINGEST_RELAY_PORT": str(settings.relay_port),
-        "KBINGEST_DB_MAX_CONNECTIONS": str(settings.db_max_connections),
-        "KBINGEST_RELAY_TIMEOUT_S": str(settings.relay_timeout_s),
-        "KBINGEST_RELAY_BACKOFF_BASE_S": str(settings.relay_backoff_base_s),
-        "KBINGEST_RELAY_BACKOFF_MAX_S": str(settings.relay_backoff_max_s),
-        "KBINGEST_RELAY_BATCH_SUBSCRIBERS": json.dumps(settings.relay_batch_subscribers),
-        "KBINGEST_LOG_LEVEL": "INFO",
-        **extra,
-    }
+    return service_env(settings, *RELAY_FIELDS, **extra)
 
 
 @contextmanager

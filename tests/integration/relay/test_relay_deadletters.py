@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import httpx
 
 from services.relay.build import open_relay
 from shared.settings import Settings
+from tests.support.pipeline_helpers import service_env
 from tests.support.relay_helpers import SubscriberProcess, fill, metrics, query, relay_settings
 from tests.support.servers import ROOT
 
@@ -55,10 +55,9 @@ async def test_api_lists_and_replays_dead_letters(
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KBINGEST_DATABASE_URL": settings.database_url}
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", "outbox", *args],
-        env=env,
+        env=service_env(settings),
         cwd=ROOT,
         capture_output=True,
         text=True,
