@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from services.cli.client import Client
-from services.cli.sync import SyncItem, _carry_out, _outcome
 from services.cli.sync_plan import Action, LocalFile, RemoteDoc, Step, idempotency_key
+from services.cli.sync_steps import SyncItem, carry_out_one, outcome
 from shared.errors import error_catalogue
 
 KB = "kb-1"
@@ -55,13 +55,13 @@ def test_a_replacement_is_done_when_served_or_failed(tmp_path: Path) -> None:
     item.update(
         _document("doc-1", sha="old", status="ready", pending_version={**pending, "status": "failed", "error": error})
     )
-    assert item.done and item.failed and _outcome(item) == "failed"
+    assert item.done and item.failed and outcome(item) == "failed"
     assert (
         item.error_code == "pdf_encrypted" and item.meaning == "the new version failed: the PDF is password-protected"
     )
 
     item.update(_document("doc-1", sha="new", status="ready", pending_version=None))
-    assert item.done and not item.failed and _outcome(item) == "replaced"
+    assert item.done and not item.failed and outcome(item) == "replaced"
 
 
 def test_a_replacement_served_with_other_content_is_a_failure(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_the_replacement_key_names_the_active_version(tmp_path: Path) -> None:
 
     with _client(handler) as client:
         for version in (1, 3):
-            _carry_out(
+            carry_out_one(
                 client,
                 KB,
                 SyncItem(Path("notes.md"), step=_step(Action.REPLACE, tmp_path, content_version=version)),
@@ -103,7 +103,7 @@ def test_an_upload_answered_with_a_deleted_document_is_sent_again_under_its_own_
 
     item = SyncItem(Path("notes.md"), step=_step(Action.UPLOAD, tmp_path))
     with _client(handler) as client:
-        _carry_out(client, KB, item, lambda n: None)
+        carry_out_one(client, KB, item, lambda n: None)
     assert (item.document_id, item.status) == ("fresh", "processing")
     assert keys == [idempotency_key(KB, "notes.md", "new"), idempotency_key(KB, "notes.md", "new", "stale")]
 
@@ -123,7 +123,7 @@ def test_an_upload_waits_for_a_deletion_that_holds_its_name(tmp_path: Path) -> N
 
     item = SyncItem(Path("notes.md"), step=_step(Action.UPLOAD, tmp_path))
     with _client(handler) as client:
-        _carry_out(client, KB, item, lambda n: None)
+        carry_out_one(client, KB, item, lambda n: None)
     assert len(posts) == 2 and item.document_id == "doc-2" and not item.failed
 
 
@@ -141,12 +141,12 @@ def test_an_upload_waits_for_a_deletion_that_holds_its_name(tmp_path: Path) -> N
 def test_refusals_say_why(tmp_path: Path, answer: httpx.Response, status: str, meaning: str) -> None:
     item = SyncItem(Path("notes.md"), step=_step(Action.UPLOAD, tmp_path))
     with _client(lambda request: answer) as client:
-        _carry_out(client, KB, item, lambda n: None)
+        carry_out_one(client, KB, item, lambda n: None)
     assert item.status == status and item.failed and item.meaning.startswith(meaning)
 
 
 def test_deleting_a_document_already_gone_is_done(tmp_path: Path) -> None:
     item = SyncItem(Path("notes.md"), step=_step(Action.DELETE, tmp_path))
     with _client(lambda request: _error(404, "not_found")) as client:
-        _carry_out(client, KB, item, lambda n: None)
-    assert item.status == "deleted" and _outcome(item) == "deleted"
+        carry_out_one(client, KB, item, lambda n: None)
+    assert item.status == "deleted" and outcome(item) == "deleted"
