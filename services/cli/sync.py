@@ -235,6 +235,13 @@ def _sync(
     processing = sum(not item.done for item in watched)
     if processing:
         console.print(f"{processing} of them still processing (`kbingest status --kb {kb}` shows them)")
+    # In step with the folder, yet not searchable: said, not counted as this run's failures.
+    stuck = [s.name for s in steps if s.action is Action.UNCHANGED and s.remote and s.remote.status == "failed"]
+    if stuck:
+        console.print(
+            f"note: {len(stuck)} unchanged file(s) failed processing earlier: {', '.join(stuck)} "
+            f"(`kbingest status --kb {kb}` says why)"
+        )
     if any(item.failed for item in items):
         console.print(failures_table(items))
         raise typer.Exit(EXIT_FAILED)

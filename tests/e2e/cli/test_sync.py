@@ -155,3 +155,24 @@ def test_a_sync_cut_by_ctrl_c_resumes_by_running_it_again(
     assert set(_documents(stack, kb)) == names  # each file once: nothing lost, nothing doubled
     last = kbingest("sync", str(folder), "--kb", kb, "--no-wait")
     assert last.returncode == 0 and f"plan: {len(names)} unchanged" in last.stdout, _say(last)
+
+
+def test_a_file_that_fails_processing_fails_the_run_then_is_noted_as_unchanged(
+    kbingest: Run, stack: user_stack.UserStack, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "fine.md").write_text("# Fine\n\nA note with words in it.\n")
+    (folder / "blank.md").write_text(" \n\n \n")  # accepted (not empty), but no text to index
+    kb = stack.name("cli-sync-failing")
+    wait = ("--timeout", str(PROCESSING_DEADLINE_S))
+
+    first = kbingest("sync", str(folder), "--kb", kb, "--create", *wait, timeout=400)
+    assert "still in progress" not in first.stderr, "documents were not processed in time:\n" + _say(first)
+    assert first.returncode == 1, _say(first)
+    assert _summary(first) == {"added": 1, "replaced": 0, "deleted": 0, "unchanged": 0, "failed": 1}, _say(first)
+    assert "blank.md" in first.stdout.split("failed")[-1] and "empty_text" in first.stdout, _say(first)
+
+    again = kbingest("sync", str(folder), "--kb", kb, *wait)
+    assert again.returncode == 0 and "plan: 2 unchanged" in again.stdout, _say(again)
+    assert "note: 1 unchanged file(s) failed processing earlier: blank.md" in again.stdout, _say(again)
