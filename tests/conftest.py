@@ -41,6 +41,16 @@ def s3_server() -> Iterator[EmbeddedS3]:
 
 
 @pytest.fixture
+def own_pg() -> Iterator[servers.EmbeddedPostgres]:
+    """A Postgres of the test's own, migrated: the test stops, crashes and starts it."""
+    pg = servers.start_postgres(max_connections=50)
+    servers.migrate(pg.dsn)
+    yield pg
+    pg.destroy()
+    shutil.rmtree(pg.data_dir.parent, ignore_errors=True)
+
+
+@pytest.fixture
 def database_url(pg_server: EmbeddedPostgres) -> str:
     return pg_server.dsn_for(servers.clone_database(pg_server))
 

@@ -10,22 +10,13 @@ reset on accept (a refused connect, not a hang: the processor's internal timeout
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import threading
 from contextlib import suppress
 
+from tests.support.asgi import reset
+
 BUFFER_BYTES = 64 * 1024
 CONNECT_TIMEOUT_S = 5.0
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with RST (SO_LINGER 0): the peer sees ECONNRESET at once instead of a clean EOF."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()
 
 
 class CuttableProxy:
@@ -58,7 +49,7 @@ class CuttableProxy:
 
     def _reset_all(self) -> None:
         for writer in list(self._open):
-            _reset(writer)
+            reset(writer)
         self._open.clear()
 
     def _run(self) -> None:
@@ -75,14 +66,14 @@ class CuttableProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut:
-            _reset(writer)
+            reset(writer)
             return
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.target_port), CONNECT_TIMEOUT_S
             )
         except (OSError, TimeoutError):
-            _reset(writer)
+            reset(writer)
             return
         self._open.update((writer, up_writer))
         try:

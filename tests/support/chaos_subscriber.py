@@ -21,12 +21,10 @@ import asyncio
 import hashlib
 import json
 import random
-import socket
-import struct
-from contextlib import suppress
 from typing import Any
 
 from shared.subscriber import SignatureError, verify
+from tests.support.asgi import reset
 
 POISON_ONE_IN = 40
 HUGE_BODY_BYTES = 4 * 1024 * 1024
@@ -117,14 +115,14 @@ class ChaosSubscriber:
             value = self.rng.choice(MALFORMED_RETRY_AFTER)
             await _answer(writer, 503, b"{}", extra={"Retry-After": value})
         elif mode == "reset":
-            _reset(writer)
+            reset(writer)
         elif mode == "stall":
             await asyncio.sleep(STALL_S)
             await _answer(writer, 503, b"{}")
         else:
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000\r\n\r\npartial")
             await writer.drain()
-            _reset(writer)
+            reset(writer)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
@@ -153,14 +151,6 @@ async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes, extra:
     lines.append("Connection: close")
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     await writer.drain()
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()
 
 
 async def serve(port: int, secret: str, seed: int) -> None:

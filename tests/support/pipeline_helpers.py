@@ -25,6 +25,7 @@ from shared.db import Database, worker_database
 from shared.settings import Settings
 from shared.storage import ObjectStore, object_key
 from tests.support import servers
+from tests.support.asgi import read_body
 from tests.support.poll import eventually
 
 
@@ -239,12 +240,7 @@ async def http_sink(port: int) -> AsyncIterator[list[dict[str, Any]]]:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["method"] == "POST" and body:
             received.append(json.loads(body))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})

@@ -31,6 +31,7 @@ import uvicorn
 import uvloop
 
 from shared.subscriber import EVENT_ID_HEADER, SignatureError, verify
+from tests.support.asgi import read_body
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -160,12 +161,7 @@ class AsgiApp:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if delay := self.subscriber.arrived(scope["method"], scope["path"]):
             await asyncio.sleep(delay)

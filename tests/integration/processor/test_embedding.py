@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import socket
@@ -16,6 +15,7 @@ import pytest
 from shared.embedding import Embedder
 from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
+from tests.support.loop_lag import loop_lags
 
 FAKE_DIM = 8
 
@@ -83,17 +83,8 @@ async def test_batches_keep_order_and_match_single_calls() -> None:
 async def test_local_embedding_does_not_block_the_event_loop() -> None:
     embedder = Embedder(_settings(), batch_size=4)
     await embedder.dimension()  # load litellm and the model first
-    lags: list[float] = []
-
-    async def probe() -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lags.append(time.perf_counter() - before - 0.01)
-
-    ticker = asyncio.create_task(probe())
-    await embedder.embed_documents(["A long passage about the history of a football club. " * 25] * 4)
-    ticker.cancel()
+    async with loop_lags() as lags:
+        await embedder.embed_documents(["A long passage about the history of a football club. " * 25] * 4)
     assert lags and max(lags) < 0.25
 
 

@@ -20,6 +20,7 @@ from services.processor.extraction.partition import partition_file
 from services.processor.extraction.sandbox import ExtractorPool
 from shared.errors import ErrorCode, ProcessingError
 from tests.support.corpus import CORPUS, corpus_missing
+from tests.support.loop_lag import loop_lags
 from tests.support.poll import eventually
 
 MEMORY_BYTES = 2 * 1024**3
@@ -117,20 +118,11 @@ async def test_cancelling_an_extraction_kills_its_child(poison_pool: ExtractorPo
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_the_event_loop_stays_responsive_during_extraction(poison_pool: ExtractorPool) -> None:
-    lags: list[float] = []
-
-    async def probe() -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lags.append(time.perf_counter() - before - 0.01)
-
-    ticker = asyncio.create_task(probe())
-    with pytest.raises(ProcessingError):
-        await poison_pool.extract(
-            "/dev/null", poison.TEST_LOOP, timeout_s=1.5, cpu_seconds=60, memory_bytes=MEMORY_BYTES
-        )
-    ticker.cancel()
+    async with loop_lags() as lags:
+        with pytest.raises(ProcessingError):
+            await poison_pool.extract(
+                "/dev/null", poison.TEST_LOOP, timeout_s=1.5, cpu_seconds=60, memory_bytes=MEMORY_BYTES
+            )
     assert len(lags) > 50
     assert max(lags) < 0.25
 

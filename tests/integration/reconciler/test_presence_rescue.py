@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -33,16 +32,6 @@ HeldBy = Callable[[str], contextlib.AbstractAsyncContextManager[asyncpg.Connecti
 
 # Short enough that the session's Postgres, started moments ago, is past it; the grace test sets its own.
 RESTART_GRACE_S = 1.0
-
-
-@pytest.fixture
-def own_pg() -> Iterator[servers.EmbeddedPostgres]:
-    """A Postgres of this test's own, to restart."""
-    pg = servers.start_postgres(max_connections=50)
-    servers.migrate(pg.dsn)
-    yield pg
-    pg.destroy()
-    shutil.rmtree(pg.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture
