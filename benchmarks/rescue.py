@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 from sqlalchemy import text
 
-from benchmarks.support import ROOT, Stack, embedded_stack, free_port, percentile, table
+from benchmarks.support import ROOT, Stack, embedded_stack, free_port, kbingest_process, percentile, table
 from services.processor.presence import APPLICATION_NAME as PRESENCE_APP
 from services.processor.presence import PING_INTERVAL_S, Presence
 from shared import lifecycle, presence
@@ -267,13 +267,7 @@ async def _checks_past(reconciler_url: str, count: float) -> bool:
 def _run_config(stack: Stack, config: Config, kills: int, rng: random.Random) -> tuple[list[float], Load | None]:
     port = free_port()
     env = {**stack.env, **config.env(), "KBINGEST_RECONCILER_PORT": str(port)}
-    reconciler = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "reconciler"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    reconciler = kbingest_process("reconciler", env)
     try:
         return asyncio.run(_measure(stack, config, kills, rng, f"http://127.0.0.1:{port}"))
     finally:

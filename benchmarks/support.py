@@ -89,18 +89,23 @@ def embedded_stack(max_connections: int = 100) -> Iterator[Stack]:
         pg.destroy()
 
 
-@contextmanager
-def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
-    """``kbingest api`` as a real process; yields its base URL once /readyz is 200."""
-    port = free_port()
-    env = {**stack.env, "KBINGEST_API_PORT": str(port), "KBINGEST_API_KEY": api_key, **extra_env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "api"],
+def kbingest_process(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``kbingest COMMAND`` as a quiet child process (its output would mix into the benchmark's report)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", command],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@contextmanager
+def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
+    """``kbingest api`` as a real process; yields its base URL once /readyz is 200."""
+    port = free_port()
+    env = {**stack.env, "KBINGEST_API_PORT": str(port), "KBINGEST_API_KEY": api_key, **extra_env}
+    proc = kbingest_process("api", env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{base}/readyz", proc)
