@@ -491,8 +491,10 @@ async def on_document_created(conn: AsyncConnection, row: RowMapping, *, max_att
         await conn.execute(SET_ROW_GENERATION, {"id": row["id"], "generation": live["active"]})
     if "building" in live:
         params = {"id": row["id"], "generation": live["building"], "max_attempts": max_attempts}
+        # Not ``index_generations.total``: uploads share the generation lock, and two of them updating
+        # that row would deadlock. Progress counts the build rows (``INDEX_OF_KBS``); ``total`` stays
+        # the count at the start.
         await conn.execute(INSERT_BUILD_OF, params)
-        await conn.execute(COUNT_TOTAL, {"kb": kb_id, "generation": live["building"]})
 
 
 async def on_content_activated(conn: AsyncConnection, kb_id: uuid.UUID, document_id: uuid.UUID) -> None:

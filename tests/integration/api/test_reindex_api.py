@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 
 from services.api.app import create_app
+from shared import lifecycle
 from shared.settings import Settings
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload
+from tests.support.pipeline_helpers import claim, execute, fetch, fetch_one, open_db
 
 
 async def test_settings_on_create_and_defaults(api: httpx.AsyncClient) -> None:
@@ -143,3 +145,44 @@ async def test_uploads_racing_a_reindex_start_are_each_built_exactly_once(
     )
     assert len(rows) == 15 and all(r["builds"] == 1 for r in rows), rows
     assert (await api.get(f"/v1/knowledge-bases/{kb}")).json()["index"]["building"]["total"] == 15
+
+
+async def test_uploads_racing_the_switch_land_in_the_generation_search_will_use(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    kb = await create_kb(api)
+    for n in range(3):
+        assert (await upload(api, kb, f"before-{n}.txt", f"before {n}".encode())).status_code == 201
+    db = open_db(settings)
+    try:
+        await execute(db, "UPDATE documents SET status = 'ready' WHERE knowledge_base_id = :kb", kb=kb)
+        assert (await api.post(f"/v1/knowledge-bases/{kb}/reindex")).status_code == 202
+        builds = await fetch(db, "SELECT id FROM documents WHERE parent_id IS NOT NULL")
+        last = builds.pop()["id"]
+        await execute(db, "UPDATE documents SET status = 'ready' WHERE id = ANY(:ids)", ids=[b["id"] for b in builds])
+        lease = await claim(db, last)
+
+        async def finish_last_build() -> None:
+            async with db.transaction() as conn:
+                assert await lifecycle.mark_ready(conn, lease, chunk_count=1) is not None
+
+        racing = [upload(api, kb, f"racing-{n}.txt", f"racing {n}".encode()) for n in range(8)]
+        _, *uploaded = await asyncio.gather(finish_last_build(), *racing)
+        assert [r.status_code for r in uploaded if r is not None] == [201] * 8
+        active = (await fetch_one(db, "SELECT active_generation FROM knowledge_bases WHERE id = :kb", kb=kb))[
+            "active_generation"
+        ]
+        rows = await fetch(
+            db,
+            "SELECT d.generation, (SELECT count(*) FROM documents b WHERE b.parent_id = d.id AND b.purpose = 'reindex' "
+            "AND b.generation = 2) AS builds FROM documents d WHERE d.knowledge_base_id = :kb AND d.parent_id IS NULL "
+            "ORDER BY d.created_at",
+            kb=kb,
+        )
+    finally:
+        await db.dispose()
+    assert len(rows) == 11
+    # Every document is (or will be) indexed in the generation search uses: its own row there, or a build.
+    assert all(r["generation"] == 2 or r["builds"] == 1 for r in rows), (active, rows)
+    if active == 1:  # an upload committed before the switch: it waits for that document
+        assert any(r["generation"] == 1 and r["builds"] == 1 for r in rows[3:]), rows
