@@ -144,6 +144,11 @@ def relay_settings(database_url: str, routes: dict[str, list[str]], **overrides:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def batch_relay_settings(database_url: str, batch_url: str, **overrides: Any) -> Settings:
+    """``relay_settings`` with every ``document.*`` event to one batch subscriber (a URL or an any-of group)."""
+    return relay_settings(database_url, {"document.*": [batch_url]}, relay_batch_subscribers=[batch_url], **overrides)
+
+
 def metrics() -> RelayMetrics:
     return RelayMetrics(CollectorRegistry())
 

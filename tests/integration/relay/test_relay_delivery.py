@@ -14,6 +14,7 @@ from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
+    batch_relay_settings,
     fill,
     metrics,
     pending,
@@ -85,12 +86,7 @@ async def test_each_subscriber_has_its_own_delivery_state(database_url: str, sub
 async def test_batch_subscribers_get_arrays_with_per_event_acks(database_url: str) -> None:
     batch = start_subscriber()
     try:
-        settings = relay_settings(
-            database_url,
-            {"document.*": [batch.batch_url]},
-            relay_batch_subscribers=[batch.batch_url],
-            relay_batch_max=50,
-        )
+        settings = batch_relay_settings(database_url, batch.batch_url, relay_batch_max=50)
         await fill(database_url, count=600, aggregates=300)
         await batch.control(status=503, count=7)
         async with open_relay(settings, metrics()) as relay:

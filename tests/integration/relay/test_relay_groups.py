@@ -10,6 +10,7 @@ from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
+    batch_relay_settings,
     fill,
     metrics,
     pending,
@@ -118,9 +119,7 @@ async def test_a_batch_group_gets_batches_from_the_live_member(database_url: str
     batch = start_subscriber()
     try:
         group = f"{nobody_listening()}|{batch.batch_url}"
-        settings = relay_settings(
-            database_url, {"document.*": [group]}, relay_batch_subscribers=[group], relay_batch_max=50
-        )
+        settings = batch_relay_settings(database_url, group, relay_batch_max=50)
         await fill(database_url, count=300, aggregates=300)
         async with open_relay(settings, metrics()) as relay:
             await drain(relay, database_url)

@@ -19,6 +19,7 @@ from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
+    batch_relay_settings,
     connect,
     env_for,
     fill,
@@ -37,13 +38,7 @@ GRACE_S = 10.0  # services.relay.worker.SHUTDOWN_GRACE_S
 
 async def _drain_under_ceiling(database_url: str, events: int, subscriber: SubscriberProcess) -> int:
     """Drain ``events`` through a relay process while sampling its connections; returns the peak."""
-    settings = relay_settings(
-        database_url,
-        {"document.*": [subscriber.batch_url]},
-        relay_batch_subscribers=[subscriber.batch_url],
-        relay_port=free_port(),
-        db_max_connections=3,
-    )
+    settings = batch_relay_settings(database_url, subscriber.batch_url, relay_port=free_port(), db_max_connections=3)
     await fill(database_url, count=events, aggregates=events // 2)
     watcher = await connect(database_url)
     peak = 0

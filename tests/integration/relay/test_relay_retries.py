@@ -16,6 +16,7 @@ from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
+    batch_relay_settings,
     fill,
     metrics,
     pending,
@@ -190,12 +191,7 @@ async def test_multi_route_busy_subscriber_does_not_hold_back_or_repeat_the_othe
 async def test_batch_subscriber_busy_per_event_is_not_an_attempt(database_url: str) -> None:
     batch = start_subscriber()
     try:
-        settings = relay_settings(
-            database_url,
-            {"document.*": [batch.batch_url]},
-            relay_batch_subscribers=[batch.batch_url],
-            relay_max_attempts=2,
-        )
+        settings = batch_relay_settings(database_url, batch.batch_url, relay_max_attempts=2)
         await fill(database_url, count=20, aggregates=20)
         await batch.control(status=429, count=30)
         async with open_relay(settings, metrics()) as relay:
