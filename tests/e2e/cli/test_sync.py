@@ -144,7 +144,8 @@ def test_a_sync_cut_by_ctrl_c_resumes_by_running_it_again(
         time.sleep(0.05)  # a polling interval, not a timing assumption
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=120)
-    assert first.returncode in (0, 130), f"exit {first.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    # 130: interrupted and said so; 0 or killed by the signal (-2): it ended before or while exiting.
+    assert first.returncode in (0, 130, -signal.SIGINT), f"exit {first.returncode}\nstdout:\n{out}\nstderr:\n{err}"
     if first.returncode == 130:
         assert "run the same command again to resume" in err and "Traceback" not in err
 
