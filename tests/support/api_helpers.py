@@ -6,11 +6,10 @@ import uuid
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
-from shared.db import worker_database
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from tests.support.pipeline_helpers import fetch, open_db
 
 
 async def create_kb(api: httpx.AsyncClient, name: str | None = None) -> str:
@@ -38,10 +37,10 @@ async def upload(
 
 
 async def fetch_all(settings: Settings, sql: str, **params: Any) -> list[dict[str, Any]]:
-    db = worker_database(settings.database_url, service="test", max_connections=1)
+    """One raw statement on a connection of its own (``pipeline_helpers.fetch``: rows, or [] without rows)."""
+    db = open_db(settings, max_connections=1)
     try:
-        async with db.transaction() as conn:
-            return [dict(r) for r in (await conn.execute(text(sql), params)).mappings()]
+        return await fetch(db, sql, **params)
     finally:
         await db.dispose()
 

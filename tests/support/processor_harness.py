@@ -15,7 +15,7 @@ from services.processor.extraction.elements import Element
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings
 from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.vectorstore import QdrantVectorStore
-from tests.support.pipeline_helpers import fetch, open_db
+from tests.support.api_helpers import fetch_all
 from tests.support.poll import eventually
 
 ExtractFn = Callable[[str, str], Awaitable[list[Element]]]
@@ -36,12 +36,8 @@ async def post_event(client: httpx.AsyncClient, settings: Settings, envelope: di
 
 
 async def sql(settings: Settings, statement: str, **params: Any) -> list[dict[str, Any]]:
-    """One statement on a connection of its own (the rows, or [] for a statement without rows)."""
-    db = open_db(settings, max_connections=1)
-    try:
-        return await fetch(db, statement, **params)
-    finally:
-        await db.dispose()
+    """``api_helpers.fetch_all``, for test_reindex_flow.py (another session's file) until it imports that."""
+    return await fetch_all(settings, statement, **params)
 
 
 async def deliver_due(client: httpx.AsyncClient, settings: Settings) -> list[int]:
@@ -57,12 +53,12 @@ async def deliver_due(client: httpx.AsyncClient, settings: Settings) -> list[int
         response = await post_event(client, settings, row["payload"])
         statuses.append(response.status_code)
         if response.status_code < 300:
-            await sql(settings, "UPDATE outbox SET delivered_at = now() WHERE seq = :seq", seq=row["seq"])
+            await fetch_all(settings, "UPDATE outbox SET delivered_at = now() WHERE seq = :seq", seq=row["seq"])
     return statuses
 
 
 async def document(settings: Settings, document_id: str) -> dict[str, Any]:
-    rows = await sql(settings, "SELECT * FROM documents WHERE id = :id", id=document_id)
+    rows = await fetch_all(settings, "SELECT * FROM documents WHERE id = :id", id=document_id)
     return rows[0]
 
 

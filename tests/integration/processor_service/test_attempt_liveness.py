@@ -19,8 +19,8 @@ from shared.lifecycle import Lease
 from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
 from tests.integration.processor_service.conftest import GatedExtractor
-from tests.support.api_helpers import create_kb, upload
-from tests.support.processor_harness import processor_client, sql, wait_for
+from tests.support.api_helpers import create_kb, fetch_all, upload
+from tests.support.processor_harness import processor_client, wait_for
 
 TEXT = b"Tide tables give the height of the water at each hour of the day.\n"
 HANG_MARKER = "HANG-THE-CHUNKER"
@@ -71,7 +71,7 @@ async def test_a_heartbeat_error_is_logged_and_stops_the_attempt_which_is_retrie
     tries = doc["max_attempts"]
     assert doc["status"] == "failed" and doc["attempts"] == tries
     assert doc["error"]["code"] == "max_attempts_exceeded" and doc["error"]["cause"]["code"] == "internal_error"
-    attempts = await sql(
+    attempts = await fetch_all(
         fast_settings,
         "SELECT outcome, stage, error FROM document_attempts WHERE document_id = :id ORDER BY id",
         id=doc_id,
@@ -120,7 +120,7 @@ async def test_a_hung_chunker_is_cut_by_the_watchdog_and_its_slot_serves_the_nex
     assert doc["status"] == "failed" and doc["attempts"] == tries
     assert doc["error"]["code"] == "max_attempts_exceeded" and doc["error"]["cause"]["code"] == "stage_timeout"
     assert doc["lease_owner"] is None
-    attempts = await sql(
+    attempts = await fetch_all(
         settings, "SELECT outcome, stage, error FROM document_attempts WHERE document_id = :id ORDER BY id", id=hung
     )
     assert [a["outcome"] for a in attempts] == ["retry_scheduled"] * (tries - 1) + ["failed"]

@@ -24,8 +24,8 @@ from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
 from shared.vectorstore import QdrantVectorStore
-from tests.support.api_helpers import create_kb, upload
-from tests.support.processor_harness import deliver_due, document, post_event, processor_client, sql, wait_for
+from tests.support.api_helpers import create_kb, fetch_all, upload
+from tests.support.processor_harness import deliver_due, document, post_event, processor_client, wait_for
 
 TEXT = b"Lighthouse keepers trimmed the wicks every evening and logged passing ships.\n"
 
@@ -127,11 +127,11 @@ async def test_a_write_that_lands_after_the_purge_is_taken_back(
         await asyncio.wait_for(index.landed.wait(), 60)
         await _until_idle(state)
         assert await vectors.count(doc_id) == 0, "the late write's points outlived the deletion"
-    [attempt] = await sql(settings, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=doc_id)
+    [attempt] = await fetch_all(settings, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=doc_id)
     assert attempt["outcome"] == "deleted"
     types = [
         r["type"]
-        for r in await sql(settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id)
+        for r in await fetch_all(settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id)
     ]
     assert types[-1] == "document.deleted" and "document.indexed" not in types
 
@@ -152,7 +152,7 @@ async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
         fake.down = True
 
         assert (await api.delete(f"/v1/documents/{doc_id}")).status_code == 202
-        [pending] = await sql(
+        [pending] = await fetch_all(
             fast_settings,
             "SELECT payload FROM outbox WHERE aggregate_id = :id AND type = 'document.delete_requested'",
             id=doc_id,
@@ -163,7 +163,7 @@ async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
         assert refused.headers["Retry-After"]
         assert (await document(fast_settings, doc_id))["deleted_at"] is None
         assert (
-            await sql(
+            await fetch_all(
                 fast_settings,
                 "SELECT 1 FROM processor_inbox WHERE document_id = :id AND event_type = 'document.delete_requested'",
                 id=doc_id,
@@ -182,7 +182,9 @@ async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
     assert doc["status"] == "deleting" and doc["deleted_at"] is not None
     types = [
         r["type"]
-        for r in await sql(fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id)
+        for r in await fetch_all(
+            fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id
+        )
     ]
     assert types.count("document.deleted") == 1 and types[-1] == "document.deleted"
 
@@ -236,7 +238,7 @@ async def test_reconciler_repurges_a_settled_tombstone_once(
         )
         step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
         assert await step.run() == {}, "a tombstone younger than the settle time is left alone"
-        await sql(
+        await fetch_all(
             fast_settings,
             "UPDATE documents SET deleted_at = now() - make_interval(secs => :age) WHERE id = ANY(:ids)",
             age=step.settle_s + 1,

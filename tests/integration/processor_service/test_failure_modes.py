@@ -11,15 +11,15 @@ import pytest
 from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
 from tests.integration.processor_service.conftest import GatedExtractor
-from tests.support.api_helpers import create_kb, upload
+from tests.support.api_helpers import create_kb, fetch_all, upload
 from tests.support.fake_embedder import fake_embedder
-from tests.support.processor_harness import deliver_due, document, processor_client, sql, wait_for
+from tests.support.processor_harness import deliver_due, document, processor_client, wait_for
 
 TEXT = b"Some plain text about tide pools and the animals that live in them.\n"
 
 
 async def _stage_events(settings: Settings, doc_id: str) -> list[str]:
-    rows = await sql(
+    rows = await fetch_all(
         settings,
         "SELECT payload FROM outbox WHERE aggregate_id = :id AND type = 'document.stage_changed' ORDER BY seq",
         id=doc_id,
@@ -64,7 +64,7 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
         await deliver_due(client, fast_settings)
         await asyncio.wait_for(gated.entered.wait(), 30)
         # Someone else (a rescuer) takes the document: the epoch moves behind the worker's back.
-        await sql(
+        await fetch_all(
             fast_settings,
             "UPDATE documents SET lease_epoch = lease_epoch + 1, lease_owner = 'rescuer' WHERE id = :id",
             id=doc_id,
@@ -79,7 +79,7 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
     assert doc["status"] == "processing" and doc["stage"] == "extracting" and doc["lease_owner"] == "rescuer"
     assert await _stage_events(fast_settings, doc_id) == ["downloading", "extracting"]
     assert await vectors.count(doc_id) == 0
-    events = await sql(
+    events = await fetch_all(
         fast_settings,
         "SELECT type FROM outbox WHERE aggregate_id = :id AND type IN ('document.indexed', 'document.failed')",
         id=doc_id,
@@ -110,7 +110,7 @@ async def test_saturated_processor_notes_events_and_fills_the_freed_slot(
         for doc_id in (first, second):
             doc = await wait_for(one_slot, doc_id, {"ready", "failed"}, client=client)
             assert doc["status"] == "ready" and doc["attempts"] == 1
-    attempts = await sql(
+    attempts = await fetch_all(
         one_slot,
         "SELECT document_id::text AS id, started_at, finished_at FROM document_attempts ORDER BY started_at",
     )
@@ -132,12 +132,12 @@ async def test_shutdown_hands_back_the_document_in_progress(
     assert doc["status"] == "queued" and doc["lease_owner"] is None and doc["attempts"] == 0
     types = [
         r["type"]
-        for r in await sql(one_slot, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=first)
+        for r in await fetch_all(one_slot, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=first)
     ]
     assert types[-1] == "document.requeued"
-    [attempt] = await sql(one_slot, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=first)
+    [attempt] = await fetch_all(one_slot, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=first)
     assert attempt["outcome"] == "handed_back"
-    processors = await sql(one_slot, "SELECT stopped_at, ready_at FROM processors")
+    processors = await fetch_all(one_slot, "SELECT stopped_at, ready_at FROM processors")
     assert processors and all(p["stopped_at"] is not None and p["ready_at"] is not None for p in processors)
 
 
@@ -156,7 +156,7 @@ async def test_embedder_down_retries_then_fails_and_retry_works_when_back(
             assert doc["status"] == "failed" and doc["attempts"] == doc["max_attempts"]
             assert doc["error"]["code"] == "max_attempts_exceeded"
             assert doc["error"]["cause"]["code"] == "embedder_unavailable"
-            attempts = await sql(
+            attempts = await fetch_all(
                 remote, "SELECT outcome, error FROM document_attempts WHERE document_id = :id ORDER BY id", id=doc_id
             )
             assert [a["outcome"] for a in attempts] == ["retry_scheduled"] * (doc["max_attempts"] - 1) + ["failed"]
@@ -196,7 +196,9 @@ async def test_embedding_deadline_is_per_batch_not_per_document(
             stuck = (await upload(api, kb, "stuck.txt", TEXT)).json()["id"]
             await deliver_due(client, remote)
             doc = await wait_for(remote, stuck, {"failed"}, client=client)
-    attempts = await sql(remote, "SELECT error FROM document_attempts WHERE document_id = :id ORDER BY id", id=stuck)
+    attempts = await fetch_all(
+        remote, "SELECT error FROM document_attempts WHERE document_id = :id ORDER BY id", id=stuck
+    )
     assert attempts[0]["error"]["code"] == "embed_timeout"
     assert "made no progress for 3s (0 of 1 done)" in attempts[0]["error"]["message"]
 

@@ -15,8 +15,8 @@ from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
 from shared.lifecycle import requeue_event
 from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
-from tests.support.api_helpers import create_kb, upload
-from tests.support.processor_harness import deliver_due, post_event, processor_client, sql, wait_for
+from tests.support.api_helpers import create_kb, fetch_all, upload
+from tests.support.processor_harness import deliver_due, post_event, processor_client, wait_for
 
 MARKDOWN = b"# Lighthouses\n\nThe Eddystone Lighthouse stands on dangerous rocks south of Plymouth.\n"
 
@@ -34,7 +34,7 @@ async def test_markdown_goes_through_every_stage_to_ready(
         assert await vectors.count(doc_id) == doc["chunk_count"]
         hits = await vectors.search(kb, await state.embedder.embed_query("Eddystone lighthouse Plymouth"), 3)
         assert hits[0].document_id == doc_id
-    events = await sql(
+    events = await fetch_all(
         fast_settings, "SELECT type, payload FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id
     )
     stages = [e["payload"]["data"]["stage"] for e in events if e["type"] == "document.stage_changed"]
@@ -42,7 +42,9 @@ async def test_markdown_goes_through_every_stage_to_ready(
     assert events[-1]["type"] == "document.indexed"
     for event in events:
         jsonschema.validate(event["payload"], event_schema(event["type"]), format_checker=jsonschema.FormatChecker())
-    attempts = await sql(fast_settings, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=doc_id)
+    attempts = await fetch_all(
+        fast_settings, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=doc_id
+    )
     assert [a["outcome"] for a in attempts] == ["ready"]
     assert (await api.get(f"/v1/documents/{doc_id}")).json()["status"] == "ready"
 
@@ -52,7 +54,7 @@ async def test_same_event_ten_times_processes_once_and_reprocessing_leaves_no_st
 ) -> None:
     kb = await create_kb(api)
     doc_id = (await upload(api, kb, "lighthouses.md", MARKDOWN)).json()["id"]
-    [event] = await sql(fast_settings, "SELECT payload FROM outbox WHERE aggregate_id = :id", id=doc_id)
+    [event] = await fetch_all(fast_settings, "SELECT payload FROM outbox WHERE aggregate_id = :id", id=doc_id)
     async with processor_client(fast_settings, vectors=vectors) as (client, _state):
         responses = await asyncio.gather(*(post_event(client, fast_settings, event["payload"]) for _ in range(10)))
         codes = sorted(r.status_code for r in responses)
@@ -104,11 +106,13 @@ async def test_delete_removes_points_object_and_row(
         assert await vectors.count(doc_id) == 0
         assert not await state.store.exists(f"kb/{kb}/{doc_id}")
     assert (await api.get(f"/v1/documents/{doc_id}")).status_code == 404
-    [row] = await sql(fast_settings, "SELECT deleted_at FROM documents WHERE id = :id", id=doc_id)
+    [row] = await fetch_all(fast_settings, "SELECT deleted_at FROM documents WHERE id = :id", id=doc_id)
     assert row["deleted_at"] is not None
     types = [
         r["type"]
-        for r in await sql(fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id)
+        for r in await fetch_all(
+            fast_settings, "SELECT type FROM outbox WHERE aggregate_id = :id ORDER BY seq", id=doc_id
+        )
     ]
     assert types[-1] == "document.deleted"
     # The name is free again for a new upload.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore
@@ -19,16 +21,20 @@ from tests.support.reconcilers import ReconcilerFactory
 INTERVAL_S = 5.0  # grace = 2 intervals = 10 s; documents are aged 60 s
 
 
-async def test_dead_lettered_upload_event_is_reemitted_once(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
-) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
-    # The relay gave up (processor down for hours): the only event is a dead letter.
+async def _dead_lettered_old_document(db: Database, store: ObjectStore) -> uuid.UUID:
+    """A queued document past the grace whose only event the relay gave up on (processor down for hours)."""
+    doc = await create_document(db, store, await create_kb(db))
     await execute(
         db, "UPDATE outbox SET dead_at = now(), dead_reason = 'max_attempts' WHERE aggregate_id = :id", id=doc
     )
     await age_document(db, doc, 60)
+    return doc
+
+
+async def test_dead_lettered_upload_event_is_reemitted_once(
+    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+) -> None:
+    doc = await _dead_lettered_old_document(db, store)
     reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
 
     assert (await reconciler.run_once()).counts.get("lost_event") == 1
@@ -80,12 +86,7 @@ async def test_queued_documents_with_a_pending_recent_or_future_event_are_left_a
 async def test_unroutable_requeue_is_not_repeated(
     db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
 ) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
-    await execute(
-        db, "UPDATE outbox SET dead_at = now(), dead_reason = 'max_attempts' WHERE aggregate_id = :id", id=doc
-    )
-    await age_document(db, doc, 60)
+    doc = await _dead_lettered_old_document(db, store)
     reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
     assert (await reconciler.run_once()).counts.get("lost_event") == 1
     # The relay parks the re-emitted event: no route for document.requeued (seed 002).
