@@ -52,6 +52,10 @@ async def fetch_one(db: Database, sql: str, **params: Any) -> dict[str, Any]:
     return rows[0]
 
 
+async def document_status(db: Database, document_id: uuid.UUID) -> str:
+    return str((await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=document_id))["status"])
+
+
 async def create_kb(db: Database, name: str | None = None) -> uuid.UUID:
     kb_id = uuid.uuid4()
     await execute(

@@ -23,7 +23,16 @@ from shared.db import Database, asyncpg_dsn
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from tests.support import servers
-from tests.support.pipeline_helpers import claim, create_document, create_kb, events_of, fetch, fetch_one, open_db
+from tests.support.pipeline_helpers import (
+    claim,
+    create_document,
+    create_kb,
+    document_status,
+    events_of,
+    fetch,
+    fetch_one,
+    open_db,
+)
 from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
 
@@ -177,7 +186,7 @@ async def test_a_real_processor_presence_is_seen_and_its_loss_rescued(
 
     async def rescued() -> bool:
         await reconciler.presence.check_once()
-        return (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=doc))["status"] == "queued"
+        return await document_status(db, doc) == "queued"
 
     await eventually(rescued, timeout_s=30, every_s=0.05)
 
@@ -194,7 +203,7 @@ async def test_nothing_is_rescued_within_the_grace_after_a_postgres_start(
         await reconciler.presence.check_once()
     for _ in range(4):
         assert await reconciler.presence.check_once() == {}
-    assert (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=doc))["status"] == "processing"
+    assert await document_status(db, doc) == "processing"
 
 
 async def test_a_replica_that_does_not_lead_does_not_check(
@@ -210,7 +219,7 @@ async def test_a_replica_that_does_not_lead_does_not_check(
         await standby.presence.check_once()
     for _ in range(3):
         assert await standby.presence.check_once() == {}
-    assert (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=doc))["status"] == "processing"
+    assert await document_status(db, doc) == "processing"
     assert leader.is_leader
 
 

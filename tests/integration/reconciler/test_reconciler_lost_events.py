@@ -12,9 +12,9 @@ from tests.support.pipeline_helpers import (
     create_document,
     create_kb,
     deliver_all,
+    document_status,
     events_of,
     execute,
-    fetch_one,
 )
 from tests.support.reconcilers import ReconcilerFactory
 
@@ -117,7 +117,7 @@ async def test_stuck_deletion_reemits_delete_requested(
     events = await events_of(db, doc)
     assert [e["type"] for e in events][-1] == "document.delete_requested"
     assert events[-1]["delivered_at"] is None
-    assert (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=doc))["status"] == "deleting"
+    assert await document_status(db, doc) == "deleting"
     assert "stuck_delete" not in (await reconciler.run_once()).counts
 
     async with db.transaction() as conn:

@@ -8,7 +8,15 @@ import uuid
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore, object_key
-from tests.support.pipeline_helpers import claim, create_document, create_kb, events_of, execute, fetch_one
+from tests.support.pipeline_helpers import (
+    claim,
+    create_document,
+    create_kb,
+    document_status,
+    events_of,
+    execute,
+    fetch_one,
+)
 from tests.support.reconcilers import ReconcilerFactory
 
 GRACE_S = 3.0
@@ -59,7 +67,7 @@ async def test_rows_whose_object_is_missing_fail_with_object_missing(
         assert row["status"] == "failed" and row["error"]["code"] == "object_missing"
         assert row["error"]["retryable"] is False
         assert (await events_of(db, doc))[-1]["type"] == "document.failed"
-    assert (await fetch_one(db, "SELECT status FROM documents WHERE id = :id", id=intact))["status"] == "queued"
+    assert await document_status(db, intact) == "queued"
     attempt = await fetch_one(db, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=processing)
     assert attempt["outcome"] == "failed"
     async with db.transaction() as conn:
