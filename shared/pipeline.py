@@ -42,9 +42,13 @@ AlertCode = Literal[
 ]
 ALERT_CODES: Final[tuple[str, ...]] = AlertCode.__args__  # type: ignore[attr-defined]  # Literal args
 
-# Live documents by status and stage (one scan; tombstones excluded).
+# Live rows by status and stage (one scan; tombstones excluded), user documents apart from build rows
+# (docs/documents-change.md): a user counts documents, the queue counts both.
 DOCUMENT_COUNTS: Final = text(
-    "SELECT status, stage, count(*) AS n FROM documents WHERE deleted_at IS NULL GROUP BY status, stage"
+    """
+    SELECT status, stage, parent_id IS NOT NULL AS build, count(*) AS n FROM documents
+    WHERE deleted_at IS NULL GROUP BY status, stage, build
+    """
 )
 
 # Pending = undelivered and not dead; its age counts only due rows (a delayed retry is not late).
@@ -251,6 +255,7 @@ class Detail:
 
     counts_by_status: dict[str, int]
     counts_by_stage: dict[str, int]
+    builds: dict[str, int]
     outbox: OutboxHealth
     processors: list[ProcessorSeen]
     reconciler: ReconcilerHealth
@@ -260,7 +265,13 @@ async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, 
     """Read the facts plus the detail the report lists (counts, processors, reconciler)."""
     by_status: dict[str, int] = dict.fromkeys(DOCUMENT_STATUSES, 0)
     by_stage: dict[str, int] = {}
+    builds: dict[str, int] = {"queued": 0, "processing": 0}
     for row in (await conn.execute(DOCUMENT_COUNTS)).mappings():
+        if row["build"]:
+            # Finished builds are history (a retired generation, a replaced version): only work counts.
+            if row["status"] in builds:
+                builds[row["status"]] += int(row["n"])
+            continue
         by_status[row["status"]] = by_status.get(row["status"], 0) + int(row["n"])
         if row["stage"] is not None:
             by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + int(row["n"])
@@ -298,6 +309,7 @@ async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, 
     detail = Detail(
         counts_by_status=by_status,
         counts_by_stage=by_stage,
+        builds=builds,
         outbox=OutboxHealth(
             pending=int(outbox["pending"]),
             dead=facts.dead,
@@ -335,6 +347,7 @@ async def pipeline_report(conn: AsyncConnection, settings: Settings) -> Pipeline
         generated_at=facts.now,
         counts_by_status=detail.counts_by_status,
         counts_by_stage=detail.counts_by_stage,
+        builds=detail.builds,
         queued_due=facts.flow.queued_due,
         oldest_queued_age_s=facts.oldest_queued_age_s,
         slots=facts.flow.slots,

@@ -59,8 +59,12 @@ class Slots(BaseModel):
 
 class PipelineReport(BaseModel):
     generated_at: datetime
-    counts_by_status: dict[str, int]
-    counts_by_stage: dict[str, int]
+    counts_by_status: dict[str, int] = Field(description="user documents by status (build rows excluded)")
+    counts_by_stage: dict[str, int] = Field(description="processing user documents by stage")
+    builds: dict[str, int] = Field(
+        description="hidden build rows (a replacement's new version, a re-index) queued or processing: "
+        "they share the queue and the slots with documents"
+    )
     queued_due: int
     oldest_queued_age_s: float | None
     slots: Slots

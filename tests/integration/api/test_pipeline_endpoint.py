@@ -41,6 +41,7 @@ async def test_report_counts_outbox_processors_reconciler(
 
     assert body["counts_by_status"] == {"queued": 2, "processing": 1, "ready": 0, "failed": 0, "deleting": 0}
     assert body["counts_by_stage"] == {"extracting": 1}
+    assert body["builds"] == {"queued": 0, "processing": 0}
     assert body["queued_due"] == 2 and body["oldest_queued_age_s"] >= 0
     assert body["outbox"]["pending"] == 3 and body["outbox"]["dead"] == 0
     assert body["outbox"]["oldest_pending_age_s"] >= 0
@@ -51,6 +52,22 @@ async def test_report_counts_outbox_processors_reconciler(
     assert body["reconciler"]["last_pass_finished_at"] is not None
     assert body["database"]["max_connections"] > body["database"]["connections_in_use"] > 0
     assert body["alerts"] == []
+
+
+async def test_build_rows_count_as_queue_work_not_as_documents(api: httpx.AsyncClient) -> None:
+    kb = await create_kb(api)
+    doc = (await upload(api, kb, "v.txt", b"first", content_type="text/plain")).json()["id"]
+    # A replacement of a document that never became ready re-points the document itself; a re-index
+    # makes one hidden build row per document.
+    assert (await api.post(f"/v1/knowledge-bases/{kb}/reindex")).status_code == 202
+
+    body = (await api.get("/v1/pipeline")).json()
+
+    assert body["counts_by_status"]["queued"] == 1, f"only the document counts: {body['counts_by_status']}"
+    assert body["builds"] == {"queued": 1, "processing": 0}
+    assert body["queued_due"] == 2, "the queue holds the document and its build"
+    listed = (await api.get(f"/v1/knowledge-bases/{kb}/documents")).json()["items"]
+    assert [d["id"] for d in listed] == [doc]
 
 
 async def test_alert_since_is_remembered_by_the_reconciler(
