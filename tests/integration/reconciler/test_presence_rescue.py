@@ -191,19 +191,26 @@ async def test_a_real_processor_presence_is_seen_and_its_loss_rescued(
     await eventually(rescued, timeout_s=30, every_s=0.05)
 
 
+async def _assert_a_lost_lock_is_not_rescued(
+    db: Database, store: ObjectStore, hold: HeldBy, checker: Reconciler
+) -> None:
+    """A processing document whose owner's lock was seen held, then gone for several checks: ``checker`` keeps out."""
+    owner = _owner()
+    doc = await create_document(db, store, await create_kb(db))
+    async with hold(owner):
+        await claim(db, doc, owner=owner)
+        await checker.presence.check_once()
+    for _ in range(4):
+        assert await checker.presence.check_once() == {}
+    assert await document_status(db, doc) == "processing"
+
+
 async def test_nothing_is_rescued_within_the_grace_after_a_postgres_start(
     db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory, hold: HeldBy
 ) -> None:
     # The grace is STALE_AFTER_S; the test server started well within this one.
     reconciler = await _leader(make_reconciler, stale_after_s=10 * 365 * 86400.0)
-    owner = _owner()
-    doc = await create_document(db, store, await create_kb(db))
-    async with hold(owner):
-        await claim(db, doc, owner=owner)
-        await reconciler.presence.check_once()
-    for _ in range(4):
-        assert await reconciler.presence.check_once() == {}
-    assert await document_status(db, doc) == "processing"
+    await _assert_a_lost_lock_is_not_rescued(db, store, hold, reconciler)
 
 
 async def test_a_replica_that_does_not_lead_does_not_check(
@@ -212,14 +219,7 @@ async def test_a_replica_that_does_not_lead_does_not_check(
     leader = await _leader(make_reconciler)
     standby = make_reconciler()
     assert not (await standby.run_once()).leader
-    owner = _owner()
-    doc = await create_document(db, store, await create_kb(db))
-    async with hold(owner):
-        await claim(db, doc, owner=owner)
-        await standby.presence.check_once()
-    for _ in range(3):
-        assert await standby.presence.check_once() == {}
-    assert await document_status(db, doc) == "processing"
+    await _assert_a_lost_lock_is_not_rescued(db, store, hold, standby)
     assert leader.is_leader
 
 
