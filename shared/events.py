@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from shared.vocabulary import EVENT_STATUSES, STAGES
+
 EventType = Literal[
     "document.uploaded",
     "document.stage_changed",
@@ -86,8 +88,8 @@ _DOCUMENT_DATA: Final[dict[str, Any]] = {
         "document_id": {"type": "string", "format": "uuid"},
         "knowledge_base_id": {"type": "string", "format": "uuid"},
         "version": {"type": "integer", "minimum": 0},
-        "status": {"enum": ["queued", "processing", "ready", "failed", "deleting", "deleted"]},
-        "stage": {"enum": [None, "downloading", "extracting", "chunking", "embedding", "indexing"]},
+        "status": {"enum": list(EVENT_STATUSES)},
+        "stage": {"enum": [None, *STAGES]},
         "filename": {"type": "string"},
         "media_type": {"type": "string"},
         "size_bytes": {"type": "integer"},

@@ -23,9 +23,7 @@ from shared import generations, queue, versions
 from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES
 from shared.outbox import add_event, release_held
-
-Status = Literal["queued", "processing", "ready", "failed", "deleting"]
-Stage = Literal["downloading", "extracting", "chunking", "embedding", "indexing"]
+from shared.vocabulary import Stage
 
 _COLS: Final = (
     "id, knowledge_base_id, batch_id, filename, original_filename, media_type, size_bytes, sha256, "

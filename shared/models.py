@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.vocabulary import BUILD_PURPOSES, GENERATION_STATES, PRIORITIES, STAGES, STATUSES, VERSION_STATUSES, sql_in
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -30,20 +32,12 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-DOCUMENT_STATUSES = ("queued", "processing", "ready", "failed", "deleting")
-STAGES = ("downloading", "extracting", "chunking", "embedding", "indexing")
-PRIORITIES = ("high", "normal", "low")
-BUILD_PURPOSES = ("replace", "reindex")
-VERSION_STATUSES = ("pending", "active", "failed", "superseded", "retained", "purged")
-GENERATION_STATES = ("active", "building", "retired", "cancelled")
+# shared/pipeline.py's import until the edit in progress there lands (then it imports STATUSES).
+DOCUMENT_STATUSES = STATUSES
 # User documents (not build rows) that are not deleted: the scope of the per-KB unique names and contents.
 LIVE_USER_DOCUMENT = "deleted_at IS NULL AND parent_id IS NULL"
 
 NOW = text("now()")
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 class Base(DeclarativeBase):
@@ -82,7 +76,7 @@ class IndexGeneration(Base):
 
     __tablename__ = "index_generations"
     __table_args__ = (
-        CheckConstraint(_in("state", GENERATION_STATES), name="state"),
+        CheckConstraint(sql_in("state", GENERATION_STATES), name="state"),
         Index(
             "uq_index_generations_building",
             "knowledge_base_id",
@@ -120,11 +114,12 @@ class Batch(Base):
 class Document(Base):
     __tablename__ = "documents"
     __table_args__ = (
-        CheckConstraint(_in("status", DOCUMENT_STATUSES), name="status"),
-        CheckConstraint(f"stage IS NULL OR {_in('stage', STAGES)}", name="stage"),
-        CheckConstraint(_in("priority", PRIORITIES), name="priority"),
+        CheckConstraint(sql_in("status", STATUSES), name="status"),
+        CheckConstraint(f"stage IS NULL OR {sql_in('stage', STAGES)}", name="stage"),
+        CheckConstraint(sql_in("priority", PRIORITIES), name="priority"),
         CheckConstraint(
-            f"(parent_id IS NULL AND purpose IS NULL) OR (parent_id IS NOT NULL AND {_in('purpose', BUILD_PURPOSES)})",
+            "(parent_id IS NULL AND purpose IS NULL) OR "
+            f"(parent_id IS NOT NULL AND {sql_in('purpose', BUILD_PURPOSES)})",
             name="purpose",
         ),
         Index(
@@ -200,7 +195,7 @@ class DocumentVersion(Base):
     """One uploaded content of a document: 1 at upload, +1 per replacement."""
 
     __tablename__ = "document_versions"
-    __table_args__ = (CheckConstraint(_in("status", VERSION_STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(sql_in("status", VERSION_STATUSES), name="status"),)
 
     document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from shared.models import PRIORITIES
+from shared.vocabulary import PRIORITIES
 
 
 def priority_rank(column: str) -> str:

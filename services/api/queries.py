@@ -14,6 +14,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
+from shared.vocabulary import STATUSES
 
 # A user document, not a build row.
 USER_DOCUMENT: Final = "parent_id IS NULL"
@@ -136,7 +137,7 @@ async def get_kb(conn: AsyncConnection, kb_id: uuid.UUID) -> RowMapping | None:
 
 
 async def kb_counts(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[str, int]:
-    counts = {s: 0 for s in ("queued", "processing", "ready", "failed", "deleting")}
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for row in (await conn.execute(KB_COUNTS, {"id": kb_id})).mappings():
         counts[row["status"]] = int(row["n"])
     return counts

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import RowMapping
+
+from shared.vocabulary import PendingStatus, Priority, Stage, Status, VersionStatus
 
 
 class ErrorBody(BaseModel):
@@ -31,8 +33,8 @@ class PendingVersion(BaseModel):
     """A replacement being processed beside the active version (or failed): search still serves the active one."""
 
     version: int
-    status: Literal["queued", "processing", "failed"]
-    stage: Literal["downloading", "extracting", "chunking", "embedding", "indexing"] | None
+    status: PendingStatus
+    stage: Stage | None
     error: ErrorBody | None
 
 
@@ -44,9 +46,9 @@ class Document(BaseModel):
     media_type: str
     size_bytes: int
     sha256: str
-    status: Literal["queued", "processing", "ready", "failed", "deleting"]
-    stage: Literal["downloading", "extracting", "chunking", "embedding", "indexing"] | None
-    priority: Literal["high", "normal", "low"]
+    status: Status
+    stage: Stage | None
+    priority: Priority
     attempts: int
     max_attempts: int
     error: ErrorBody | None
@@ -89,7 +91,7 @@ class DocumentVersion(BaseModel):
     version: int
     sha256: str
     size_bytes: int
-    status: Literal["pending", "active", "failed", "superseded", "retained", "purged"]
+    status: VersionStatus
     created_at: datetime
     activated_at: datetime | None
     error: ErrorBody | None

@@ -11,8 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli.client import DEFAULT_URL, ApiKeyOption, Client, UrlOption, connect, user_errors
-
-STATUSES = ("queued", "processing", "ready", "failed", "deleting")
+from shared.vocabulary import STATUSES
 
 
 def eta_words(seconds: float) -> str:

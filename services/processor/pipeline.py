@@ -28,10 +28,11 @@ from shared.db import Database
 from shared.embedders import Embedders
 from shared.errors import ErrorCode, ProcessingError
 from shared.generations import IndexSettings, settings_of_row
-from shared.lifecycle import Lease, Stage
+from shared.lifecycle import Lease
 from shared.settings import Settings
 from shared.storage import ObjectMissing, ObjectStore, StorageUnavailable
 from shared.vectorstore import IndexTag, VectorStore
+from shared.vocabulary import Stage
 
 T = TypeVar("T")
 

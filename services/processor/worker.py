@@ -24,11 +24,12 @@ from shared import lifecycle
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import DocumentError, ErrorCode, ProcessingError
-from shared.lifecycle import Lease, Ready, Stage
+from shared.lifecycle import Lease, Ready
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
 from shared.subscriber import record_once
 from shared.vectorstore import VectorStore
+from shared.vocabulary import Stage
 
 log = structlog.get_logger("kbingest.processor")
 

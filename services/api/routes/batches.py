@@ -15,6 +15,7 @@ from services.api.uploads import kb_lock
 from services.api.uploads.receive import receive_multipart
 from shared.errors import ApiError, DocumentError, ErrorCode
 from shared.lifecycle import cancel_queued, retry_failed
+from shared.vocabulary import STATUSES
 
 router = APIRouter(tags=["batches"])
 ERRORS = error_responses()
@@ -109,7 +110,7 @@ async def _load_batch(db: DbDep, key: CurrentKey, batch_id: uuid.UUID) -> dict[s
 @router.get("/v1/batches/{batch_id}", response_model=BatchProgress, responses=ERRORS)
 async def batch_progress(batch_id: uuid.UUID, key: CurrentKey, db: DbDep) -> BatchProgress:
     batch = await _load_batch(db, key, batch_id)
-    counts = {s: 0 for s in ("queued", "processing", "ready", "failed", "deleting")}
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     async with db.transaction() as conn:
         for row in (await conn.execute(BATCH_COUNTS, {"id": batch_id})).mappings():
             counts[row["status"]] = int(row["n"])

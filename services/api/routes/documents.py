@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, status
@@ -34,10 +34,10 @@ from shared import queue_position
 from shared.errors import ApiError
 from shared.lifecycle import request_delete, retry_failed
 from shared.storage import ObjectMissing
+from shared.vocabulary import PRIORITIES, Status
 
 router = APIRouter(tags=["documents"])
 ERRORS = error_responses()
-StatusFilter = Literal["queued", "processing", "ready", "failed", "deleting"]
 # Versions whose file is kept (a purged or superseded one's is deleted, or about to be).
 READABLE_VERSIONS: Final = frozenset({"active", "retained", "pending", "failed"})
 
@@ -58,7 +58,7 @@ def _multipart(**fields: dict[str, object]) -> dict[str, object]:
         202: {"model": Document, "description": "on_conflict=replace: the new content is being processed"},
         **error_responses(409, 413, 415, 422, 503),
     },
-    openapi_extra=_multipart(priority={"type": "string", "enum": ["high", "normal", "low"]}),
+    openapi_extra=_multipart(priority={"type": "string", "enum": list(PRIORITIES)}),
 )
 async def upload_document(
     kb_id: uuid.UUID,
@@ -166,7 +166,7 @@ async def list_documents(
     kb_id: uuid.UUID,
     key: CurrentKey,
     db: DbDep,
-    status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
+    status_: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> DocumentList:

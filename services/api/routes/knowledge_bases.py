@@ -22,11 +22,11 @@ from shared.errors import ApiError
 from shared.lifecycle import request_delete
 from shared.outbox import add_event
 from shared.settings import Settings
+from shared.vocabulary import STATUSES
 
 router = APIRouter(prefix="/v1/knowledge-bases", tags=["knowledge bases"])
 ERRORS = error_responses()
 PATCH_ERRORS = error_responses(409, 422)
-EMPTY_COUNTS: Final = ("queued", "processing", "ready", "failed", "deleting")
 
 
 # Documents whose index a settings change would make inconsistent (build rows are not documents).
@@ -76,7 +76,7 @@ async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, state: StateDep,
                 conn,
                 state.settings,
                 row,
-                counts=dict.fromkeys(("queued", "processing", "ready", "failed", "deleting"), 0),
+                counts=dict.fromkeys(STATUSES, 0),
             )
     except sqlalchemy.exc.IntegrityError as exc:
         async with db.transaction() as conn:

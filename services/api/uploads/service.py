@@ -26,12 +26,12 @@ from shared.lifecycle import create_document, replace_content
 from shared.media_types import SUPPORTED
 from shared.settings import Settings
 from shared.storage import ObjectStore, object_key
+from shared.vocabulary import PRIORITIES
 
 __all__ = ["AfterStoreHook", "OnConflict", "UploadResult", "UploadService"]
 
 log = structlog.get_logger("kbingest.api.uploads")
 
-PRIORITIES: Final = ("high", "normal", "low")
 # What an upload whose filename is taken does: refuse (409 duplicate_document) or replace that document's content.
 OnConflict = Literal["reject", "replace"]
 

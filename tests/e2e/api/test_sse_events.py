@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from services.api.app import create_app
 from services.api.routes import events as events_route
-from shared import lifecycle
+from shared import lifecycle, vocabulary
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -27,7 +27,7 @@ from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
 
-STAGES: tuple[lifecycle.Stage, ...] = ("downloading", "extracting", "chunking", "embedding", "indexing")
+STAGES = vocabulary.STAGES
 
 
 @dataclass
@@ -112,7 +112,7 @@ async def _connect(server: Server, kb: uuid.UUID, last_event_id: str | None = No
     return client
 
 
-async def _process(db: Database, doc: uuid.UUID, stages: tuple[lifecycle.Stage, ...] = STAGES) -> lifecycle.Lease:
+async def _process(db: Database, doc: uuid.UUID, stages: tuple[vocabulary.Stage, ...] = STAGES) -> lifecycle.Lease:
     lease = await claim(db, doc)
     for stage in stages:
         async with db.transaction() as conn:
