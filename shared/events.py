@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
-from shared.vocabulary import EVENT_STATUSES, STAGES
+from shared.vocabulary import EVENT_STATUSES, STAGES, BuildPurpose
 
 EventType = Literal[
     "document.uploaded",
@@ -22,7 +22,7 @@ EventType = Literal[
     "document.version_failed",
     "knowledge_base.deleted",
 ]
-EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]  # Literal args
+EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
 # The events that put a document in the queue: to a processor they are wake-ups (it pulls in dispatch order).
 # ``document.version_created`` queues new content (a replacement's build row, or the document itself).
 WORK_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(
@@ -31,7 +31,7 @@ WORK_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(
 # A build row's events (docs/documents-change.md), per purpose: the row event → the event emitted for its
 # document; an event not listed is not emitted (stage changes, retries, requeues of a build stay internal,
 # and a re-index build emits nothing at all).
-BUILD_EVENT_TYPES: Final[dict[str, dict[str, EventType]]] = {
+BUILD_EVENT_TYPES: Final[dict[BuildPurpose, dict[EventType, EventType]]] = {
     "replace": {
         "document.uploaded": "document.version_created",
         "document.indexed": "document.version_activated",
@@ -39,7 +39,7 @@ BUILD_EVENT_TYPES: Final[dict[str, dict[str, EventType]]] = {
     },
     "reindex": {},
 }
-VERSION_EVENT_TYPES: Final = frozenset(
+VERSION_EVENT_TYPES: Final[frozenset[EventType]] = frozenset(
     {"document.version_created", "document.version_activated", "document.version_failed"}
 )
 
@@ -51,7 +51,7 @@ STATE_CHANNEL: Final = "kbingest_documents"
 def envelope(
     *,
     event_id: uuid.UUID,
-    event_type: str,
+    event_type: EventType,
     source: str,
     subject: uuid.UUID,
     data: dict[str, Any],
@@ -106,7 +106,7 @@ _DOCUMENT_DATA: Final[dict[str, Any]] = {
     },
 }
 
-_REQUIRED_DATA_EXTRA: Final[dict[str, list[str]]] = {
+_REQUIRED_DATA_EXTRA: Final[dict[EventType, list[str]]] = {
     "document.uploaded": ["filename", "media_type", "size_bytes", "sha256"],
     "document.stage_changed": ["stage"],
     "document.retry_scheduled": ["error"],
@@ -118,7 +118,7 @@ _REQUIRED_DATA_EXTRA: Final[dict[str, list[str]]] = {
 }
 
 
-def event_schema(event_type: str) -> dict[str, Any]:
+def event_schema(event_type: EventType) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one event type's envelope."""
     data = dict(_DOCUMENT_DATA)
     data["required"] = [*_DOCUMENT_DATA["required"], *_REQUIRED_DATA_EXTRA.get(event_type, [])]

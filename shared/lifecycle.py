@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import generations, queue, versions
 from shared.errors import DocumentError, ErrorCode, ProcessingError
-from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES
+from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES, EventType
 from shared.outbox import add_event, release_held
 from shared.vocabulary import Stage
 
@@ -391,7 +391,7 @@ def _version_data(row: RowMapping) -> dict[str, Any]:
 async def _emit(
     conn: AsyncConnection,
     row: RowMapping,
-    event_type: str,
+    event_type: EventType,
     source: str,
     *,
     delay_s: float = 0.0,
@@ -419,7 +419,13 @@ async def _emit(
 
 
 async def _publish(
-    conn: AsyncConnection, document: RowMapping, event_type: str, data: dict[str, Any], source: str, *, delay_s: float
+    conn: AsyncConnection,
+    document: RowMapping,
+    event_type: EventType,
+    data: dict[str, Any],
+    source: str,
+    *,
+    delay_s: float,
 ) -> dict[str, Any]:
     body = await add_event(
         conn, event_type=event_type, aggregate_id=document["id"], data=data, source=source, delay_s=delay_s
@@ -663,9 +669,10 @@ async def fail_or_retry(
         return "lease_lost"
     await _close_attempt(conn, lease.document_id, lease.epoch, outcome, stage, error)
     await versions.settle(conn, updated)
-    await _emit(
-        conn, updated, f"document.{outcome}", source, delay_s=retry_delay_s if outcome == "retry_scheduled" else 0.0
-    )
+    if outcome == "retry_scheduled":
+        await _emit(conn, updated, "document.retry_scheduled", source, delay_s=retry_delay_s)
+    else:
+        await _emit(conn, updated, "document.failed", source)
     if outcome == "failed":
         await generations.on_terminal(conn, updated["knowledge_base_id"], updated)
     return outcome

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.events import NOTIFY_CHANNEL, envelope
+from shared.events import NOTIFY_CHANNEL, EventType, envelope
 
 # Inserts one event; NOTIFY is delivered at commit, so the relay never sees uncommitted rows.
 INSERT_EVENT = text(
@@ -34,7 +34,7 @@ RELEASE_HELD = text(
 async def add_event(
     conn: AsyncConnection,
     *,
-    event_type: str,
+    event_type: EventType,
     aggregate_id: uuid.UUID,
     data: dict[str, Any],
     source: str,

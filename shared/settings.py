@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.embedded.postgres import LOCAL_DIRNAME as EMBEDDED_PG_DIRNAME
 from shared.embedded.postgres import database_url as embedded_database_url
 from shared.embedded.postgres import read_password as read_embedded_password
+from shared.events import EventType
 
 LOCAL_PG_PORT = 55432
 LOCAL_S3_PORT = 9400
@@ -23,7 +24,7 @@ LOCAL_RELAY_SECRET = "kbingest-local-relay-secret"
 DEFAULT_PORTS = {"api": 8000, "relay": 8001, "processor": 8002, "reconciler": 8003}
 
 # Event types the processor consumes; the relay routes these to it unless RELAY_ROUTES says otherwise.
-PROCESSOR_EVENT_TYPES = (
+PROCESSOR_EVENT_TYPES: Final[tuple[EventType, ...]] = (
     "document.uploaded",
     "document.requeued",
     "document.retry_scheduled",
@@ -35,7 +36,7 @@ PROCESSOR_EVENT_TYPES = (
 )
 
 # Event types no built-in service consumes; other services may subscribe to them via RELAY_ROUTES.
-INFORMATIONAL_EVENT_TYPES = (
+INFORMATIONAL_EVENT_TYPES: Final[tuple[EventType, ...]] = (
     "document.stage_changed",
     "document.indexed",
     "document.failed",
