@@ -81,6 +81,11 @@ async def wait_for(
     return await eventually(reached, timeout_s=timeout_s, every_s=0.1, what=f"document {document_id} in {statuses}")
 
 
+async def until_idle(state: Any, timeout_s: float = 60.0) -> None:
+    """Wait until the processor ``state`` has no attempt in flight (its slots are free again)."""
+    await eventually(lambda: not state.worker.in_flight, timeout_s=timeout_s, every_s=0.05, what="the attempts to end")
+
+
 async def no_warm_up() -> None:
     return None
 

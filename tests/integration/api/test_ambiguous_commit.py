@@ -7,7 +7,6 @@ The API cannot tell from the error whether the row committed; it asks Postgres o
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from shared.settings import Settings
 from tests.conftest import _client_for
 from tests.support import servers
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload
+from tests.support.poll import eventually
 
 TEXT = b"Committed is committed, whatever happened to the socket afterwards.\n" * 20
 DEADLINE_S = 60.0
@@ -120,17 +120,19 @@ async def standby_pg() -> AsyncIterator[EmbeddedPostgres]:
 
 async def _until_waiting(admin: asyncpg.Connection, database: str) -> int:
     """The pid of the API session whose COMMIT waits for the absent standby."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        pid = await admin.fetchval(
+
+    async def waiting_pid() -> int | None:
+        return await admin.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'kbingest.api' "
             "AND wait_event = 'SyncRep'",
             database,
         )
-        if pid is not None:
-            return int(pid)
-        assert time.monotonic() < deadline, "no COMMIT of the API waits for the standby"
-        await asyncio.sleep(0.02)
+
+    return int(
+        await eventually(
+            waiting_pid, timeout_s=DEADLINE_S, every_s=0.02, what="a COMMIT of the API waiting for the standby"
+        )
+    )
 
 
 async def _commits_wait(admin: asyncpg.Connection, database: str, state: AppState, *, wait: bool) -> None:

@@ -9,7 +9,6 @@ a condition read from ``pg_stat_activity``.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -26,6 +25,7 @@ from shared.vector_remote import RemoteVectorStore
 from shared.vectorstore import QdrantVectorStore, VectorStore
 from tests.conftest import _client_for
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload
+from tests.support.poll import eventually
 from tests.support.processor_harness import deliver_due, post_event, processor_client
 
 TEXT = b"Every page of this knowledge base goes when the knowledge base goes.\n" * 20
@@ -61,13 +61,6 @@ async def watcher(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
 def _api_waits_in(watcher: asyncpg.Connection, fragment: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return bool(await watcher.fetchval(WAITING_API_SESSION.replace(":fragment", "$1"), fragment))
@@ -100,10 +93,20 @@ async def test_upload_committing_while_its_kb_is_deleted_is_deleted_with_it(
         f"blocker/{uuid.uuid4()}",
     )
     uploading = asyncio.create_task(upload(api, kb, "race.txt", TEXT))
-    await _until(_api_waits_in(watcher, "INSERT INTO documents"), "the upload waits to insert its row")
+    await eventually(
+        _api_waits_in(watcher, "INSERT INTO documents"),
+        timeout_s=DEADLINE_S,
+        every_s=0.02,
+        what="the upload waits to insert its row",
+    )
     deleting = asyncio.create_task(api.delete(f"/v1/knowledge-bases/{kb}"))
     # Fixed: the deletion waits for the upload's KB lock. Broken: it finishes without seeing the upload.
-    await _until(_done_or(deleting, _api_waits_in(watcher, "knowledge_bases")), "the deletion ran or waits")
+    await eventually(
+        _done_or(deleting, _api_waits_in(watcher, "knowledge_bases")),
+        timeout_s=DEADLINE_S,
+        every_s=0.02,
+        what="the deletion ran or waits",
+    )
     await blocker.rollback()
     uploaded, deleted = await asyncio.gather(uploading, deleting)
 
@@ -131,10 +134,20 @@ async def test_upload_committing_after_the_deletion_began_is_refused(
     # The deletion marks every document deleting: holding the first one keeps its transaction open.
     await session.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", uuid.UUID(first["id"]))
     deleting = asyncio.create_task(api.delete(f"/v1/knowledge-bases/{kb}"))
-    await _until(_api_waits_in(watcher, "UPDATE documents"), "the deletion waits on the first document")
+    await eventually(
+        _api_waits_in(watcher, "UPDATE documents"),
+        timeout_s=DEADLINE_S,
+        every_s=0.02,
+        what="the deletion waits on the first document",
+    )
     uploading = asyncio.create_task(upload(api, kb, "second.txt", TEXT + b"second"))
     # Fixed: the upload waits for the deletion's KB lock. Broken: it commits into the doomed KB.
-    await _until(_done_or(uploading, _api_waits_in(watcher, "knowledge_bases")), "the upload ran or waits")
+    await eventually(
+        _done_or(uploading, _api_waits_in(watcher, "knowledge_bases")),
+        timeout_s=DEADLINE_S,
+        every_s=0.02,
+        what="the upload ran or waits",
+    )
     await blocker.rollback()
     uploaded, deleted = await asyncio.gather(uploading, deleting)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ from services.api.uploads.zipsniff import MAX_ENTRIES
 from shared.settings import Settings
 from tests.conftest import _client_for
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys
+from tests.support.poll import eventually
 
 BOUNDARY = "kbingest-test-boundary"
 TEXT = b"An honest text file.\n" * 10
@@ -118,13 +118,6 @@ def _many_entries_zip(entries: int) -> bytes:
     return buffer.getvalue()
 
 
-async def _until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_zip_with_many_entries_is_sniffed_off_the_event_loop_and_refused(
     api: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,7 +140,7 @@ async def test_a_zip_with_many_entries_is_sniffed_off_the_event_loop_and_refused
     upload = asyncio.create_task(
         api.post(f"/v1/knowledge-bases/{kb}/documents", files={"file": ("bomb.docx", archive, "application/zip")})
     )
-    await _until(sniffing.is_set)
+    await eventually(sniffing.is_set, every_s=0.01, what="the sniffing to start")
     health = await api.get("/healthz")
     order.append("healthz")
     release.set()

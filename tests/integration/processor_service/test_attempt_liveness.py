@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +18,7 @@ from shared.settings import Settings
 from shared.vectorstore import QdrantVectorStore
 from tests.integration.processor_service.conftest import GatedExtractor
 from tests.support.api_helpers import create_kb, fetch_all, upload
-from tests.support.processor_harness import processor_client, wait_for
+from tests.support.processor_harness import processor_client, until_idle, wait_for
 
 TEXT = b"Tide tables give the height of the water at each hour of the day.\n"
 HANG_MARKER = "HANG-THE-CHUNKER"
@@ -45,13 +43,6 @@ async def _metric(client: httpx.AsyncClient, line_start: str) -> float:
     return 0.0
 
 
-async def _until_idle(state: Any) -> None:
-    deadline = time.monotonic() + 60
-    while state.worker.in_flight:
-        assert time.monotonic() < deadline, "the slot was never freed"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_heartbeat_error_is_logged_and_stops_the_attempt_which_is_retried(
     api: httpx.AsyncClient,
     fast_settings: Settings,
@@ -65,7 +56,7 @@ async def test_a_heartbeat_error_is_logged_and_stops_the_attempt_which_is_retrie
     doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
     async with processor_client(fast_settings, extractor=gated, vectors=vectors) as (client, state):
         doc = await wait_for(fast_settings, doc_id, {"failed", "ready"}, client=client, timeout_s=60)
-        await _until_idle(state)
+        await until_idle(state)
         failures = await _metric(client, 'kbingest_processor_heartbeat_failures_total{kind="error"}')
     # Retried, then failed for good; never left running without a renewed lease.
     tries = doc["max_attempts"]
@@ -113,7 +104,7 @@ async def test_a_hung_chunker_is_cut_by_the_watchdog_and_its_slot_serves_the_nex
     async with processor_client(settings, extractor=plain_text, vectors=vectors) as (client, state):
         doc = await wait_for(settings, hung, {"failed", "ready"}, client=client)
         other = await wait_for(settings, fine, {"failed", "ready"}, client=client)
-        await _until_idle(state)
+        await until_idle(state)
         cut = await _metric(client, 'kbingest_processor_attempt_timeouts_total{stage="chunking"}')
     assert other["status"] == "ready", other["error"]
     tries = doc["max_attempts"]

@@ -8,7 +8,6 @@ acknowledged before it happened: a failed purge must leave no inbox record, so t
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
 from shared.vectorstore import QdrantVectorStore
 from tests.support.api_helpers import create_kb, fetch_all, upload
-from tests.support.processor_harness import deliver_due, document, post_event, processor_client, wait_for
+from tests.support.processor_harness import deliver_due, document, post_event, processor_client, until_idle, wait_for
 
 TEXT = b"Lighthouse keepers trimmed the wicks every evening and logged passing ships.\n"
 
@@ -92,13 +91,6 @@ class ObjectStoreDown:
         await self._inner.delete(key)
 
 
-async def _until_idle(state: Any) -> None:
-    deadline = time.monotonic() + 60
-    while state.worker.in_flight:
-        assert time.monotonic() < deadline, "the attempt never ended"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     "heartbeat_interval_s",
     [
@@ -125,7 +117,7 @@ async def test_a_write_that_lands_after_the_purge_is_taken_back(
 
         index.gate.set()
         await asyncio.wait_for(index.landed.wait(), 60)
-        await _until_idle(state)
+        await until_idle(state)
         assert await vectors.count(doc_id) == 0, "the late write's points outlived the deletion"
     [attempt] = await fetch_all(settings, "SELECT outcome FROM document_attempts WHERE document_id = :id", id=doc_id)
     assert attempt["outcome"] == "deleted"

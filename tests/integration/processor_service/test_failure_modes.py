@@ -13,7 +13,7 @@ from shared.vectorstore import QdrantVectorStore
 from tests.integration.processor_service.conftest import GatedExtractor
 from tests.support.api_helpers import create_kb, fetch_all, upload
 from tests.support.fake_embedder import fake_embedder
-from tests.support.processor_harness import deliver_due, document, processor_client, wait_for
+from tests.support.processor_harness import deliver_due, document, processor_client, until_idle, wait_for
 
 TEXT = b"Some plain text about tide pools and the animals that live in them.\n"
 
@@ -69,10 +69,7 @@ async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
             "UPDATE documents SET lease_epoch = lease_epoch + 1, lease_owner = 'rescuer' WHERE id = :id",
             id=doc_id,
         )
-        deadline = time.monotonic() + 30
-        while state.worker.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert state.worker.in_flight == 0, "the heartbeat must cancel work whose lease is gone"
+        await until_idle(state)  # the heartbeat must cancel work whose lease is gone
         gated.gate.set()
         await asyncio.sleep(5 * fast_settings.heartbeat_interval_s)
     doc = await document(fast_settings, doc_id)
