@@ -14,6 +14,7 @@ from shared.embedded.postgres import LOCAL_DIRNAME as EMBEDDED_PG_DIRNAME
 from shared.embedded.postgres import database_url as embedded_database_url
 from shared.embedded.postgres import read_password as read_embedded_password
 from shared.events import EventType
+from shared.vocabulary import Stage
 
 LOCAL_PG_PORT = 55432
 LOCAL_S3_PORT = 9400
@@ -75,7 +76,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-DEFAULT_STAGE_TIMEOUTS_S: dict[str, float | None] = {
+DEFAULT_STAGE_TIMEOUTS_S: dict[Stage, float | None] = {
     "downloading": 60.0,
     "extracting": 120.0,
     "chunking": None,
@@ -162,7 +163,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=30.0, gt=0)
     reconcile_interval_s: float = Field(default=10.0, gt=0)
-    stage_timeouts: Annotated[dict[str, float | None], NoDecode] = Field(
+    stage_timeouts: Annotated[dict[Stage, float | None], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_STAGE_TIMEOUTS_S)
     )
     # Watchdog on one attempt's wall time (a stage without a timeout can hang); unset: see attempt_timeout().
@@ -286,7 +287,7 @@ class Settings(BaseSettings):
         routes.update({event_type: [self.processor_url()] for event_type in PROCESSOR_EVENT_TYPES})
         return routes
 
-    def stage_timeout_s(self, stage: str) -> float | None:
+    def stage_timeout_s(self, stage: Stage) -> float | None:
         return self.stage_timeouts.get(stage)
 
     def attempt_timeout(self) -> float:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, TypeVar, assert_never
 
 import structlog
 
@@ -44,14 +44,23 @@ WRITE_SETTLE_MAX_S: Final = 60.0
 
 log = structlog.get_logger("kbingest.processor")
 
-# What a stage that runs out of time fails with.
-TIMEOUT_CODES: Final[dict[str, ErrorCode]] = {
-    "downloading": ErrorCode.STORAGE_UNAVAILABLE,
-    "extracting": ErrorCode.EXTRACT_TIMEOUT,
-    "chunking": ErrorCode.STAGE_TIMEOUT,
-    "embedding": ErrorCode.EMBED_TIMEOUT,
-    "indexing": ErrorCode.INDEX_UNAVAILABLE,
-}
+
+def timeout_code(stage: Stage) -> ErrorCode:
+    """What a stage that runs out of time fails with (a new stage must say: mypy checks the match)."""
+    match stage:
+        case "downloading":
+            return ErrorCode.STORAGE_UNAVAILABLE
+        case "extracting":
+            return ErrorCode.EXTRACT_TIMEOUT
+        case "chunking":
+            return ErrorCode.STAGE_TIMEOUT
+        case "embedding":
+            return ErrorCode.EMBED_TIMEOUT
+        case "indexing":
+            return ErrorCode.INDEX_UNAVAILABLE
+        case _:
+            assert_never(stage)
+
 
 ExtractFn = Callable[[str, str], Awaitable[list[Element]]]
 EnterStage = Callable[[Stage], Awaitable[None]]
@@ -136,7 +145,7 @@ class Pipeline:
                 message = f"{stage} made no progress for {timeout_s:g}s ({progress.summary()})"
             else:
                 message = f"{stage} took longer than {timeout_s:g}s"
-            raise ProcessingError(TIMEOUT_CODES[stage], message) from exc
+            raise ProcessingError(timeout_code(stage), message) from exc
         finally:
             self._metrics.stage_duration.labels(stage).observe(time.perf_counter() - started)
 
