@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -14,7 +12,7 @@ import pytest
 
 from shared.embedded.postgres import database_url, read_password
 from tests.support import servers
-from tests.support.up_process import start_up, up_env
+from tests.support.up_process import start_up, up_env, wait_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -66,10 +64,7 @@ def test_services_do_not_outlive_a_killed_up() -> None:
         assert len(children) >= 5, f"expected nanio + 4 services, found {children}"
         os.kill(up.proc.pid, signal.SIGKILL)
         up.proc.wait(timeout=10)
-        deadline = time.monotonic() + 60
-        while (alive := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert alive == [], f"still running after `up` died: {alive}"
+        wait_gone(children, what="`up`'s services to stop after it died")
     finally:
         up.stop()
 
@@ -81,12 +76,3 @@ async def _database_answers(url: str) -> bool:
         return False
     await conn.close()
     return True
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (an orphan's zombie is reaped by init soon after)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

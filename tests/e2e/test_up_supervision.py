@@ -15,7 +15,7 @@ import pytest
 
 from shared.supervision import STATUS_FILENAME, SupervisedProcess, read_status
 from tests.support import servers
-from tests.support.up_process import STOP_TIMEOUT_S, UpProcess, start_up, up_env
+from tests.support.up_process import STOP_TIMEOUT_S, UpProcess, alive, start_up, up_env, wait_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -40,19 +40,6 @@ def _processor(up: UpProcess) -> SupervisedProcess:
     return next(p for p in status.processes if p.name == "processor")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead but still listed until its parent reaps it.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_killed_processor_is_restarted_and_ctrl_c_still_stops_everything() -> None:
     data_dir = servers.scratch_dir("kbi-up-") / "data"
     up = start_up(data_dir, up_env())
@@ -71,7 +58,7 @@ def test_a_killed_processor_is_restarted_and_ctrl_c_still_stops_everything() -> 
         after = _wait("restarted processor", restarted, up)
         assert after.last_exit == "signal SIGKILL" and not after.crash_looping
         assert "up.service_restarted" in up.text() and "exited; stopping" not in up.text()
-        _wait("end of the killed processor's children", lambda: True if not any(map(_alive, old_tree)) else None, up)
+        _wait("end of the killed processor's children", lambda: True if not any(map(alive, old_tree)) else None, up)
 
         def registered() -> dict[str, Any] | None:
             body: dict[str, Any] = client.get("/v1/pipeline").json()
@@ -114,10 +101,7 @@ def test_a_killed_processor_is_restarted_and_ctrl_c_still_stops_everything() -> 
         assert after.pid in tree
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(timeout=STOP_TIMEOUT_S) == 0, up.log_tail()
-        deadline = time.monotonic() + 60
-        while (left := [pid for pid in tree if _alive(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert left == [], f"still running after Ctrl-C: {left}"
+        wait_gone(tree, what="every process of `up` to stop after Ctrl-C")
         assert not servers.EmbeddedPostgres(data_dir / "postgres", 1).running()
         assert not (data_dir / STATUS_FILENAME).exists()
     finally:

@@ -23,6 +23,7 @@ import httpx
 from services.cli.localstack import LocalStack
 from shared.embedded.postgres import LOCAL_DIRNAME, database_url, read_password
 from tests.support import servers
+from tests.support.poll import until
 
 READY_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 120.0
@@ -115,6 +116,20 @@ class UpProcess:
         if postgres.running():
             postgres.stop("immediate")
         return self.proc.returncode
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (dead, but listed until its parent, or init for an orphan, reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], *, timeout_s: float = 60.0, what: str = "the processes to end") -> None:
+    """Wait until none of ``pids`` runs; fails naming those still alive."""
+    until(lambda: not [pid for pid in pids if alive(pid)], timeout_s=timeout_s, what=what)
 
 
 def up_env(**extra: str) -> dict[str, str]:
