@@ -22,8 +22,10 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared import state_notices
 from shared.events import STATE_CHANNEL
 from shared.settings import Settings
+from shared.state_notices import IndexChange, KnowledgeBaseNotice
 
 log = structlog.get_logger("kbingest.generations")
 
@@ -36,7 +38,7 @@ MIN_CHUNK_SIZE: Final = 200
 MAX_CHUNK_SIZE: Final = 8000
 MAX_MODEL_NAME: Final = 200
 REINDEX_PRIORITY: Final = "low"
-PROGRESS: Final = "index.progress"
+PROGRESS: Final[IndexChange] = "index.progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,7 +648,7 @@ async def rollback(conn: AsyncConnection, kb_id: uuid.UUID, target: int, servers
     return True
 
 
-async def notify(conn: AsyncConnection, kb_id: uuid.UUID, change: str) -> None:
+async def notify(conn: AsyncConnection, kb_id: uuid.UUID, change: IndexChange) -> None:
     """Tell the KB's event streams its index changed (SSE ``event: knowledge_base``), on commit.
 
     ``change``: ``index.progress``, ``index.switched``, ``index.cancelled`` or ``index.rolled_back``;
@@ -655,5 +657,5 @@ async def notify(conn: AsyncConnection, kb_id: uuid.UUID, change: str) -> None:
     time, so a progress notice says only that the KB is worth reading again (``index``: null).
     """
     index = None if change == PROGRESS else await index_state(conn, kb_id)
-    notice = {"kind": "knowledge_base", "knowledge_base_id": str(kb_id), "change": change, "index": index}
-    await conn.execute(_NOTIFY, {"payload": json.dumps(notice)})
+    notice = KnowledgeBaseNotice(knowledge_base_id=str(kb_id), change=change, index=index)
+    await conn.execute(_NOTIFY, {"payload": state_notices.to_json(notice)})

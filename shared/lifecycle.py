@@ -19,10 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared import generations, queue, versions
+from shared import generations, queue, state_notices, versions
 from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES, EventType
 from shared.outbox import add_event, release_held
+from shared.state_notices import DocumentNotice
 from shared.vocabulary import Stage
 
 _COLS: Final = (
@@ -430,17 +431,17 @@ async def _publish(
     body = await add_event(
         conn, event_type=event_type, aggregate_id=document["id"], data=data, source=source, delay_s=delay_s
     )
-    notice = {
-        "event_id": body["id"],
-        "type": event_type,
-        "document_id": str(document["id"]),
-        "knowledge_base_id": str(document["knowledge_base_id"]),
-        "status": data["status"],
-        "stage": document["stage"],
-        "version": document["version"],
-        "updated_at": _iso(document["updated_at"]),
-    }
-    await conn.execute(_STATE_NOTIFY, {"payload": json.dumps(notice)})
+    notice = DocumentNotice(
+        event_id=body["id"],
+        type=event_type,
+        document_id=str(document["id"]),
+        knowledge_base_id=str(document["knowledge_base_id"]),
+        status=data["status"],
+        stage=document["stage"],
+        version=document["version"],
+        updated_at=_iso(document["updated_at"]),
+    )
+    await conn.execute(_STATE_NOTIFY, {"payload": state_notices.to_json(notice)})
     return body
 
 

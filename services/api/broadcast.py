@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
+from pydantic import ValidationError
 
+from shared import state_notices
 from shared.db import asyncpg_dsn
 from shared.events import STATE_CHANNEL
 from shared.pg_session import CLOSE_TIMEOUT_S, KeptSession
+from shared.state_notices import Notice
 
 QUEUE_MAX: Final = 1000
 # A silently dead peer is noticed within PING_INTERVAL_S + PING_TIMEOUT_S.
@@ -34,10 +36,10 @@ class Subscription:
     """One SSE client: a bounded queue; ``overflowed`` means it fell behind and must be disconnected."""
 
     knowledge_base_id: str
-    queue: asyncio.Queue[dict[str, Any] | Resync] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX))
+    queue: asyncio.Queue[Notice | Resync] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX))
     overflowed: bool = False
 
-    def offer(self, item: dict[str, Any] | Resync) -> None:
+    def offer(self, item: Notice | Resync) -> None:
         if self.overflowed:
             return
         try:
@@ -97,12 +99,11 @@ class Broadcaster:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
-            notice = json.loads(payload)
-            kb_id = str(notice["knowledge_base_id"])
-        except (ValueError, KeyError, TypeError) as exc:
+            notice = state_notices.parse(payload)
+        except ValidationError as exc:
             log.warning("events.bad_notification", error=str(exc), payload=payload[:200])
             return
-        for subscription in tuple(self._subscribers.get(kb_id, ())):
+        for subscription in tuple(self._subscribers.get(notice.knowledge_base_id, ())):
             subscription.offer(notice)
 
     async def _listen(self, conn: Any) -> None:

@@ -8,7 +8,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 import structlog
 from fastapi import APIRouter, Header
@@ -20,10 +20,12 @@ from services.api.broadcast import Broadcaster, Resync
 from services.api.deps import CurrentKey, StateDep, require_kb_access
 from services.api.routes.responses import error_responses
 from services.api.streams import HeldEventSourceResponse
+from shared import state_notices
 from shared.aio import wait_for
 from shared.apikeys import key_is_live
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import ApiError
+from shared.state_notices import DocumentNotice, KnowledgeBaseNotice
 
 log = structlog.get_logger("kbingest.api")
 
@@ -51,23 +53,8 @@ REPLAY: Final = text(
 )
 
 
-def _event(notice: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(notice), event="document", id=notice["event_id"])
-
-
-def _notice_from_envelope(payload: dict[str, Any]) -> dict[str, Any]:
-    """The live NOTIFY shape, rebuilt from a stored CloudEvents envelope."""
-    data = payload["data"]
-    return {
-        "event_id": payload["id"],
-        "type": payload["type"],
-        "document_id": data["document_id"],
-        "knowledge_base_id": data["knowledge_base_id"],
-        "status": data["status"],
-        "stage": data.get("stage"),
-        "version": data["version"],
-        "updated_at": payload["time"],
-    }
+def _event(notice: DocumentNotice) -> ServerSentEvent:
+    return ServerSentEvent(data=state_notices.to_json(notice), event="document", id=notice.event_id)
 
 
 @dataclass
@@ -132,9 +119,9 @@ class Stream:
                 rows = (await conn.execute(REPLAY, {"after": after, "kb": self._kb_id, "limit": REPLAY_PAGE})).all()
             for seq, payload in rows:
                 after = cursor.seq = int(seq)
-                notice = _notice_from_envelope(payload)
-                if self._remember(notice["event_id"]):
-                    cursor.event_id = notice["event_id"]
+                notice = DocumentNotice.from_envelope(payload)
+                if self._remember(notice.event_id):
+                    cursor.event_id = notice.event_id
                     yield _event(notice)
             replayed += len(rows)
             if len(rows) < REPLAY_PAGE:
@@ -182,12 +169,12 @@ class Stream:
                     async for event in self._replay(cursor):
                         yield event
                     continue
-                if item.get("kind") == "knowledge_base":
+                if isinstance(item, KnowledgeBaseNotice):
                     # Index progress and switches (shared/generations.py): live only, no id (not resumable).
-                    yield ServerSentEvent(data=json.dumps(item), event="knowledge_base")
+                    yield ServerSentEvent(data=state_notices.to_json(item), event="knowledge_base")
                     continue
-                if self._remember(item["event_id"]):
-                    cursor.event_id, cursor.seq = item["event_id"], None
+                if self._remember(item.event_id):
+                    cursor.event_id, cursor.seq = item.event_id, None
                     yield _event(item)
         finally:
             self._broadcaster.unsubscribe(subscription)

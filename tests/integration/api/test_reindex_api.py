@@ -10,6 +10,7 @@ import httpx
 from services.api.app import create_app
 from shared import lifecycle
 from shared.settings import Settings
+from shared.state_notices import KnowledgeBaseNotice
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload
 from tests.support.pipeline_helpers import claim, execute, fetch, fetch_one, open_db
 
@@ -106,8 +107,8 @@ async def test_index_changes_reach_the_kb_event_stream(settings: Settings) -> No
             await until_listening(app)
             assert (await api.post(f"/v1/knowledge-bases/{kb}/reindex", json={"chunk_size": 900})).status_code == 202
             notice = await asyncio.wait_for(subscription.queue.get(), timeout=30)
-    assert notice["kind"] == "knowledge_base" and notice["change"] == "index.switched"
-    assert notice["index"] == {"generation": 2, "building": None}
+    assert isinstance(notice, KnowledgeBaseNotice) and notice.change == "index.switched"
+    assert notice.index == {"generation": 2, "building": None}
 
 
 async def until_listening(app: Any) -> None:

@@ -8,25 +8,26 @@ import uuid
 
 from services.api.broadcast import QUEUE_MAX, Broadcaster
 from services.api.routes.events import Stream
+from shared import state_notices
 from shared.db import Database
 from shared.events import STATE_CHANNEL
 from shared.settings import Settings
+from shared.state_notices import DocumentNotice
 from tests.support.poll import eventually
 
 
 def _notice(kb: str, n: int) -> str:
-    return json.dumps(
-        {
-            "event_id": str(uuid.uuid4()),
-            "type": "document.stage_changed",
-            "document_id": str(n),
-            "knowledge_base_id": kb,
-            "status": "processing",
-            "stage": "extracting",
-            "version": 1,
-            "updated_at": None,
-        }
+    notice = DocumentNotice(
+        event_id=str(uuid.uuid4()),
+        type="document.stage_changed",
+        document_id=str(n),
+        knowledge_base_id=kb,
+        status="processing",
+        stage="extracting",
+        version=1,
+        updated_at=None,
     )
+    return state_notices.to_json(notice)
 
 
 async def test_slow_client_gets_a_final_overflow_event(settings: Settings, db: Database) -> None:
