@@ -17,6 +17,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.security.conftest import ApiProcess, launched_api, new_key, revoke
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -81,11 +82,10 @@ async def test_streams_per_key_are_capped(sse_api: ApiProcess, settings: Setting
                 assert body["error"]["code"] == "too_many_streams" and body["error"]["limit"] == CAP
             async with _stream(client, kb, other) as others:
                 assert others.status_code == 200  # the cap is per key
+
         # Closed streams give their places back once the server notices the disconnect.
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
+        async def a_place_is_free() -> bool:
             async with _stream(client, kb, key) as again:
-                if again.status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "closed streams never released their places"
-            await asyncio.sleep(0.2)
+                return again.status_code == 200
+
+        await eventually(a_place_is_free, timeout_s=DEADLINE_S, what="closed streams to release their places")
