@@ -18,6 +18,7 @@ from shared.settings import Settings
 from tests.support import servers
 from tests.support.api_helpers import fetch_all
 from tests.support.pipeline_helpers import service_env, wait_http_ok
+from tests.support.poll import until
 from tests.support.processor_harness import signed_headers
 
 pytestmark = pytest.mark.e2e
@@ -64,13 +65,12 @@ def test_sigterm_hands_back_the_document_immediately(
     body = json.dumps(event["payload"]).encode()
     response = httpx.post(f"{processor}/v1/events", content=body, headers=signed_headers(settings, body))
     assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 60
-    while True:
-        [row] = asyncio.run(fetch_all(settings, "SELECT status, stage FROM documents WHERE id = :id", id=doc["id"]))
-        if row["stage"] == "extracting":
-            break
-        assert time.monotonic() < deadline, row
-        time.sleep(0.2)
+
+    def stage() -> str | None:
+        [row] = asyncio.run(fetch_all(settings, "SELECT stage FROM documents WHERE id = :id", id=doc["id"]))
+        return row["stage"] if row["stage"] == "extracting" else None
+
+    until(stage, timeout_s=60, what="the document to reach extracting")
 
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
