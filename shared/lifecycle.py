@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import generations, queue, state_notices, versions
 from shared.errors import DocumentError, ErrorCode, ProcessingError
+from shared.event_data import DocumentEventData
 from shared.events import BUILD_EVENT_TYPES, STATE_CHANNEL, VERSION_EVENT_TYPES, WORK_EVENT_TYPES, EventType
 from shared.outbox import add_event, release_held
 from shared.state_notices import DocumentNotice
@@ -360,35 +361,6 @@ class Lease:
     event_id: str | None = None
 
 
-def event_data(row: RowMapping) -> dict[str, Any]:
-    """The ``data`` of a document event: ids, version, status and what changed."""
-    return {
-        "document_id": str(row["id"]),
-        "knowledge_base_id": str(row["knowledge_base_id"]),
-        "version": row["version"],
-        "status": "deleted" if row["deleted_at"] is not None else row["status"],
-        "stage": row["stage"],
-        "filename": row["filename"],
-        "media_type": row["media_type"],
-        "size_bytes": row["size_bytes"],
-        "sha256": row["sha256"],
-        "attempts": row["attempts"],
-        "chunk_count": row["chunk_count"],
-        "error": row["error"],
-    }
-
-
-def _version_data(row: RowMapping) -> dict[str, Any]:
-    """What a version event says of the version itself: its number, its build and its content."""
-    return {
-        "content_version": row["content_version"],
-        "build_id": str(row["id"]),
-        "sha256": row["sha256"],
-        "size_bytes": row["size_bytes"],
-        "media_type": row["media_type"],
-    }
-
-
 async def _emit(
     conn: AsyncConnection,
     row: RowMapping,
@@ -396,7 +368,7 @@ async def _emit(
     source: str,
     *,
     delay_s: float = 0.0,
-    extra: dict[str, Any] | None = None,
+    previous_build_id: uuid.UUID | None = None,
 ) -> dict[str, Any] | None:
     """Write the event of ``row``'s transition and notify the SSE listeners; returns the envelope.
 
@@ -405,17 +377,19 @@ async def _emit(
     (shared.events.BUILD_EVENT_TYPES); a transition with no mapped type emits nothing (None).
     """
     if row["parent_id"] is None:
-        data = event_data(row)
+        data = DocumentEventData.of_document(row)
         if event_type in VERSION_EVENT_TYPES:
-            data |= _version_data(row)
+            data = data.with_version(row)
         return await _publish(conn, row, event_type, data, source, delay_s=delay_s)
     mapped = BUILD_EVENT_TYPES[row["purpose"]].get(event_type)
     if mapped is None:
         return None
     document = (await conn.execute(GET_DOCUMENT, {"id": row["parent_id"]})).mappings().one()
-    data = event_data(document) | _version_data(row) | (extra or {})
+    data = DocumentEventData.of_document(document).with_version(row)
+    if previous_build_id is not None:
+        data = data.model_copy(update={"previous_build_id": previous_build_id})
     if mapped == "document.version_failed":
-        data["error"] = row["error"]
+        data = data.model_copy(update={"error": row["error"]})
     return await _publish(conn, document, mapped, data, source, delay_s=delay_s)
 
 
@@ -423,20 +397,20 @@ async def _publish(
     conn: AsyncConnection,
     document: RowMapping,
     event_type: EventType,
-    data: dict[str, Any],
+    data: DocumentEventData,
     source: str,
     *,
     delay_s: float,
 ) -> dict[str, Any]:
     body = await add_event(
-        conn, event_type=event_type, aggregate_id=document["id"], data=data, source=source, delay_s=delay_s
+        conn, event_type=event_type, aggregate_id=document["id"], data=data.to_json(), source=source, delay_s=delay_s
     )
     notice = DocumentNotice(
         event_id=body["id"],
         type=event_type,
         document_id=str(document["id"]),
         knowledge_base_id=str(document["knowledge_base_id"]),
-        status=data["status"],
+        status=data.status,
         stage=document["stage"],
         version=document["version"],
         updated_at=_iso(document["updated_at"]),
@@ -557,15 +531,15 @@ async def mark_ready(
         return None
     await _close_attempt(conn, lease.document_id, lease.epoch, "ready", None, None)
     ready = Ready()
-    extra: dict[str, Any] = {}
+    previous_build_id: uuid.UUID | None = None
     if row["purpose"] == "replace":
         ready = await _activate(conn, row, retention=retention)
         # The durable record of the row that stopped serving: the reconciler purges its points once
         # more from this event, should the processor die before its own purge after the commit.
-        extra = {"previous_build_id": str(ready.purge_rows[0])}
+        previous_build_id = ready.purge_rows[0]
     else:
         await versions.settle(conn, row)
-    await _emit(conn, row, "document.indexed", source, extra=extra)
+    await _emit(conn, row, "document.indexed", source, previous_build_id=previous_build_id)
     await generations.on_terminal(conn, row["knowledge_base_id"], row)
     return ready
 

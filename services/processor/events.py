@@ -7,17 +7,17 @@ queue, not in the relay's retry backoff).
 
 from __future__ import annotations
 
-import json
-import uuid
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from services.processor.deletion import PurgeFailed
 from services.processor.kb_purge import KB_DELETED_TYPE, purge_knowledge_base
 from services.processor.state import ProcessorState
+from shared.event_data import ReceivedEvent
 from shared.events import WORK_EVENT_TYPES
 from shared.subscriber import SignatureError, verify
 
@@ -52,16 +52,13 @@ async def receive_event(request: Request) -> JSONResponse:
             headers={"Retry-After": NOT_READY_RETRY_AFTER_S},
         )
     try:
-        envelope = json.loads(body)
-        event_id = uuid.UUID(envelope["id"])
-        event_type = str(envelope["type"])
-        document_id = uuid.UUID(envelope["data"]["document_id"]) if "document_id" in envelope.get("data", {}) else None
-    except (ValueError, KeyError, TypeError) as exc:
-        state.metrics.events.labels("malformed").inc()
-        return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
+        event = ReceivedEvent.model_validate_json(body)
+    except ValidationError as exc:
+        return _malformed(state, exc)
+    event_id, event_type, document_id = event.id, event.type, event.data.document_id
     bound = log.bind(event_id=str(event_id), event_type=event_type, document_id=str(document_id))
     if event_type == KB_DELETED_TYPE:
-        return await _purge_knowledge_base(state, envelope, event_id, bound)
+        return await _purge_knowledge_base(state, event, bound)
     if document_id is None or (event_type not in WORK_EVENT_TYPES and event_type not in DELETE_TYPES):
         state.metrics.events.labels("ignored").inc()
         return _answer(200, "ignored")
@@ -79,6 +76,11 @@ async def receive_event(request: Request) -> JSONResponse:
     return _answer(202 if outcome == "accepted" else 200, outcome)
 
 
+def _malformed(state: ProcessorState, exc: Exception) -> JSONResponse:
+    state.metrics.events.labels("malformed").inc()
+    return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
+
+
 def _purge_failed(state: ProcessorState, exc: PurgeFailed, bound: structlog.BoundLogger) -> JSONResponse:
     # Nothing was recorded: the relay's retry of this very event purges again.
     state.metrics.events.labels("purge_failed").inc()
@@ -91,15 +93,13 @@ def _purge_failed(state: ProcessorState, exc: PurgeFailed, bound: structlog.Boun
 
 
 async def _purge_knowledge_base(
-    state: ProcessorState, envelope: dict[str, Any], event_id: uuid.UUID, bound: structlog.BoundLogger
+    state: ProcessorState, event: ReceivedEvent, bound: structlog.BoundLogger
 ) -> JSONResponse:
+    kb_id = event.data.knowledge_base_id
+    if kb_id is None:
+        return _malformed(state, ValueError("knowledge_base.deleted without data.knowledge_base_id"))
     try:
-        kb_id = uuid.UUID(envelope["data"]["knowledge_base_id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        state.metrics.events.labels("malformed").inc()
-        return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
-    try:
-        result = await purge_knowledge_base(state.db, state.vectors, event_id=event_id, kb_id=kb_id)
+        result = await purge_knowledge_base(state.db, state.vectors, event_id=event.id, kb_id=kb_id)
     except PurgeFailed as exc:
         return _purge_failed(state, exc, bound)
     state.metrics.events.labels(result).inc()

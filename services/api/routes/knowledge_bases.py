@@ -19,6 +19,7 @@ from services.api.schemas import Accepted, KnowledgeBase, KnowledgeBaseCreate, K
 from services.api.uploads import kb_lock
 from shared import generations
 from shared.errors import ApiError
+from shared.event_data import KnowledgeBaseDeletedData
 from shared.lifecycle import request_delete
 from shared.outbox import add_event
 from shared.settings import Settings
@@ -199,7 +200,7 @@ async def delete_kb(kb_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
             event_type="knowledge_base.deleted",
             aggregate_id=kb_id,
             aggregate_type="knowledge_base",
-            data={"knowledge_base_id": str(kb_id), "status": "deleted", "documents": len(doc_ids)},
+            data=KnowledgeBaseDeletedData(knowledge_base_id=kb_id, documents=len(doc_ids)).to_json(),
             source="kbingest/api",
         )
     return Accepted(id=kb_id, status="deleting")
