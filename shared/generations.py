@@ -348,7 +348,13 @@ LIVE_DOCUMENTS: Final = text(
 SERVERS_IN: Final = text(
     """
     SELECT DISTINCT ON (d.id) d.id AS document_id, r.id AS row_id, r.status, r.error, r.chunk_count,
-        r.processed_at
+        r.processed_at,
+        -- The row holds older content than the document has now. The document's own row keeps no
+        -- content version of its own (activation rewrites it): its points are stale once any
+        -- replacement of the document was activated.
+        CASE WHEN r.id = d.id THEN EXISTS (SELECT 1 FROM documents x WHERE x.parent_id = d.id
+                                           AND x.purpose = 'replace' AND x.status = 'ready')
+             ELSE r.content_version <> d.content_version END AS changed_since
     FROM documents d
     JOIN documents r ON (r.parent_id = d.id OR r.id = d.id) AND r.generation = :generation
     WHERE d.knowledge_base_id = :kb AND d.parent_id IS NULL AND d.deleted_at IS NULL AND d.status <> 'deleting'
@@ -602,20 +608,23 @@ class Server:
 
 
 class RollbackIncomplete(Exception):
-    """Documents added since the target generation was retired have nothing in it (409)."""
+    """Documents added, or replaced, since the target generation was retired have no current row in it (409)."""
 
 
 async def rollback_plan(conn: AsyncConnection, kb_id: uuid.UUID) -> tuple[int, list[Server]] | None:
     """The generation a rollback returns to and who serves each document there; None: nothing to roll back.
 
     Raises ``RollbackIncomplete`` when some live document has no row in that generation (uploaded
-    after it was retired): rolling back would hide it from search.
+    after it was retired): rolling back would hide it from search; or when its row there holds an
+    older content version (replaced after the switch): search would serve content the document no
+    longer has, under its current sha256.
     """
     target = (await conn.execute(ROLLBACK_TARGET, {"kb": kb_id})).scalar_one_or_none()
     if target is None:
         return None
     rows = (await conn.execute(SERVERS_IN, {"kb": kb_id, "generation": target})).mappings().all()
     missing = int((await conn.execute(LIVE_DOCUMENTS, {"kb": kb_id})).scalar_one()) - len(rows)
+    missing += sum(1 for r in rows if r["changed_since"])
     if missing > 0:
         raise RollbackIncomplete(int(target), missing)
     return int(target), [Server(r["document_id"], r["row_id"], r["status"], r["error"], r["chunk_count"]) for r in rows]

@@ -93,8 +93,8 @@ async def rollback(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> Accept
             raise ApiError(
                 409,
                 "rollback_incomplete",
-                f"{missing} documents were added after generation {target} was retired and are not in it; "
-                "re-index instead",
+                f"{missing} documents were added or replaced after generation {target} was retired, so it does "
+                "not hold their current content; re-index instead",
                 {"generation": target, "documents_missing": missing},
             ) from exc
     if plan is None:

@@ -52,3 +52,45 @@ async def test_a_replacement_activated_during_a_build_requeues_the_build_on_the_
         db, "SELECT state FROM index_generations WHERE knowledge_base_id = :kb AND generation = 2", kb=kb
     )
     assert state == {"state": "building"}, "the switch waits for the build on the new content"
+
+
+async def test_a_rollback_refuses_a_generation_without_the_current_content(
+    db: Database, store: ObjectStore, settings: Settings
+) -> None:
+    kb = await create_kb(db)
+    doc = await create_document(db, store, kb)
+    first = await claim(db, doc)
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, first, chunk_count=1) is not None
+        await generations.start(conn, kb, generations.resolve({"chunk_size": 600}, settings), max_attempts=3)
+    build = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'reindex'", id=doc)
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, await claim(db, build["id"]), chunk_count=2) is not None
+    active = await fetch_one(db, "SELECT active_generation FROM knowledge_bases WHERE id = :kb", kb=kb)
+    assert active == {"active_generation": 2}
+    async with db.transaction() as conn:
+        assert await generations.rollback_plan(conn, kb) is not None, "generation 1 holds every document as it is"
+
+    new = b"content replaced after the switch"
+    key = object_key(kb, uuid.uuid4())
+    await store.put_bytes(key, new, content_type="text/plain")
+    values = {
+        "object_key": key,
+        "sha256": hashlib.sha256(new).hexdigest(),
+        "size_bytes": len(new),
+        "media_type": "text/plain",
+        "original_filename": "v2.txt",
+    }
+    async with db.transaction() as conn:
+        assert (await lifecycle.replace_content(conn, doc, values=values)).kind == "replaced"
+    replacement = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'replace'", id=doc)
+    async with db.transaction() as conn:
+        assert await lifecycle.mark_ready(conn, await claim(db, replacement["id"]), chunk_count=3) is not None
+
+    async with db.transaction() as conn:
+        try:
+            await generations.rollback_plan(conn, kb)
+        except generations.RollbackIncomplete as refused:
+            assert refused.args == (1, 1)
+        else:
+            raise AssertionError("a rollback would serve content the document no longer has")
