@@ -6,7 +6,6 @@ processes write through it. With ``QDRANT_URL`` set, everyone talks to the Qdran
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,21 +16,33 @@ import httpx
 from shared.errors import ErrorCode, ProcessingError
 from shared.internal_auth import internal_secret, sign_request
 from shared.settings import Settings
+from shared.vector_calls import (
+    INTERNAL_PREFIX,
+    ChunkJson,
+    Count,
+    DeleteDocument,
+    DeleteKnowledgeBase,
+    DeleteOlderVersions,
+    DeleteOtherVersions,
+    EnsureCollection,
+    Health,
+    Search,
+    UpsertChunks,
+    VectorCall,
+)
 from shared.vectorstore import UPSERT_BATCH, ChunkLike, IndexTag, QdrantVectorStore, SearchHit, VectorStore
 
-INTERNAL_PREFIX: Final = "/internal/v1/vectors"
 TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
 # The body limit of an internal upsert (every other internal call gets MAX_BODY_BYTES). Sized to a
 # full batch of UPSERT_BATCH points with the worst JSON: 4096-dim vectors (~24 bytes per float) and
 # 1,500-character chunks all escaped as \uXXXX (x6), about 30 MB; the client packs batches below it.
 INTERNAL_UPSERT_MAX_BYTES: Final = 32 * 1024 * 1024
-UPSERT_OP: Final = "upsert_chunks"
 # Keys and separators around the chunks and vectors of an upsert body, generously.
 ENVELOPE_BYTES: Final = 1024
 
 
 class RemoteVectorStore:
-    """The ``VectorStore`` protocol, each call one signed POST to the API process."""
+    """The ``VectorStore`` protocol, each call one signed POST to the API process (shared/vector_calls.py)."""
 
     def __init__(self, base_url: str, secret: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._secret = secret
@@ -42,9 +53,9 @@ class RemoteVectorStore:
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
         )
 
-    async def _call(self, op: str, payload: dict[str, Any]) -> Any:
-        body = json.dumps(payload).encode()
-        path = f"{INTERNAL_PREFIX}/{op}"
+    async def _call(self, call: VectorCall) -> Any:
+        body = call.model_dump_json().encode()
+        path = f"{INTERNAL_PREFIX}/{call.path}"
         headers = {"Content-Type": "application/json", **sign_request(self._secret, "POST", path, body)}
         try:
             response = await self._client.post(path, content=body, headers=headers)
@@ -55,10 +66,10 @@ class RemoteVectorStore:
                 ErrorCode.INDEX_UNAVAILABLE,
                 f"vector store (via API) answered {response.status_code}: {response.text[:300]}",
             )
-        return response.json()["result"]
+        return call.result.validate_python(response.json()["result"])
 
     async def ensure_collection(self, dim: int, *, model: str | None = None) -> None:
-        await self._call("ensure_collection", {"dim": dim, "model": model})
+        await self._call(EnsureCollection(dim=dim, model=model))
 
     async def upsert_chunks(
         self,
@@ -73,67 +84,64 @@ class RemoteVectorStore:
         index: IndexTag | None = None,
     ) -> int:
         """In batches under the endpoint's body limit, in chunk order; only the last one trims the tail."""
-        head = {
-            "document_id": str(document_id),
-            "kb_id": str(kb_id),
-            "version": version,
-            "filename": filename,
-            "index": _index_json(index),
-        }
+        head = UpsertChunks(
+            document_id=str(document_id),
+            kb_id=str(kb_id),
+            version=version,
+            filename=filename,
+            index=index,
+            chunks=[],
+            vectors=[],
+        )
         items = [
-            ({"chunk_no": c.chunk_no, "text": c.text, "page": c.page, "heading": c.heading}, list(v))
+            (ChunkJson(chunk_no=c.chunk_no, text=c.text, page=c.page, heading=c.heading), [float(x) for x in v])
             for c, v in zip(chunks, vectors, strict=True)
         ]
-        budget = INTERNAL_UPSERT_MAX_BYTES - len(json.dumps(head)) - ENVELOPE_BYTES
-        spans = list(_spans([len(json.dumps(item)) for item in items], budget))
+        budget = INTERNAL_UPSERT_MAX_BYTES - len(head.model_dump_json()) - ENVELOPE_BYTES
+        sizes = [len(chunk.model_dump_json()) + len(json.dumps(vector)) for chunk, vector in items]
+        spans = list(_spans(sizes, budget))
         written = 0
         for i, (start, end) in enumerate(spans):
             part = items[start:end]
-            payload = {
-                **head,
-                "trim_tail": trim_tail and i == len(spans) - 1,
-                "chunks": [chunk for chunk, _ in part],
-                "vectors": [vector for _, vector in part],
-            }
-            written += int(await self._call(UPSERT_OP, payload))
+            call = head.model_copy(
+                update={
+                    "trim_tail": trim_tail and i == len(spans) - 1,
+                    "chunks": [chunk for chunk, _ in part],
+                    "vectors": [vector for _, vector in part],
+                }
+            )
+            written += await self._call(call)
         return written
 
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None:
-        await self._call("delete", {"document_id": str(document_id), "mode": "other", "version": keep_version})
+        await self._call(DeleteOtherVersions(document_id=str(document_id), keep_version=keep_version))
 
     async def delete_older_versions(self, document_id: uuid.UUID | str, version: int) -> None:
-        await self._call("delete", {"document_id": str(document_id), "mode": "older", "version": version})
+        await self._call(DeleteOlderVersions(document_id=str(document_id), version=version))
 
     async def delete_document(self, document_id: uuid.UUID | str) -> None:
-        await self._call("delete", {"document_id": str(document_id), "mode": "all", "version": 0})
+        await self._call(DeleteDocument(document_id=str(document_id)))
 
     async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None:
-        await self._call("delete", {"kb_id": str(kb_id), "mode": "knowledge_base"})
+        await self._call(DeleteKnowledgeBase(kb_id=str(kb_id)))
 
     async def search(
         self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None
     ) -> list[SearchHit]:
-        payload = {"kb_id": str(kb_id), "vector": list(vector), "limit": limit, "index": _index_json(index)}
-        hits = await self._call("search", payload)
-        return [SearchHit(**hit) for hit in hits]
+        hits: list[SearchHit] = await self._call(
+            Search(kb_id=str(kb_id), vector=[float(x) for x in vector], limit=limit, index=index)
+        )
+        return hits
 
     async def count(self, document_id: uuid.UUID | str | None = None) -> int:
-        return int(await self._call("count", {"document_id": str(document_id) if document_id else None}))
+        total: int = await self._call(Count(document_id=str(document_id) if document_id else None))
+        return total
 
     async def health(self) -> None:
-        await self._call("health", {})
+        await self._call(Health())
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def _index_json(index: IndexTag | None) -> dict[str, Any] | None:
-    return dataclasses.asdict(index) if index is not None else None
-
-
-def index_from_json(data: dict[str, Any] | None) -> IndexTag | None:
-    """The ``index`` of an internal request (None: generation 1 of the server's model)."""
-    return IndexTag(**data) if data is not None else None
 
 
 def _spans(sizes: list[int], budget: int) -> Iterator[tuple[int, int]]:

@@ -15,14 +15,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.errors import error_response
 from shared.errors import ApiError
-from shared.vector_remote import INTERNAL_PREFIX, INTERNAL_UPSERT_MAX_BYTES, UPSERT_OP
+from shared.vector_calls import INTERNAL_PREFIX, UpsertChunks
+from shared.vector_remote import INTERNAL_UPSERT_MAX_BYTES
 
 # (method, path) of the routes that take files; they bound their bodies themselves.
 UPLOAD_ROUTES: Final = (
     ("POST", re.compile(r"/v1/knowledge-bases/[^/]+/(documents|batches)")),
     ("PUT", re.compile(r"/v1/documents/[^/]+/content")),
 )
-INTERNAL_UPSERT_PATH: Final = f"{INTERNAL_PREFIX}/{UPSERT_OP}"
+INTERNAL_UPSERT_PATH: Final = f"{INTERNAL_PREFIX}/{UpsertChunks.path}"
 
 
 def body_limit_for(method: str, path: str, default: int) -> int | None:

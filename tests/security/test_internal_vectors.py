@@ -16,7 +16,8 @@ import pytest
 from shared.internal_auth import SECRET_FILE, internal_secret, sign_request
 from shared.settings import LOCAL_RELAY_SECRET, Settings
 from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from shared.vector_remote import INTERNAL_PREFIX, RemoteVectorStore
+from shared.vector_calls import INTERNAL_PREFIX
+from shared.vector_remote import RemoteVectorStore
 from tests.security.conftest import in_process
 from tests.support import servers
 from tests.support.api_helpers import assert_error_shape
@@ -57,6 +58,14 @@ async def test_a_valid_signature_works_only_for_its_method_path_and_body(
     assert_error_shape(await _post(api, COUNT, b'{"document_id": "x"}', valid), 401, "invalid_signature")
     stale = sign_request(secret, "POST", COUNT, count_body, now=time.time() - 3600)
     assert_error_shape(await _post(api, COUNT, count_body, stale), 401, "invalid_signature")
+
+
+async def test_a_signed_body_that_is_not_the_calls_model_is_422(api: httpx.AsyncClient, settings: Settings) -> None:
+    secret = internal_secret(settings)
+    for body in (b'{"document_id": null, "mode": "all"}', b'{"kb_id": "k", "vector": "no", "limit": 3}', b"not json"):
+        path = COUNT if b"document_id" in body else SEARCH
+        refused = await _post(api, path, body, sign_request(secret, "POST", path, body))
+        assert_error_shape(refused, 422, "validation_error")
 
 
 async def test_remote_store_round_trip_in_batches(settings: Settings) -> None:

@@ -1,39 +1,51 @@
 """Signed internal endpoints through which other processes use the API's local vector store.
 
 Mounted only when the API owns a local store (``QDRANT_URL`` a path); signed with ``INTERNAL_SECRET``
-(shared/internal_auth.py), checked from the headers before the body is read.
+(shared/internal_auth.py), checked from the headers before the body is read. One route per
+``VectorStore`` method, its body the call's model in shared/vector_calls.py.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from services.api.deps import StateDep
+from services.api.state import AppState
 from shared.errors import ApiError, ProcessingError
 from shared.internal_auth import BodyDigest, verify_request
 from shared.subscriber import SignatureError
-from shared.vector_remote import INTERNAL_PREFIX, index_from_json
+from shared.vector_calls import (
+    INTERNAL_PREFIX,
+    Count,
+    DeleteDocument,
+    DeleteKnowledgeBase,
+    DeleteOlderVersions,
+    DeleteOtherVersions,
+    EnsureCollection,
+    Health,
+    Search,
+    UpsertChunks,
+    VectorCall,
+)
 
 router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
 
-
-@dataclass(frozen=True)
-class _Chunk:
-    chunk_no: int
-    text: str
-    page: int | None
-    heading: str | None
+C = TypeVar("C", bound=VectorCall)
 
 
-async def _payload(request: Request, secret: str) -> dict[str, Any]:
-    """The JSON body, read only once the headers' signature holds (the body limit caps its size)."""
+async def _call(request: Request, state: AppState, model: type[C]) -> C:
+    """The call's body, read only once the headers' signature holds (the body limit caps its size)."""
+    if state.internal_secret is None:
+        raise ApiError(404, "not_found", "this API owns no local vector store")
     try:
-        digest = BodyDigest(verify_request(secret, request.method, request.url.path, request.headers))
+        digest = BodyDigest(verify_request(state.internal_secret, request.method, request.url.path, request.headers))
         body = bytearray()
         async for chunk in request.stream():
             digest.update(chunk)
@@ -42,58 +54,99 @@ async def _payload(request: Request, secret: str) -> dict[str, Any]:
     except SignatureError as exc:
         raise ApiError(401, "invalid_signature", str(exc)) from exc
     try:
-        data: dict[str, Any] = json.loads(body or b"{}")
-    except ValueError as exc:
-        raise ApiError(422, "validation_error", f"the body is not JSON: {exc}") from exc
-    return data
+        return model.model_validate_json(bytes(body) or b"{}")
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"bad {model.path} request: {exc}") from exc
 
 
-@router.post("/{op}")
-async def vector_op(op: str, request: Request, state: StateDep) -> JSONResponse:
-    """One VectorStore call: the caller proved it holds the internal secret."""
-    if state.internal_secret is None:
-        raise ApiError(404, "not_found", "this API owns no local vector store")
-    data = await _payload(request, state.internal_secret)
-    store = state.vectors
+@asynccontextmanager
+async def _store_errors() -> AsyncIterator[None]:
+    """The store's own failure (Qdrant down) is the caller's 503 with its code, to retry."""
     try:
-        result: Any = None
-        if op == "ensure_collection":
-            await store.ensure_collection(int(data["dim"]), model=data.get("model"))
-        elif op == "upsert_chunks":
-            chunks = [_Chunk(**c) for c in data["chunks"]]
-            result = await store.upsert_chunks(
-                data["document_id"],
-                data["kb_id"],
-                int(data["version"]),
-                data["filename"],
-                chunks,
-                data["vectors"],
-                trim_tail=bool(data.get("trim_tail", True)),
-                index=index_from_json(data.get("index")),
-            )
-        elif op == "delete" and data.get("mode") == "knowledge_base":
-            await store.delete_knowledge_base(data["kb_id"])
-        elif op == "delete":
-            mode, document_id, version = data["mode"], data["document_id"], int(data["version"])
-            if mode == "all":
-                await store.delete_document(document_id)
-            elif mode == "older":
-                await store.delete_older_versions(document_id, version)
-            else:
-                await store.delete_other_versions(document_id, version)
-        elif op == "search":
-            hits = await store.search(
-                data["kb_id"], data["vector"], int(data["limit"]), index=index_from_json(data.get("index"))
-            )
-            result = [asdict(hit) for hit in hits]
-        elif op == "count":
-            result = await store.count(data.get("document_id"))
-        elif op == "health":
-            await store.health()
-        else:
-            raise ApiError(404, "not_found", f"unknown vector operation {op!r}")
+        yield
     except ProcessingError as exc:
         raise ApiError(503, exc.code.value, exc.message) from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ApiError(422, "validation_error", f"bad {op} request: {exc}") from exc
-    return JSONResponse({"result": result})
+
+
+def _result(value: Any = None) -> JSONResponse:
+    return JSONResponse({"result": value})
+
+
+@router.post(f"/{EnsureCollection.path}")
+async def ensure_collection(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, EnsureCollection)
+    async with _store_errors():
+        await state.vectors.ensure_collection(call.dim, model=call.model)
+    return _result()
+
+
+@router.post(f"/{UpsertChunks.path}")
+async def upsert_chunks(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, UpsertChunks)
+    async with _store_errors():
+        written = await state.vectors.upsert_chunks(
+            call.document_id,
+            call.kb_id,
+            call.version,
+            call.filename,
+            call.chunks,
+            call.vectors,
+            trim_tail=call.trim_tail,
+            index=call.index,
+        )
+    return _result(written)
+
+
+@router.post(f"/{DeleteOtherVersions.path}")
+async def delete_other_versions(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, DeleteOtherVersions)
+    async with _store_errors():
+        await state.vectors.delete_other_versions(call.document_id, call.keep_version)
+    return _result()
+
+
+@router.post(f"/{DeleteOlderVersions.path}")
+async def delete_older_versions(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, DeleteOlderVersions)
+    async with _store_errors():
+        await state.vectors.delete_older_versions(call.document_id, call.version)
+    return _result()
+
+
+@router.post(f"/{DeleteDocument.path}")
+async def delete_document(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, DeleteDocument)
+    async with _store_errors():
+        await state.vectors.delete_document(call.document_id)
+    return _result()
+
+
+@router.post(f"/{DeleteKnowledgeBase.path}")
+async def delete_knowledge_base(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, DeleteKnowledgeBase)
+    async with _store_errors():
+        await state.vectors.delete_knowledge_base(call.kb_id)
+    return _result()
+
+
+@router.post(f"/{Search.path}")
+async def search(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, Search)
+    async with _store_errors():
+        hits = await state.vectors.search(call.kb_id, call.vector, call.limit, index=call.index)
+    return _result([asdict(hit) for hit in hits])
+
+
+@router.post(f"/{Count.path}")
+async def count(request: Request, state: StateDep) -> JSONResponse:
+    call = await _call(request, state, Count)
+    async with _store_errors():
+        return _result(await state.vectors.count(call.document_id))
+
+
+@router.post(f"/{Health.path}")
+async def health(request: Request, state: StateDep) -> JSONResponse:
+    await _call(request, state, Health)
+    async with _store_errors():
+        await state.vectors.health()
+    return _result()
