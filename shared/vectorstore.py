@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import threading
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from qdrant_client import AsyncQdrantClient, models
 
 T = TypeVar("T")
 
@@ -110,11 +113,62 @@ def collection_name(embedding_model: str, dim: int) -> str:
     return f"{COLLECTION_PREFIX}{slug}{suffix}"
 
 
+# One operation on the client: every call of the store is written once, against qdrant's async API.
+Op = Callable[["AsyncQdrantClient"], Awaitable[T]]
+
+
+class _LocalEngine:
+    """qdrant's local engine (a path or ``:memory:``) on one thread with its own event loop.
+
+    qdrant's async local client does its brute-force search and SQLite writes inside the event loop
+    that awaits it: here that is this thread's loop, never the service's. One thread, because the
+    engine (SQLite) must always be used from the thread that opened it.
+    """
+
+    def __init__(self, location: str) -> None:
+        self._location = location
+        self._client: AsyncQdrantClient | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qdrant-local", daemon=True)
+        self._thread.start()
+
+    async def run(self, op: Op[T]) -> T:
+        return await self._on_thread(self._in_thread(op))
+
+    async def _on_thread(self, work: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    async def _in_thread(self, op: Op[T]) -> T:
+        if self._client is None:
+            from qdrant_client import AsyncQdrantClient
+
+            if self._location == MEMORY:
+                self._client = AsyncQdrantClient(location=MEMORY)
+            else:
+                self._client = AsyncQdrantClient(path=self._location)
+        return await op(self._client)
+
+    async def close(self) -> None:
+        """Close the engine (releasing a path's lock), then end the thread."""
+        try:
+            await self._on_thread(self._close_client())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join)
+            self._loop.close()
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
 class QdrantVectorStore:
     """``VectorStore`` on qdrant-client: a server URL, a local path (one process only) or ``:memory:``.
 
-    Local mode runs the synchronous client on one dedicated thread: qdrant's "async" local client
-    does its brute-force search and SQLite writes inside the event loop.
+    A server's client runs in the caller's event loop; local mode runs on a ``_LocalEngine``. Both run
+    the same typed operations (``_call``). ``client``: an async client to use as a server's (tests run
+    the server path on ``AsyncQdrantClient(location=":memory:")``, which has the server client's API).
     """
 
     def __init__(
@@ -124,15 +178,15 @@ class QdrantVectorStore:
         embedding_model: str,
         api_key: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        client: AsyncQdrantClient | None = None,
     ) -> None:
         self._location = location
         self._model = embedding_model
         self._api_key = api_key
         self._timeout_s = timeout_s
-        self._is_remote = location.startswith(("http://", "https://"))
-        self._remote: Any = None
-        self._local: Any = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._is_remote = client is not None or location.startswith(("http://", "https://"))
+        self._remote = client
+        self._local: _LocalEngine | None = None
         self._known: set[str] = set()
         self._closed = False
 
@@ -156,16 +210,14 @@ class QdrantVectorStore:
             return
         from qdrant_client import models
 
-        if not await self._call("collection_exists", collection_name=name):
+        exists = functools.partial(_collection_exists, name=name)
+        if not await self._call("collection_exists", exists):
             try:
-                await self._call(
-                    "create_collection",
-                    collection_name=name,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                )
+                vectors = models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                await self._call("create_collection", lambda c: c.create_collection(name, vectors_config=vectors))
             except ProcessingError:
                 # Another process may have created it first; only a still-missing collection is an error.
-                if not await self._call("collection_exists", collection_name=name):
+                if not await self._call("collection_exists", exists):
                     raise
             if self._is_remote:
                 # Local mode ignores payload indexes (it scans), so they only matter on a server.
@@ -175,7 +227,8 @@ class QdrantVectorStore:
                     ("generation", models.PayloadSchemaType.INTEGER),
                 ):
                     await self._call(
-                        "create_payload_index", collection_name=name, field_name=field, field_schema=schema
+                        "create_payload_index",
+                        functools.partial(_create_payload_index, name=name, field=field, schema=schema),
                     )
         self._known.add(name)
 
@@ -229,7 +282,8 @@ class QdrantVectorStore:
             for chunk, vector in zip(chunks, vectors, strict=True)
         ]
         for start in range(0, len(points), UPSERT_BATCH):
-            await self._call("upsert", collection_name=name, points=points[start : start + UPSERT_BATCH], wait=True)
+            batch = functools.partial(_upsert, name=name, points=points[start : start + UPSERT_BATCH])
+            await self._call("upsert", batch)
         if not trim_tail:
             return len(points)
         # A re-run that produced fewer chunks must not leave the old tail behind.
@@ -239,7 +293,8 @@ class QdrantVectorStore:
             models.FieldCondition(key="version", match=models.MatchValue(value=version)),
             models.FieldCondition(key="chunk_no", range=models.Range(gt=highest)),
         )
-        await self._call("delete", collection_name=name, points_selector=models.FilterSelector(filter=stale), wait=True)
+        selector = models.FilterSelector(filter=stale)
+        await self._call("delete", lambda c: c.delete(name, points_selector=selector, wait=True))
         return len(points)
 
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None:
@@ -281,10 +336,13 @@ class QdrantVectorStore:
         from qdrant_client import models
 
         name = self.collection_for(len(vector), index.embedding_model if index is not None else None)
-        if name not in self._known and not await self._call("collection_exists", collection_name=name):
+        exists = functools.partial(_collection_exists, name=name)
+        if name not in self._known and not await self._call("collection_exists", exists):
             return []
         generation = index.generation if index is not None else 1
-        same: list[Any] = [models.FieldCondition(key="generation", match=models.MatchValue(value=generation))]
+        same: list[models.Condition] = [
+            models.FieldCondition(key="generation", match=models.MatchValue(value=generation))
+        ]
         if generation == 1:
             # Points written before generations existed have no ``generation``: they are generation 1's.
             same.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="generation")))
@@ -294,13 +352,10 @@ class QdrantVectorStore:
                 models.Filter(should=same),
             ]
         )
+        query = [float(x) for x in vector]
         response = await self._call(
             "query_points",
-            collection_name=name,
-            query=[float(x) for x in vector],
-            query_filter=only_kb,
-            limit=limit,
-            with_payload=True,
+            lambda c: c.query_points(name, query=query, query_filter=only_kb, limit=limit, with_payload=True),
         )
         return [_hit(point) for point in response.points]
 
@@ -309,13 +364,13 @@ class QdrantVectorStore:
         count_filter = _document_filter(document_id) if document_id is not None else None
         total = 0
         for name in await self._collections():
-            result = await self._call("count", collection_name=name, count_filter=count_filter, exact=True)
-            total += int(result.count)
+            result = await self._call("count", functools.partial(_count, name=name, count_filter=count_filter))
+            total += result.count
         return total
 
     async def health(self) -> None:
         """Raise ``ProcessingError(INDEX_UNAVAILABLE)`` unless the engine answers."""
-        await self._call("get_collections")
+        await self._call("get_collections", lambda c: c.get_collections())
 
     async def close(self) -> None:
         """Release the client (and, in local mode, the storage lock)."""
@@ -323,40 +378,39 @@ class QdrantVectorStore:
         if self._remote is not None:
             remote, self._remote = self._remote, None
             await remote.close()
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            if self._local is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, self._close_local)
-            executor.shutdown(wait=False)
+        if self._local is not None:
+            local, self._local = self._local, None
+            await local.close()
 
     async def _collections(self) -> list[str]:
-        response = await self._call("get_collections")
+        response = await self._call("get_collections", lambda c: c.get_collections())
         return sorted(c.name for c in response.collections if c.name.startswith(COLLECTION_PREFIX))
 
-    async def _delete_everywhere(self, selector_filter: Any) -> None:
+    async def _delete_everywhere(self, selector_filter: models.Filter) -> None:
         from qdrant_client import models
 
+        selector = models.FilterSelector(filter=selector_filter)
         for name in await self._collections():
-            await self._call(
-                "delete", collection_name=name, points_selector=models.FilterSelector(filter=selector_filter), wait=True
-            )
+            await self._call("delete", functools.partial(_delete, name=name, selector=selector))
 
-    async def _call(self, method: str, /, **kwargs: Any) -> Any:
+    async def _call(self, what: str, op: Op[T]) -> T:
+        """Run ``op`` on the server's client or the local engine; any failure is INDEX_UNAVAILABLE."""
         if self._closed:
             raise ProcessingError(ErrorCode.INDEX_UNAVAILABLE, "the vector store is closed")
         try:
             if self._is_remote:
-                return await getattr(await self._remote_client(), method)(**kwargs)
-            call: Callable[[], Any] = functools.partial(self._local_call, method, kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._local_executor(), call)
+                return await op(await self._remote_client())
+            if self._local is None:
+                self._local = _LocalEngine(self._location)
+            return await self._local.run(op)
         except ProcessingError:
             raise
         except Exception as exc:
             raise ProcessingError(
-                ErrorCode.INDEX_UNAVAILABLE, f"qdrant {method} failed ({self._where()}): {type(exc).__name__}: {exc}"
+                ErrorCode.INDEX_UNAVAILABLE, f"qdrant {what} failed ({self._where()}): {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _remote_client(self) -> Any:
+    async def _remote_client(self) -> AsyncQdrantClient:
         if self._remote is None:
             from qdrant_client import AsyncQdrantClient
 
@@ -368,41 +422,45 @@ class QdrantVectorStore:
             )
         return self._remote
 
-    def _local_executor(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            # One thread: the local engine (SQLite) must always be used from the thread that opened it.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-local")
-        return self._executor
-
-    def _local_call(self, method: str, kwargs: dict[str, Any]) -> Any:
-        if self._local is None:
-            from qdrant_client import QdrantClient
-
-            if self._location == MEMORY:
-                self._local = QdrantClient(location=MEMORY)
-            else:
-                self._local = QdrantClient(path=self._location)
-        return getattr(self._local, method)(**kwargs)
-
-    def _close_local(self) -> None:
-        local, self._local = self._local, None
-        if local is not None:
-            local.close()
-
     def _where(self) -> str:
         return self._location if self._is_remote or self._location == MEMORY else f"local path {self._location}"
 
 
-def _document_filter(document_id: uuid.UUID | str | None, *must: Any, must_not: Sequence[Any] = ()) -> Any:
+# Operations used more than once or in a loop (a lambda would capture the loop's variable late).
+async def _collection_exists(client: AsyncQdrantClient, *, name: str) -> bool:
+    return await client.collection_exists(name)
+
+
+async def _upsert(client: AsyncQdrantClient, *, name: str, points: list[models.PointStruct]) -> models.UpdateResult:
+    return await client.upsert(name, points=points, wait=True)
+
+
+async def _create_payload_index(
+    client: AsyncQdrantClient, *, name: str, field: str, schema: models.PayloadSchemaType
+) -> models.UpdateResult:
+    return await client.create_payload_index(name, field_name=field, field_schema=schema)
+
+
+async def _count(client: AsyncQdrantClient, *, name: str, count_filter: models.Filter | None) -> models.CountResult:
+    return await client.count(name, count_filter=count_filter, exact=True)
+
+
+async def _delete(client: AsyncQdrantClient, *, name: str, selector: models.FilterSelector) -> models.UpdateResult:
+    return await client.delete(name, points_selector=selector, wait=True)
+
+
+def _document_filter(
+    document_id: uuid.UUID | str | None, *must: models.Condition, must_not: Sequence[models.Condition] = ()
+) -> models.Filter:
     from qdrant_client import models
 
-    conditions: list[Any] = list(must)
+    conditions: list[models.Condition] = list(must)
     if document_id is not None:
         conditions.insert(0, models.FieldCondition(key="document_id", match=models.MatchValue(value=str(document_id))))
     return models.Filter(must=conditions, must_not=list(must_not) or None)
 
 
-def _hit(point: Any) -> SearchHit:
+def _hit(point: models.ScoredPoint) -> SearchHit:
     payload: dict[str, Any] = point.payload or {}
     page = payload.get("page")
     return SearchHit(

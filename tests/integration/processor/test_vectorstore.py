@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from qdrant_client import AsyncQdrantClient
 
 from services.processor.chunking import Chunk
 from shared.errors import ErrorCode, ProcessingError
@@ -33,10 +34,15 @@ def _chunks(count: int, label: str = "chunk") -> list[Chunk]:
     return [Chunk(chunk_no=i, text=f"{label} {i}", page=i // 2 + 1, heading=f"Section {i // 3}") for i in range(count)]
 
 
-@pytest_asyncio.fixture(params=["memory", "path"])
+@pytest_asyncio.fixture(params=["memory", "path", "server_client"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QdrantVectorStore]:
-    location = ":memory:" if request.param == "memory" else str(tmp_path / "qdrant")
-    store = QdrantVectorStore(location, embedding_model=MODEL)
+    """Local mode (its engine thread) in memory and on a path, and the server path: no Qdrant server
+    binary here (STACK.md), but qdrant's in-memory async client has the server client's API."""
+    if request.param == "server_client":
+        store = QdrantVectorStore(":memory:", embedding_model=MODEL, client=AsyncQdrantClient(location=":memory:"))
+    else:
+        location = ":memory:" if request.param == "memory" else str(tmp_path / "qdrant")
+        store = QdrantVectorStore(location, embedding_model=MODEL)
     yield store
     await store.close()
 
