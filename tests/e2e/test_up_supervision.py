@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ import pytest
 
 from shared.supervision import STATUS_FILENAME, SupervisedProcess, read_status
 from tests.support import servers
+from tests.support.poll import until
 from tests.support.up_process import STOP_TIMEOUT_S, UpProcess, alive, start_up, up_env, wait_gone
 
 pytestmark = pytest.mark.e2e
@@ -24,14 +24,13 @@ T = TypeVar("T")
 
 
 def _wait(what: str, probe: Callable[[], T | None], up: UpProcess, deadline_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        assert up.proc.poll() is None, f"`kbingest up` exited while waiting for {what}:\n{up.log_tail()}"
-        found = probe()
-        if found is not None:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {deadline_s:g} s:\n{up.log_tail()}")
+    def exited() -> str | None:
+        return None if up.proc.poll() is None else "`kbingest up` exited"
+
+    try:
+        return until(probe, timeout_s=deadline_s, every_s=0.5, what=what, give_up=exited)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{up.log_tail()}") from exc
 
 
 def _processor(up: UpProcess) -> SupervisedProcess:

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from shared.settings import Settings
 from shared.storage import ObjectStore, object_key
 from tests.support import servers
 from tests.support.asgi import read_body
-from tests.support.poll import eventually
+from tests.support.poll import eventually, until
 
 
 def open_db(settings: Settings, max_connections: int = 2) -> Database:
@@ -210,20 +209,20 @@ def wait_http_ok(
 ) -> None:
     """Poll ``url`` (a /readyz) until 200; fail at once if ``proc`` exits, with its log's tail when known."""
 
-    def tail() -> str:
-        return log_path.read_text()[-4000:] if log_path is not None else "(output not captured)"
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited {proc.returncode}:\n{tail()}")
+    def ok() -> bool:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not 200 within {timeout_s:g}s:\n{tail()}")
+            return False
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"the process exited {proc.returncode}"
+
+    try:
+        until(ok, timeout_s=timeout_s, what=f"{url} to answer 200", give_up=exited)
+    except AssertionError as exc:
+        tail = log_path.read_text()[-4000:] if log_path is not None else "(output not captured)"
+        raise AssertionError(f"{exc}:\n{tail}") from exc
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:

@@ -39,11 +39,23 @@ async def eventually(
 
 
 def until(
-    check: Callable[[], T | None], *, timeout_s: float = 60.0, every_s: float = 0.2, what: str = "condition"
+    check: Callable[[], T | None],
+    *,
+    timeout_s: float = 60.0,
+    every_s: float = 0.2,
+    what: str = "condition",
+    give_up: Callable[[], str | None] | None = None,
 ) -> T:
-    """Call ``check`` until it answers something truthy; that answer is returned."""
+    """Call ``check`` until it answers something truthy; that answer is returned.
+
+    ``give_up`` (asked before each check) ends the wait at once with the reason it returns, e.g. a process
+    that exited: waiting out the deadline for it would only delay the failure.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
+        reason = give_up() if give_up is not None else None
+        if reason:
+            raise AssertionError(f"gave up waiting for {what}: {reason}")
         found = check()
         if found:
             return found

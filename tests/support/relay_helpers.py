@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +19,7 @@ from services.relay.http1 import Answer, ClosedError, ConnectError
 from services.relay.metrics import RelayMetrics
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
-from tests.support.pipeline_helpers import service_env, stop_process
+from tests.support.pipeline_helpers import service_env, stop_process, wait_http_ok
 from tests.support.servers import ROOT, free_port
 
 SECRET = "relay-test-secret"
@@ -91,17 +90,12 @@ def start_subscriber(*args: str, secret: str = SECRET) -> SubscriberProcess:
         cwd=ROOT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"subscriber exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return SubscriberProcess(port, proc, secret)
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    stop_process(proc, timeout_s=10)
-    raise RuntimeError("subscriber did not start")
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=START_TIMEOUT_S)
+    except AssertionError:
+        stop_process(proc, timeout_s=10)
+        raise
+    return SubscriberProcess(port, proc, secret)
 
 
 class MockPoster:

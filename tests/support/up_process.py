@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -159,12 +158,20 @@ def start_up(data_dir: Path, env: dict[str, str], timeout_s: float = READY_TIMEO
     up = UpProcess(proc, data_dir, env)
     up._drain = threading.Thread(target=_drain, args=(proc, up.output), daemon=True)
     up._drain.start()
-    deadline = time.monotonic() + timeout_s
-    while not any("kbingest ready:" in line for line in up.output):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            up.stop(timeout_s=30)
-            raise AssertionError("kbingest up did not get ready:\n" + up.log_tail())
-        time.sleep(0.2)
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"it exited {proc.returncode}"
+
+    try:
+        until(
+            lambda: any("kbingest ready:" in line for line in up.output),
+            timeout_s=timeout_s,
+            what="`kbingest up` to print 'kbingest ready:'",
+            give_up=exited,
+        )
+    except AssertionError as exc:
+        up.stop(timeout_s=30)
+        raise AssertionError(f"{exc}:\n{up.log_tail()}") from exc
     return up
 
 
