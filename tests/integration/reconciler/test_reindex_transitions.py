@@ -12,9 +12,10 @@ from shared.storage import ObjectStore, object_key
 from tests.support.pipeline_helpers import claim, create_document, create_kb, fetch_one
 
 
-async def test_a_replacement_activated_during_a_build_requeues_the_build_on_the_new_content(
+async def _ready_document_reindexing(
     db: Database, store: ObjectStore, settings: Settings
-) -> None:
+) -> tuple[uuid.UUID, uuid.UUID, dict[str, uuid.UUID]]:
+    """A KB with one ready document and a re-index (generation 2) just started: its build row is queued."""
     kb = await create_kb(db)
     doc = await create_document(db, store, kb)
     first = await claim(db, doc)
@@ -22,24 +23,38 @@ async def test_a_replacement_activated_during_a_build_requeues_the_build_on_the_
         assert await lifecycle.mark_ready(conn, first, chunk_count=1) is not None
         await generations.start(conn, kb, generations.resolve({"chunk_size": 600}, settings), max_attempts=3)
     build = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'reindex'", id=doc)
-    building = await claim(db, build["id"])  # the build is mid-attempt on the old content
+    return kb, doc, build
 
-    new = b"the second version of this document"
+
+async def _replace_and_activate(
+    db: Database, store: ObjectStore, kb: uuid.UUID, doc: uuid.UUID, content: bytes
+) -> dict[str, object]:
+    """Store ``content`` as the document's next version and run its replace build to ready."""
     key = object_key(kb, uuid.uuid4())
-    await store.put_bytes(key, new, content_type="text/plain")
-    values = {
+    await store.put_bytes(key, content, content_type="text/plain")
+    values: dict[str, object] = {
         "object_key": key,
-        "sha256": hashlib.sha256(new).hexdigest(),
-        "size_bytes": len(new),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size_bytes": len(content),
         "media_type": "text/plain",
         "original_filename": "v2.txt",
     }
     async with db.transaction() as conn:
         assert (await lifecycle.replace_content(conn, doc, values=values)).kind == "replaced"
     replacement = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'replace'", id=doc)
-    lease = await claim(db, replacement["id"])
     async with db.transaction() as conn:
-        assert await lifecycle.mark_ready(conn, lease, chunk_count=2) is not None
+        assert await lifecycle.mark_ready(conn, await claim(db, replacement["id"]), chunk_count=2) is not None
+    return values
+
+
+async def test_a_replacement_activated_during_a_build_requeues_the_build_on_the_new_content(
+    db: Database, store: ObjectStore, settings: Settings
+) -> None:
+    kb, doc, build = await _ready_document_reindexing(db, store, settings)
+    building = await claim(db, build["id"])  # the build is mid-attempt on the old content
+
+    values = await _replace_and_activate(db, store, kb, doc, b"the second version of this document")
+    key = values["object_key"]
 
     row = await fetch_one(
         db, "SELECT status, sha256, object_key, lease_epoch FROM documents WHERE id = :id", id=build["id"]
@@ -57,13 +72,7 @@ async def test_a_replacement_activated_during_a_build_requeues_the_build_on_the_
 async def test_a_rollback_refuses_a_generation_without_the_current_content(
     db: Database, store: ObjectStore, settings: Settings
 ) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
-    first = await claim(db, doc)
-    async with db.transaction() as conn:
-        assert await lifecycle.mark_ready(conn, first, chunk_count=1) is not None
-        await generations.start(conn, kb, generations.resolve({"chunk_size": 600}, settings), max_attempts=3)
-    build = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'reindex'", id=doc)
+    kb, doc, build = await _ready_document_reindexing(db, store, settings)
     async with db.transaction() as conn:
         assert await lifecycle.mark_ready(conn, await claim(db, build["id"]), chunk_count=2) is not None
     active = await fetch_one(db, "SELECT active_generation FROM knowledge_bases WHERE id = :kb", kb=kb)
@@ -71,21 +80,7 @@ async def test_a_rollback_refuses_a_generation_without_the_current_content(
     async with db.transaction() as conn:
         assert await generations.rollback_plan(conn, kb) is not None, "generation 1 holds every document as it is"
 
-    new = b"content replaced after the switch"
-    key = object_key(kb, uuid.uuid4())
-    await store.put_bytes(key, new, content_type="text/plain")
-    values = {
-        "object_key": key,
-        "sha256": hashlib.sha256(new).hexdigest(),
-        "size_bytes": len(new),
-        "media_type": "text/plain",
-        "original_filename": "v2.txt",
-    }
-    async with db.transaction() as conn:
-        assert (await lifecycle.replace_content(conn, doc, values=values)).kind == "replaced"
-    replacement = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'replace'", id=doc)
-    async with db.transaction() as conn:
-        assert await lifecycle.mark_ready(conn, await claim(db, replacement["id"]), chunk_count=3) is not None
+    await _replace_and_activate(db, store, kb, doc, b"content replaced after the switch")
 
     async with db.transaction() as conn:
         try:
