@@ -1,32 +1,21 @@
-"""What a subscriber of relay events needs: signature checks and an idempotency record."""
+"""The relay's delivery signature: how the relay signs a delivery and how a subscriber verifies it.
+
+A subscriber's idempotency record (the processor's inbox) is shared/inbox.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Final
-
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 EVENT_ID_HEADER: Final = "X-Kbingest-Event-Id"
 TIMESTAMP_HEADER: Final = "X-Kbingest-Timestamp"
 SIGNATURE_HEADER: Final = "X-Kbingest-Signature"
 SIGNATURE_PREFIX: Final = "sha256="
 DEFAULT_TOLERANCE_S: Final = 300
-
-# New event ids insert a row; a redelivery hits the primary key and inserts nothing.
-RECORD_ONCE: Final = text(
-    """
-    INSERT INTO processor_inbox (event_id, event_type, document_id)
-    VALUES (:event_id, :event_type, :document_id)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-    """
-)
 
 
 class SignatureError(ValueError):
@@ -81,18 +70,3 @@ def verify(
     skew = abs((time.time() if now is None else now) - sent_at)
     if skew > tolerance_s:
         raise StaleSignature(f"timestamp is {skew:.0f}s away from now (tolerance {tolerance_s:.0f}s)")
-
-
-async def record_once(
-    conn: AsyncConnection, event_id: uuid.UUID | str, event_type: str, document_id: uuid.UUID | str | None
-) -> bool:
-    """Record ``event_id`` in ``processor_inbox``; True when it was new (do the work), False on a duplicate."""
-    result = await conn.execute(
-        RECORD_ONCE,
-        {
-            "event_id": uuid.UUID(str(event_id)),
-            "event_type": event_type,
-            "document_id": uuid.UUID(str(document_id)) if document_id is not None else None,
-        },
-    )
-    return result.first() is not None

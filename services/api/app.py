@@ -17,7 +17,7 @@ from services.api.routes import (
     batches,
     documents,
     errors,
-    events,
+    event_stream,
     health,
     internal_vectors,
     knowledge_bases,
@@ -97,7 +97,7 @@ def create_app(settings: Settings, *, after_store: AfterStoreHook | None = None)
     app.add_middleware(BodyLimit, limit_for=lambda method, path: body_limit_for(method, path, settings.max_body_bytes))
     install_http_observability(app, CollectorRegistry(), "api")
     app.add_middleware(SecurityHeaders)
-    routers = [health, errors, knowledge_bases, reindex, documents, batches, search, outbox, ui, pipeline, events]
+    routers = [health, errors, knowledge_bases, reindex, documents, batches, search, outbox, ui, pipeline, event_stream]
     # Only a local (path) Qdrant needs the API to serve vectors to other processes.
     if settings.is_local_qdrant:
         routers.append(internal_vectors)

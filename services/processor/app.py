@@ -11,12 +11,12 @@ import structlog
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
-from services.processor import events
+from services.processor import receiver
 from services.processor.extraction.sandbox import extract, warm_up
 from services.processor.metrics import ProcessorMetrics
-from services.processor.pipeline import ExtractFn, Pipeline
 from services.processor.presence import Presence
 from services.processor.registry import Registry, new_processor_id
+from services.processor.stages import ExtractFn, Pipeline
 from services.processor.state import ProcessorState
 from services.processor.worker import SHUTDOWN_GRACE_S, Worker
 from shared.db import worker_database
@@ -127,7 +127,7 @@ def create_app(
     app = FastAPI(title="kbingest processor", version="0.1.0", lifespan=lifespan)
     registry = CollectorRegistry()
     install_http_observability(app, registry, "processor")
-    app.include_router(events.router)
+    app.include_router(receiver.router)
 
     async def readiness(_request: Request) -> Readiness:
         state: ProcessorState = app.state.processor

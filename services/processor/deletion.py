@@ -20,8 +20,8 @@ from sqlalchemy import text
 from shared import lifecycle, versions
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import ProcessingError
+from shared.inbox import record_once
 from shared.storage import ObjectStore, StorageUnavailable
-from shared.subscriber import record_once
 from shared.vectorstore import VectorStore
 
 log = structlog.get_logger("kbingest.processor.deletion")

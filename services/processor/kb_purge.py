@@ -16,7 +16,7 @@ from sqlalchemy import text
 from services.processor.deletion import ALREADY_HANDLED, PurgeFailed
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import ProcessingError
-from shared.subscriber import record_once
+from shared.inbox import record_once
 from shared.vectorstore import VectorStore
 
 log = structlog.get_logger("kbingest.processor.kb_purge")

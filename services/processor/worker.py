@@ -19,15 +19,15 @@ from services.processor.deletion import purge_cancelled_builds
 from services.processor.fence import check_lease
 from services.processor.heartbeat import LeaseLost, heartbeating
 from services.processor.metrics import ProcessorMetrics
-from services.processor.pipeline import Pipeline
+from services.processor.stages import Pipeline
 from shared import lifecycle
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import DocumentError, ErrorCode, ProcessingError
+from shared.inbox import record_once
 from shared.lifecycle import Lease, Ready
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
-from shared.subscriber import record_once
 from shared.vectorstore import VectorStore
 from shared.vocabulary import Stage
 

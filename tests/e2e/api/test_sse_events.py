@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.api.app import create_app
-from services.api.routes import events as events_route
+from services.api.routes import event_stream
 from shared import lifecycle, vocabulary
 from shared.db import Database
 from shared.settings import Settings
@@ -215,7 +215,7 @@ async def test_one_listen_connection_per_process_not_per_client(
 async def test_heartbeat_comments_keep_an_idle_stream_open(
     server: Server, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events_route, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(event_stream, "HEARTBEAT_S", 0.3)
     client = await _connect(server, await create_kb(db))
 
     async def pinged() -> bool:

@@ -87,7 +87,7 @@ def hanging_chunker(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event
             release.wait()
         return chunk_elements(elements, **kwargs)
 
-    monkeypatch.setattr("services.processor.pipeline.chunk_elements", chunk_or_hang)
+    monkeypatch.setattr("services.processor.stages.chunk_elements", chunk_or_hang)
     yield release
     release.set()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.processor.pipeline import Progress
+from services.processor.stages import Progress
 from shared.settings import Settings
 
 
