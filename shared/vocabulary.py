@@ -13,8 +13,6 @@ from typing import Final, Literal, get_args
 Status = Literal["queued", "processing", "ready", "failed", "deleting"]
 # What an event's ``data.status`` may say besides: the document is gone.
 EventStatus = Literal[Status, "deleted"]
-# The statuses of a document the queue has not finished with (it holds or will hold a lease).
-InFlightStatus = Literal["queued", "processing"]
 # documents.stage while processing, in the order the processor goes through them.
 Stage = Literal["downloading", "extracting", "chunking", "embedding", "indexing"]
 # documents.priority, highest first (the dispatch order of shared/queue.py).
@@ -30,7 +28,6 @@ GenerationState = Literal["active", "building", "retired", "cancelled"]
 
 STATUSES: Final[tuple[Status, ...]] = get_args(Status)
 EVENT_STATUSES: Final[tuple[EventStatus, ...]] = get_args(EventStatus)
-IN_FLIGHT_STATUSES: Final[tuple[InFlightStatus, ...]] = get_args(InFlightStatus)
 STAGES: Final[tuple[Stage, ...]] = get_args(Stage)
 PRIORITIES: Final[tuple[Priority, ...]] = get_args(Priority)
 BUILD_PURPOSES: Final[tuple[BuildPurpose, ...]] = get_args(BuildPurpose)

@@ -22,9 +22,6 @@ class StreamLimiter:
         self.per_key = per_key
         self._open: Counter[uuid.UUID] = Counter()
 
-    def open_for(self, key_id: uuid.UUID) -> int:
-        return self._open[key_id]
-
     def acquire(self, key_id: uuid.UUID) -> Callable[[], None]:
         """A place for one more stream of ``key_id`` (its release function), or 429 ``too_many_streams``."""
         if self._open[key_id] >= self.per_key:

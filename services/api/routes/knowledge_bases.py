@@ -27,7 +27,7 @@ from shared.vocabulary import STATUSES
 
 router = APIRouter(prefix="/v1/knowledge-bases", tags=["knowledge bases"])
 ERRORS = error_responses()
-PATCH_ERRORS = error_responses(409, 422)
+CONFLICT_ERRORS = error_responses(409, 422)
 
 
 # Documents whose index a settings change would make inconsistent (build rows are not documents).
@@ -42,7 +42,7 @@ async def _with_index(conn: AsyncConnection, settings: Settings, row: RowMapping
     return KnowledgeBase(**row, **index.fields(), **extra)
 
 
-@router.post("", status_code=201, response_model=KnowledgeBase, responses=error_responses(409, 422))
+@router.post("", status_code=201, response_model=KnowledgeBase, responses=CONFLICT_ERRORS)
 async def create_kb(body: KnowledgeBaseCreate, key: CurrentKey, state: StateDep, response: Response) -> KnowledgeBase:
     """Create a KB; ``chunk_size``/``chunk_overlap``/``embedding_model`` set its first index generation."""
     if key.knowledge_base_ids is not None:
@@ -127,9 +127,7 @@ async def get_kb(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> Knowledg
         return await _with_index(conn, state.settings, row, counts=counts)
 
 
-@router.patch(
-    "/{kb_id}", response_model=KnowledgeBase, responses={202: {"model": KnowledgeBase}, **error_responses(409, 422)}
-)
+@router.patch("/{kb_id}", response_model=KnowledgeBase, responses={202: {"model": KnowledgeBase}, **CONFLICT_ERRORS})
 async def update_kb(
     kb_id: uuid.UUID, body: KnowledgeBaseUpdate, key: CurrentKey, state: StateDep, response: Response
 ) -> KnowledgeBase:

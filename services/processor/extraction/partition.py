@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from html.parser import HTMLParser
 from typing import Any, Final
 
@@ -40,8 +40,6 @@ _META_CHARSET: Final = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0
 _META_SCAN_BYTES: Final = 4096
 _HORIZONTAL_SPACE: Final = re.compile(r"[ \t\u00a0\u200b\ufeff]+")
 _BLANK_LINES: Final = re.compile(r"\n\s*\n\s*\n+")
-
-Partitioner = Callable[..., list[Any]]
 
 
 def base_media_type(media_type: str) -> str:
