@@ -7,7 +7,7 @@ import json
 import uuid
 
 from services.api.broadcast import QUEUE_MAX, Broadcaster
-from services.api.routes.events import Stream
+from services.api.routes.event_stream import Stream
 from shared import state_notices
 from shared.db import Database
 from shared.events import STATE_CHANNEL
