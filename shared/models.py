@@ -32,8 +32,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-# shared/pipeline.py's import until the edit in progress there lands (then it imports STATUSES).
-DOCUMENT_STATUSES = STATUSES
 # User documents (not build rows) that are not deleted: the scope of the per-KB unique names and contents.
 LIVE_USER_DOCUMENT = "deleted_at IS NULL AND parent_id IS NULL"
 

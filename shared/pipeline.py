@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.flow import Flow, read_flow
-from shared.models import DOCUMENT_STATUSES
 from shared.pipeline_report import (
     DatabaseHealth,
     OutboxHealth,
@@ -20,6 +19,7 @@ from shared.pipeline_report import (
     ReconcilerHealth,
 )
 from shared.settings import Settings
+from shared.vocabulary import STATUSES
 
 # A processor whose last heartbeat is older than this is counted as gone (seed 000).
 PROCESSOR_ALIVE_S: Final = 60.0
@@ -40,7 +40,7 @@ AlertCode = Literal[
     "db_connections_high",
     "reconciler_not_running",
 ]
-ALERT_CODES: Final[tuple[str, ...]] = AlertCode.__args__  # type: ignore[attr-defined]  # Literal args
+ALERT_CODES: Final[tuple[AlertCode, ...]] = get_args(AlertCode)
 
 # Live rows by status and stage (one scan; tombstones excluded), user documents apart from build rows
 # (docs/documents-change.md): a user counts documents, the queue counts both.
@@ -263,7 +263,7 @@ class Detail:
 
 async def read_facts(conn: AsyncConnection, settings: Settings) -> tuple[Facts, Detail]:
     """Read the facts plus the detail the report lists (counts, processors, reconciler)."""
-    by_status: dict[str, int] = dict.fromkeys(DOCUMENT_STATUSES, 0)
+    by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
     by_stage: dict[str, int] = {}
     builds: dict[str, int] = {"queued": 0, "processing": 0}
     for row in (await conn.execute(DOCUMENT_COUNTS)).mappings():
