@@ -55,11 +55,7 @@ def create_engine(
     """Build an async engine; ``application_name`` shows who holds what in pg_stat_activity."""
     connect_args = {
         "timeout": CONNECT_TIMEOUT_S,
-        "server_settings": {
-            "application_name": application_name,
-            "statement_timeout": str(int(statement_timeout_s * 1000)),
-            "idle_in_transaction_session_timeout": str(int(statement_timeout_s * 2000)),
-        },
+        "server_settings": session_settings(application_name, statement_timeout_s),
     }
     if pool == "null":
         return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
@@ -74,6 +70,16 @@ def create_engine(
     )
     event.listen(engine.sync_engine, "handle_error", _invalidate_broken_protocol)
     return engine
+
+
+def session_settings(application_name: str, statement_timeout_s: float) -> dict[str, str]:
+    """A service connection's server_settings: who holds it (pg_stat_activity), and how long a statement
+    (twice that for an idle transaction) may hold it before the server ends it."""
+    return {
+        "application_name": application_name,
+        "statement_timeout": str(int(statement_timeout_s * 1000)),
+        "idle_in_transaction_session_timeout": str(int(statement_timeout_s * 2000)),
+    }
 
 
 def _invalidate_broken_protocol(context: ExceptionContext) -> None:

@@ -2,7 +2,8 @@
 
 For what needs a session rather than a pooled connection: an advisory lock held for life, LISTEN.
 ``on_open`` runs on every new session (take the lock, add the listener); raising ``SessionLost``
-there asks for a retry, any other error is a bug and ends ``run``.
+there asks for a retry, any other error is a bug and ends ``run``. Which connection errors are worth
+a retry is ``retryable``'s call (default: any asyncpg connection or server error).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class SessionLost(Exception):
     """The server ended the session, it stopped answering, or ``on_open`` asked for another try."""
 
 
-_RETRYABLE: Final = (*ASYNCPG_CONNECTION_ERRORS, SessionLost)
-
 OnOpen = Callable[[Any], Awaitable[None]]
+
+
+def _connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, ASYNCPG_CONNECTION_ERRORS)
 
 
 class KeptSession:
@@ -61,6 +64,7 @@ class KeptSession:
         ping_timeout_s: float = 5.0,
         reconnect_base_s: float = 0.2,
         reconnect_max_s: float = 5.0,
+        retryable: Callable[[BaseException], bool] = _connection_error,
     ) -> None:
         self._dsn = dsn
         self.name = name
@@ -70,6 +74,7 @@ class KeptSession:
         self._ping_timeout_s = ping_timeout_s
         self._reconnect_base_s = reconnect_base_s
         self._reconnect_max_s = reconnect_max_s
+        self._retryable = retryable
         self._opened = asyncio.Event()
         self._failures = 0
         self.opens = 0
@@ -88,9 +93,12 @@ class KeptSession:
         while not stop.is_set():
             try:
                 await self._session(stop)
-            except _RETRYABLE as exc:
-                self._failures += 1
+            except Exception as exc:
+                # Kept for /readyz even when fatal: why the session is down is what an operator asks first.
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                if not (isinstance(exc, SessionLost) or self._retryable(exc)):
+                    raise
+                self._failures += 1
                 log.warning("pg_session.lost", session=self.name, error=self.last_error, failures=self._failures)
             delay = backoff_s(self._failures, base_s=self._reconnect_base_s, max_s=self._reconnect_max_s)
             with contextlib.suppress(TimeoutError):

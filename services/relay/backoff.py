@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
 
+from shared.backoff import backoff_s
+
 # A subscriber may ask for a later retry, but not for longer than this.
 RETRY_AFTER_CAP_S: Final = 3600.0
 # A busy subscriber (429) is back-pressure, not a failure: its event is re-offered within about a
@@ -18,16 +20,6 @@ BUSY_RETRY_DEFAULT_S: Final = (0.2, 0.5)
 # Retry-After: 0 must not turn the relay and a busy subscriber into a hot loop.
 BUSY_RETRY_FLOOR_S: Final = 0.05
 BUSY_JITTER_S: Final = 0.1
-
-
-def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number ``attempt`` (1-based): uniform in [step/2, step], step = base·2^(attempt-1) ≤ max.
-
-    Half the step is kept so a retry never fires almost at once (tenacity's full jitter can),
-    and the random half spreads replicas that failed together.
-    """
-    step = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
-    return (rng or random).uniform(step / 2.0, step)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

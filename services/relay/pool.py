@@ -14,40 +14,23 @@ from typing import Any, Final
 
 import asyncpg
 
-from shared.db import asyncpg_dsn, exception_chain
+from shared.db import (
+    ASYNCPG_CONNECTION_LOST,
+    CONNECT_TIMEOUT_S,
+    asyncpg_dsn,
+    exception_chain,
+    is_connection_error,
+    session_settings,
+)
 from shared.settings import Settings
 
 APPLICATION_NAME: Final = "kbingest.relay"
 LISTEN_APPLICATION_NAME: Final = "kbingest.relay.listen"
-CONNECT_TIMEOUT_S: Final = 5.0
 IDLE_CONNECTION_S: Final = 10.0
 ACQUIRE_TIMEOUT_S: Final = 30.0
 
-_TRANSIENT: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.QueryCanceledError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    # The server dropped the connection mid-operation and the client protocol lost track of its
-    # state ("cannot switch to state 12; another operation (2) is in progress", asyncpg#1069).
-    # ``connection()`` terminates such a connection, so a retry gets a fresh one.
-    asyncpg.InternalClientError,
-)
-
-
-def server_settings(settings: Settings, application_name: str) -> dict[str, str]:
-    return {
-        "application_name": application_name,
-        "statement_timeout": str(int(settings.db_statement_timeout_s * 1000)),
-        "idle_in_transaction_session_timeout": str(int(settings.db_statement_timeout_s * 2000)),
-    }
+# Beyond a lost connection (shared/db.py's list), what a retry of the same statement can get past.
+_RETRY_LATER: Final = (asyncpg.QueryCanceledError, asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
 async def _no_reset(_conn: Any) -> None:
@@ -64,21 +47,9 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         reset=_no_reset,
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=settings.db_statement_timeout_s + 5.0,
-        server_settings=server_settings(settings, APPLICATION_NAME),
+        server_settings=session_settings(APPLICATION_NAME, settings.db_statement_timeout_s),
     )
     return pool
-
-
-# Errors after which a connection's protocol state is unknown: it must not be used again.
-_BROKEN: Final = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
 
 
 @asynccontextmanager
@@ -101,8 +72,11 @@ async def connection(pool: asyncpg.Pool, *, timeout: float = ACQUIRE_TIMEOUT_S) 
 
 
 def is_broken(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) means the connection itself is unusable."""
-    return any(isinstance(e, _BROKEN) and not isinstance(e, TimeoutError) for e in exception_chain(exc))
+    """True when ``exc`` (or what caused it) means the connection itself is unusable.
+
+    A timeout is not (see ``connection``): asyncpg cancels the query and the connection stays usable.
+    """
+    return any(isinstance(e, ASYNCPG_CONNECTION_LOST) and not isinstance(e, TimeoutError) for e in exception_chain(exc))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -111,4 +85,4 @@ def is_transient(exc: BaseException) -> bool:
     The chain is searched too: when the server drops a connection mid-transaction, the ROLLBACK
     that follows fails with an asyncpg InternalClientError whose context is the real cause.
     """
-    return any(isinstance(e, _TRANSIENT) for e in exception_chain(exc))
+    return is_connection_error(exc) or any(isinstance(e, _RETRY_LATER) for e in exception_chain(exc))

@@ -24,11 +24,13 @@ from services.relay.groups import AnyOf
 from services.relay.listener import Listener
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
-from services.relay.pool import LISTEN_APPLICATION_NAME, connection, is_transient, server_settings
+from services.relay.pool import LISTEN_APPLICATION_NAME, connection, is_transient
 from services.relay.routes import Router
 from services.relay.wakeups import DueTimes
 from shared.aio import wait_for
-from shared.db import asyncpg_dsn
+from shared.backoff import backoff_s
+from shared.connection_budget import connection_budget
+from shared.db import asyncpg_dsn, session_settings
 from shared.settings import Settings
 
 POLL_INTERVAL_S: Final = 1.0
@@ -96,7 +98,7 @@ class Relay:
         self._due = DueTimes(poll_interval_s)
         self.listener = Listener(
             asyncpg_dsn(settings.database_url),
-            server_settings=server_settings(settings, LISTEN_APPLICATION_NAME),
+            server_settings=session_settings(LISTEN_APPLICATION_NAME, settings.db_statement_timeout_s),
             on_notify=self._wake.set,
         )
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,7 +107,7 @@ class Relay:
         self.settled = 0
         self._claimed: set[int] = set()
         self.last_tick = time.monotonic()
-        metrics.track_connections(self.connections_in_use, settings.db_max_connections + 1)
+        metrics.track_connections(self.connections_in_use, connection_budget(settings)["relay"].total)
 
     def stop(self) -> None:
         """Stop claiming; ``run()`` then finishes in-flight deliveries within the grace period."""
@@ -146,7 +148,7 @@ class Relay:
                         raise
                     failures += 1
                     log.warning("relay.database_unavailable", error=f"{type(exc).__name__}: {exc}", failures=failures)
-                    await self._sleep(min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2**failures))
+                    await self._sleep(backoff_s(failures, base_s=DB_RETRY_BASE_S, max_s=DB_RETRY_MAX_S))
                     continue
                 await self._wait_for_wake(side)
         finally:
@@ -249,7 +251,7 @@ class Relay:
 
     async def _with_retry(self, op: Callable[[Any], Awaitable[T]], name: str, *, deadline: float) -> T | None:
         """Run ``op(conn)``; on transient errors back off and retry until ``deadline`` (monotonic)."""
-        delay = DB_RETRY_BASE_S
+        failures = 0
         while True:
             try:
                 async with connection(self._pool) as conn:
@@ -257,11 +259,12 @@ class Relay:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                failures += 1
+                delay = backoff_s(failures, base_s=DB_RETRY_BASE_S, max_s=DB_RETRY_MAX_S)
                 if time.monotonic() + delay > deadline:
                     return None
-                log.warning(f"{name}_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                log.warning(f"{name}_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)
-                delay = min(DB_RETRY_MAX_S, delay * 2)
 
     async def refresh_stats(self) -> None:
         """Update the outbox gauges from Postgres."""

@@ -14,13 +14,13 @@ from services.relay.backoff import (
     BUSY_RETRY_FLOOR_S,
     BUSY_RETRY_MAX_S,
     RETRY_AFTER_CAP_S,
-    backoff_s,
     busy_delay_s,
     parse_retry_after,
     retry_delay_s,
 )
 from services.relay.delivery import classify
 from services.relay.routes import Router
+from shared.backoff import backoff_s
 
 
 def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
