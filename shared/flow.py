@@ -21,7 +21,7 @@ FLOW_WINDOW_S: Final = 300.0
 HISTORY_MAX_MINUTES: Final = 1440
 
 # Processors count from ready until stopped, silent (last heartbeat) or now. ``alive`` is the same
-# rule as shared.pipeline's (passed in as :alive_s). Busy slot-seconds: attempts overlapping the
+# rule as shared.pipeline_health's (passed in as :alive_s). Busy slot-seconds: attempts overlapping the
 # window on a registered processor, an open attempt counting until now (or the processor's end)
 # only while its lease is current, so an attempt left open by a deleted document counts nothing.
 # Drained: attempts that ended in the window with a final outcome (a retry or rescue requeues).

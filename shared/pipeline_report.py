@@ -1,6 +1,6 @@
 """The pipeline report's shape (``GET /v1/pipeline``): one model for the API, ``kbingest doctor`` and the reconciler.
 
-Built by ``shared.pipeline.pipeline_report`` from the database; the field names are the contract's.
+Built by ``shared.pipeline_health.pipeline_report`` from the database; the field names are the contract's.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.flow import FLOW_WINDOW_S
-from shared.pipeline import PROCESSOR_ALIVE_S
+from shared.pipeline_health import PROCESSOR_ALIVE_S
 from shared.queue import DUE, priority_rank
 
 # The start rate behind an ETA is measured over the pipeline's drain-rate window, so both move together.

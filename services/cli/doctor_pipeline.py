@@ -17,7 +17,7 @@ from services.cli.db import one_transaction
 from services.cli.doctor import CheckResult
 from shared.aio import wait_for
 from shared.connection_budget import CONNECTION_HEADROOM, connection_budget
-from shared.pipeline import PROCESSOR_ALIVE_S, pipeline_report, reconciler_window_s
+from shared.pipeline_health import PROCESSOR_ALIVE_S, pipeline_report, reconciler_window_s
 from shared.pipeline_report import PipelineReport
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings, subscriber_members
 from shared.supervision import STATUS_FILENAME, read_status, status_path_from_env, supervisor_alive

@@ -9,7 +9,7 @@ from typing import Any, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.lifecycle import RescueReason
-from shared.pipeline import ALERT_CODES
+from shared.pipeline_health import ALERT_CODES
 
 RESCUE_REASONS = frozenset(get_args(RescueReason))
 

@@ -24,7 +24,7 @@ from services.reconciler.sweep import ObjectSweep
 from services.reconciler.tombstones import TombstoneRepurge
 from shared.aio import wait_for
 from shared.db import Database, DatabaseUnavailable, worker_database
-from shared.pipeline import pipeline_report
+from shared.pipeline_health import pipeline_report
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
 

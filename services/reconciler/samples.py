@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from shared.db import Database
 from shared.flow import HISTORY_MAX_MINUTES, read_flow
-from shared.pipeline import PROCESSOR_ALIVE_S
+from shared.pipeline_health import PROCESSOR_ALIVE_S
 
 # Two leaders can't pass at the same instant, but a duplicate ``at`` must not fail the step.
 RECORD_SAMPLE: Final = text(

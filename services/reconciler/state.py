@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.reconciler import queries
-from shared.pipeline import RECONCILER_STATE_NAME
+from shared.pipeline_health import RECONCILER_STATE_NAME
 
 
 async def record_pass(conn: AsyncConnection, *, leader_id: str, duration_s: float, counts: Mapping[str, int]) -> None:

@@ -18,7 +18,7 @@ import structlog
 from services.reconciler import queries
 from shared import lifecycle
 from shared.db import Database
-from shared.pipeline import RECONCILER_STATE_NAME
+from shared.pipeline_health import RECONCILER_STATE_NAME
 from shared.storage import ObjectStore, StoredObject
 
 PREFIX: Final = "kb/"

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from shared.flow import Flow
-from shared.pipeline import Facts, compute_alerts
+from shared.pipeline_health import Facts, compute_alerts
 from shared.settings import Settings
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from services.api.deps import CurrentKey, StateDep, require_unscoped
 from services.api.routes.responses import error_responses
 from shared.flow import HISTORY_MAX_MINUTES, flow_history
-from shared.pipeline import pipeline_report
+from shared.pipeline_health import pipeline_report
 from shared.pipeline_report import PipelineHistory, PipelineReport
 from shared.supervision import read_status, status_path_from_env
 

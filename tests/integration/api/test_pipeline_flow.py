@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from shared.db import Database
 from shared.flow import FLOW, read_flow, utilization
-from shared.pipeline import PROCESSOR_ALIVE_S
+from shared.pipeline_health import PROCESSOR_ALIVE_S
 from tests.support.api_helpers import assert_error_shape, upload
 from tests.support.api_helpers import create_kb as api_create_kb
 from tests.support.pipeline_helpers import (
