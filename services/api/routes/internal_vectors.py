@@ -7,7 +7,7 @@ Mounted only when the API owns a local store (``QDRANT_URL`` a path); signed wit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -18,26 +18,15 @@ from pydantic import ValidationError
 
 from services.api.deps import StateDep
 from services.api.state import AppState
+from shared import vector_calls as calls
 from shared.errors import ApiError, ProcessingError
 from shared.internal_auth import BodyDigest, verify_request
 from shared.subscriber import SignatureError
-from shared.vector_calls import (
-    INTERNAL_PREFIX,
-    Count,
-    DeleteDocument,
-    DeleteKnowledgeBase,
-    DeleteOlderVersions,
-    DeleteOtherVersions,
-    EnsureCollection,
-    Health,
-    Search,
-    UpsertChunks,
-    VectorCall,
-)
+from shared.vectorstore import VectorStore
 
-router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
+router = APIRouter(prefix=calls.INTERNAL_PREFIX, include_in_schema=False)
 
-C = TypeVar("C", bound=VectorCall)
+C = TypeVar("C", bound=calls.VectorCall)
 
 
 async def _call(request: Request, state: AppState, model: type[C]) -> C:
@@ -68,85 +57,34 @@ async def _store_errors() -> AsyncIterator[None]:
         raise ApiError(503, exc.code.value, exc.message) from exc
 
 
-def _result(value: Any = None) -> JSONResponse:
-    return JSONResponse({"result": value})
+def _route(model: type[C], run: Callable[[VectorStore, C], Awaitable[Any]]) -> None:
+    """``POST /{model.path}``: parse the signed call, run it on the store, answer ``{"result": ...}``."""
+
+    async def endpoint(request: Request, state: StateDep) -> JSONResponse:
+        call = await _call(request, state, model)
+        async with _store_errors():
+            result = await run(state.vectors, call)
+        return JSONResponse({"result": result})
+
+    router.add_api_route(f"/{model.path}", endpoint, methods=["POST"], name=f"internal_vectors.{model.path}")
 
 
-@router.post(f"/{EnsureCollection.path}")
-async def ensure_collection(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, EnsureCollection)
-    async with _store_errors():
-        await state.vectors.ensure_collection(call.dim, model=call.model)
-    return _result()
+async def _search(store: VectorStore, call: calls.Search) -> list[dict[str, Any]]:
+    hits = await store.search(call.kb_id, call.vector, call.limit, index=call.index)
+    return [asdict(hit) for hit in hits]
 
 
-@router.post(f"/{UpsertChunks.path}")
-async def upsert_chunks(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, UpsertChunks)
-    async with _store_errors():
-        written = await state.vectors.upsert_chunks(
-            call.document_id,
-            call.kb_id,
-            call.version,
-            call.filename,
-            call.chunks,
-            call.vectors,
-            trim_tail=call.trim_tail,
-            index=call.index,
-        )
-    return _result(written)
-
-
-@router.post(f"/{DeleteOtherVersions.path}")
-async def delete_other_versions(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, DeleteOtherVersions)
-    async with _store_errors():
-        await state.vectors.delete_other_versions(call.document_id, call.keep_version)
-    return _result()
-
-
-@router.post(f"/{DeleteOlderVersions.path}")
-async def delete_older_versions(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, DeleteOlderVersions)
-    async with _store_errors():
-        await state.vectors.delete_older_versions(call.document_id, call.version)
-    return _result()
-
-
-@router.post(f"/{DeleteDocument.path}")
-async def delete_document(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, DeleteDocument)
-    async with _store_errors():
-        await state.vectors.delete_document(call.document_id)
-    return _result()
-
-
-@router.post(f"/{DeleteKnowledgeBase.path}")
-async def delete_knowledge_base(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, DeleteKnowledgeBase)
-    async with _store_errors():
-        await state.vectors.delete_knowledge_base(call.kb_id)
-    return _result()
-
-
-@router.post(f"/{Search.path}")
-async def search(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, Search)
-    async with _store_errors():
-        hits = await state.vectors.search(call.kb_id, call.vector, call.limit, index=call.index)
-    return _result([asdict(hit) for hit in hits])
-
-
-@router.post(f"/{Count.path}")
-async def count(request: Request, state: StateDep) -> JSONResponse:
-    call = await _call(request, state, Count)
-    async with _store_errors():
-        return _result(await state.vectors.count(call.document_id))
-
-
-@router.post(f"/{Health.path}")
-async def health(request: Request, state: StateDep) -> JSONResponse:
-    await _call(request, state, Health)
-    async with _store_errors():
-        await state.vectors.health()
-    return _result()
+_route(calls.EnsureCollection, lambda store, c: store.ensure_collection(c.dim, model=c.model))
+_route(
+    calls.UpsertChunks,
+    lambda store, c: store.upsert_chunks(
+        c.document_id, c.kb_id, c.version, c.filename, c.chunks, c.vectors, trim_tail=c.trim_tail, index=c.index
+    ),
+)
+_route(calls.DeleteOtherVersions, lambda store, c: store.delete_other_versions(c.document_id, c.keep_version))
+_route(calls.DeleteOlderVersions, lambda store, c: store.delete_older_versions(c.document_id, c.version))
+_route(calls.DeleteDocument, lambda store, c: store.delete_document(c.document_id))
+_route(calls.DeleteKnowledgeBase, lambda store, c: store.delete_knowledge_base(c.kb_id))
+_route(calls.Search, _search)
+_route(calls.Count, lambda store, c: store.count(c.document_id))
+_route(calls.Health, lambda store, _: store.health())
