@@ -26,6 +26,7 @@ from shared import state_notices
 from shared.events import STATE_CHANNEL
 from shared.settings import Settings
 from shared.state_notices import IndexChange, KnowledgeBaseNotice
+from shared.vocabulary import GenerationState
 
 log = structlog.get_logger("kbingest.generations")
 
@@ -420,7 +421,9 @@ async def create_first(
     )
 
 
-async def _lock_live(conn: AsyncConnection, kb_id: uuid.UUID, *, wait: bool = True) -> dict[str, int] | None:
+async def _lock_live(
+    conn: AsyncConnection, kb_id: uuid.UUID, *, wait: bool = True
+) -> dict[GenerationState, int] | None:
     """Lock the KB's active and building generations (in order); ``{state: generation}``.
 
     ``wait=False``: None instead of waiting when another transaction holds either of them.
@@ -433,7 +436,7 @@ async def _lock_live(conn: AsyncConnection, kb_id: uuid.UUID, *, wait: bool = Tr
     return live
 
 
-async def _locked(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[str, int]:
+async def _locked(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[GenerationState, int]:
     live = await _lock_live(conn, kb_id)
     assert live is not None  # waiting always gets the locks
     return live
