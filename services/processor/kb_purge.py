@@ -16,12 +16,13 @@ from sqlalchemy import text
 from services.processor.deletion import ALREADY_HANDLED, PurgeFailed
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import ProcessingError
+from shared.events import EventType
 from shared.inbox import record_once
 from shared.vectorstore import VectorStore
 
 log = structlog.get_logger("kbingest.processor.kb_purge")
 
-KB_DELETED_TYPE: Final = "knowledge_base.deleted"
+KB_DELETED_TYPE: Final[EventType] = "knowledge_base.deleted"
 
 # A KB is purged only once deleted: an event can never empty a live knowledge base.
 IS_DELETED: Final = text("SELECT 1 FROM knowledge_bases WHERE id = :id AND deleted_at IS NOT NULL")

@@ -18,14 +18,14 @@ from services.processor.deletion import PurgeFailed
 from services.processor.kb_purge import KB_DELETED_TYPE, purge_knowledge_base
 from services.processor.state import ProcessorState
 from shared.event_data import ReceivedEvent
-from shared.events import WORK_EVENT_TYPES
+from shared.events import WORK_EVENT_TYPES, EventType
 from shared.subscriber import SignatureError, verify
 
 log = structlog.get_logger("kbingest.processor.events")
 
 router = APIRouter(tags=["events"])
 
-DELETE_TYPES: Final = frozenset({"document.delete_requested"})
+DELETE_TYPES: Final[frozenset[EventType]] = frozenset({"document.delete_requested"})
 NOT_READY_RETRY_AFTER_S: Final = "2"
 # A store the purge needs was down; a short wait before the redelivery (the relay backs off further).
 PURGE_RETRY_AFTER_S: Final = "5"

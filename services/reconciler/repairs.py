@@ -12,6 +12,7 @@ from sqlalchemy import TextClause
 from services.reconciler import queries
 from shared import lifecycle
 from shared.db import Database
+from shared.events import EventType
 
 # Per pass and repair kind; a backlog larger than this is worked off over the next passes.
 MAX_PER_PASS: Final = 500
@@ -74,7 +75,7 @@ async def _rescue(
     return counts
 
 
-def reemit_params(event_type: str, grace_s: float) -> dict[str, Any]:
+def reemit_params(event_type: EventType, grace_s: float) -> dict[str, Any]:
     """The parameters of LOST_DISPATCH / STUCK_DELETE: grace, back-off and whose refusals count."""
     return {
         "grace_s": grace_s,
