@@ -11,10 +11,10 @@ from typing import Final
 
 import structlog
 
-from services.relay.claim import ClaimedEvent, Settlement
 from services.relay.delivery import MayStart, Outcome, Sender
 from services.relay.dispatch import Dispatcher, Plan, Result
 from services.relay.pool import is_transient
+from services.relay.sql import ClaimedEvent, Settlement
 from shared.aio import wait_for
 from shared.redact import redact_url
 

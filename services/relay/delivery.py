@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from services.relay.backoff import parse_retry_after
-from services.relay.claim import ClaimedEvent
 from services.relay.http1 import Answer, HTTPError
+from services.relay.sql import ClaimedEvent
 from shared.subscriber import EVENT_ID_HEADER, SIGNATURE_HEADER, SIGNATURE_PREFIX, TIMESTAMP_HEADER
 
 EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"

@@ -11,12 +11,12 @@ import structlog
 from prometheus_client import Counter
 
 from services.relay import outcomes
-from services.relay.claim import ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from services.relay.delivery import Outcome
 from services.relay.groups import batch_endpoints, is_batch
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy, Step
 from services.relay.routes import Router
+from services.relay.sql import ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from shared.redact import redact_url
 
 log = structlog.get_logger("kbingest.relay")

@@ -20,8 +20,8 @@ import structlog
 from prometheus_client import Counter
 
 from services.relay.backoff import busy_delay_s
-from services.relay.claim import ClaimedEvent
 from services.relay.delivery import Deliverer, MayStart, Outcome
+from services.relay.sql import ClaimedEvent
 from shared.redact import redact_text, redact_url
 from shared.settings import subscriber_members
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from services.relay.backoff import busy_delay_s, retry_delay_s
-from services.relay.claim import Action, ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from services.relay.delivery import Outcome
+from services.relay.sql import Action, ClaimedEvent, DeliveryState, DeliveryUpdate, Settlement
 from shared.redact import redact_text, redact_url
 
 UNROUTABLE: Final = "unroutable"

@@ -14,9 +14,8 @@ from typing import Any, Final, TypeVar
 import asyncpg
 import structlog
 
-from services.relay import claim as sql
+from services.relay import sql
 from services.relay.batch import run_batch
-from services.relay.claim import ClaimedEvent, DeliveryState
 from services.relay.delivery import Deliverer
 from services.relay.dispatch import Dispatcher
 from services.relay.dispatch import Result as DispatchResult
@@ -26,6 +25,7 @@ from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
 from services.relay.pool import LISTEN_APPLICATION_NAME, connection, is_transient
 from services.relay.routes import Router
+from services.relay.sql import ClaimedEvent, DeliveryState
 from services.relay.wakeups import DueTimes
 from shared.aio import wait_for
 from shared.backoff import backoff_s

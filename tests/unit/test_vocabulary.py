@@ -9,7 +9,7 @@ from typing import get_args
 
 import pytest
 
-from services.relay import claim
+from services.relay import sql as relay_sql
 from shared import vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +17,7 @@ WORDS: dict[str, frozenset[str]] = {
     "status": frozenset(vocabulary.STATUSES + vocabulary.VERSION_STATUSES),
     "stage": frozenset(vocabulary.STAGES),
     # index_generations.state, and what the relay's claim SQL calls a delivery's state (its Action).
-    "state": frozenset(vocabulary.GENERATION_STATES + get_args(claim.Action)),
+    "state": frozenset(vocabulary.GENERATION_STATES + get_args(relay_sql.Action)),
     "priority": frozenset(vocabulary.PRIORITIES),
     "purpose": frozenset(vocabulary.BUILD_PURPOSES),
 }

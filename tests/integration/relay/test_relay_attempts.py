@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 
-from services.relay import claim as sql
+from services.relay import sql
 from services.relay.build import open_relay
 from shared.settings import Settings
 from tests.support.poll import eventually

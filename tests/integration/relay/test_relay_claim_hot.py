@@ -7,7 +7,7 @@ an index starts covering one it writes (``leased_until``, ``claimed_by``, ``atte
 
 from __future__ import annotations
 
-from services.relay import claim as sql
+from services.relay import sql
 from tests.support.relay_helpers import connect, fill
 
 # This transaction's own update counts, read before it commits (no wait for the statistics collector).

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from services.relay.claim import ClaimedEvent, claim
+from services.relay.sql import ClaimedEvent, claim
 from shared import lifecycle
 from shared.db import worker_database
 from shared.outbox import add_event

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from services.relay.app import create_app
-from services.relay.claim import ACK, CLAIM, SETTLE
+from services.relay.sql import ACK, CLAIM, SETTLE
 from shared.settings import Settings
 from tests.support import servers
 from tests.support.poll import eventually

@@ -10,9 +10,9 @@ import httpx
 
 from services.relay import outcomes
 from services.relay.backoff import BUSY_JITTER_S, BUSY_RETRY_MAX_S
-from services.relay.claim import ClaimedEvent, DeliveryState
 from services.relay.delivery import BATCH_CONTENT_TYPE, Deliverer, Outcome
 from services.relay.outcomes import RetryPolicy
+from services.relay.sql import ClaimedEvent, DeliveryState
 from shared.subscriber import verify
 from tests.support.relay_helpers import MockPoster
 

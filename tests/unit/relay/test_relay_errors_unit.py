@@ -13,12 +13,12 @@ from prometheus_client import CollectorRegistry
 
 from services.relay import outcomes
 from services.relay.batch import run_batch
-from services.relay.claim import ClaimedEvent, DeliveryState
 from services.relay.delivery import MayStart, Outcome
 from services.relay.dispatch import Dispatcher, Result
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy
 from services.relay.routes import Router
+from services.relay.sql import ClaimedEvent, DeliveryState
 
 URL = "http://sub/v1/events"
 POLICY = RetryPolicy(max_attempts=3, base_s=1.0, max_s=10.0, rng=random.Random(3))

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from services.relay.claim import ClaimedEvent
 from services.relay.delivery import Deliverer
 from services.relay.groups import COOLDOWN_BASE_S, AnyOf, batch_endpoints, endpoints, is_batch
 from services.relay.metrics import RelayMetrics
+from services.relay.sql import ClaimedEvent
 from shared.settings import Settings
 from tests.support.relay_helpers import MockPoster
 
