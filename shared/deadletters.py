@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -62,17 +63,19 @@ OUTBOX_HEALTH: Final = text(
 )
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """One dead event as the API and CLI show it."""
+class DeadLetter(BaseModel):
+    """One dead event as the API (``GET /v1/outbox/dead`` items) and the CLI show it."""
 
-    seq: int
+    model_config = ConfigDict(frozen=True)
+
+    # The page cursor, not part of the item's JSON.
+    seq: int = Field(exclude=True)
     id: uuid.UUID
     type: str
     subject: str
     attempts: int
     dead_at: datetime
-    dead_reason: str | None
+    dead_reason: DeadReason | None
     last_error: str | None
     errors: list[dict[str, Any]]
 

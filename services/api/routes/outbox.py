@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
@@ -17,23 +16,8 @@ from shared.errors import ApiError
 router = APIRouter(tags=["outbox"])
 
 
-class DeadLetterItem(BaseModel):
-    id: uuid.UUID
-    type: str
-    subject: str
-    attempts: int
-    dead_at: datetime
-    dead_reason: str | None
-    last_error: str | None
-    errors: list[dict[str, Any]]
-
-    @classmethod
-    def from_letter(cls, letter: DeadLetter) -> DeadLetterItem:
-        return cls.model_validate({name: getattr(letter, name) for name in cls.model_fields})
-
-
 class DeadLetterList(BaseModel):
-    items: list[DeadLetterItem]
+    items: list[DeadLetter]
     next_cursor: str | None
 
 
@@ -64,7 +48,7 @@ async def list_dead_letters(
         letters = await list_dead(conn, limit=limit + 1, after_seq=_decode_cursor(cursor), reason=reason)
     page = letters[:limit]
     next_cursor = str(page[-1].seq) if len(letters) > limit else None
-    return DeadLetterList(items=[DeadLetterItem.from_letter(letter) for letter in page], next_cursor=next_cursor)
+    return DeadLetterList(items=page, next_cursor=next_cursor)
 
 
 @router.post(
