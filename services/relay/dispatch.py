@@ -152,19 +152,17 @@ class Dispatcher:
         if outcome.kind == "delivered":
             # The hot path, kept lean: one settlement, one histogram sample.
             into.settlements.append(Settlement(event.seq, "delivered", event.attempts + 1, ack=True))
-            self._metrics.latency.observe(max(0.0, acked_at - event.created_at))
-            log.debug(
-                "outbox.delivered",
-                event_id=event.id,
-                document_id=event.aggregate_id,
-                event_type=event.type,
-                attempt=event.attempts + 1,
-            )
+            self._observe_delivered(event, event.attempts + 1, acked_at)
             return 1
         settlement, step = outcomes.single(event, url, outcome, self._policy)
         into.settlements.append(settlement)
         self._observe(event, settlement, {url: step}, acked_at)
         return 0
+
+    def _observe_delivered(self, event: ClaimedEvent, attempt: int, acked_at: float) -> None:
+        latency_s = max(0.0, acked_at - event.created_at)
+        self._metrics.latency.observe(latency_s)
+        log.debug("outbox.delivered", **_about(event), attempt=attempt, latency_ms=round(latency_s * 1000, 1))
 
     def _delivered(self, url: str) -> Counter:
         return _child(self._delivered_by_url, self._metrics.delivered, url)
@@ -186,13 +184,7 @@ class Dispatcher:
                 self._delivered(url).inc()
             if step.state not in ("busy", "retry"):
                 continue
-            about = {
-                "event_id": event.id,
-                "document_id": event.aggregate_id,
-                "event_type": event.type,
-                "subscriber": redact_url(url),
-                "retry_in_s": round(step.delay_s, 3),
-            }
+            about = {**_about(event), "subscriber": redact_url(url), "retry_in_s": round(step.delay_s, 3)}
             if step.state == "busy":
                 # Routine under load (one per 429), hence debug: a warning here would be noise.
                 self._busy(url).inc()
@@ -202,25 +194,20 @@ class Dispatcher:
                 error = step.error["error"] if step.error else None
                 log.info("outbox.retry_scheduled", attempt=step.attempts, error=error, **about)
         if settlement.action == "delivered":
-            self._metrics.latency.observe(max(0.0, acked_at - event.created_at))
-            log.debug(
-                "outbox.delivered",
-                event_id=event.id,
-                document_id=event.aggregate_id,
-                event_type=event.type,
-                attempt=settlement.attempts,
-                latency_ms=round((acked_at - event.created_at) * 1000, 1),
-            )
+            self._observe_delivered(event, settlement.attempts, acked_at)
         elif settlement.action == "dead" and settlement.reason != outcomes.UNROUTABLE:
             log.warning(
                 "outbox.dead_lettered",
-                event_id=event.id,
-                document_id=event.aggregate_id,
-                event_type=event.type,
+                **_about(event),
                 reason=settlement.reason,
                 attempts=settlement.attempts,
                 error=settlement.error["error"] if settlement.error else None,
             )
+
+
+def _about(event: ClaimedEvent) -> dict[str, str]:
+    """The fields every log line about one event is bound with."""
+    return {"event_id": event.id, "document_id": event.aggregate_id, "event_type": event.type}
 
 
 def _child(cache: dict[str, Counter], counter: Counter, url: str) -> Counter:

@@ -21,3 +21,11 @@ async def subscriber() -> AsyncIterator[SubscriberProcess]:
 def relay_config(database_url: str, subscriber: SubscriberProcess) -> Settings:
     """Every ``document.*`` event to the subscriber; ``test.unrouted`` has no route."""
     return relay_settings(database_url, {"document.*": [subscriber.url]})
+
+
+@pytest.fixture
+async def other_subscriber() -> AsyncIterator[SubscriberProcess]:
+    """A second subscriber process, for fan-out and any-of groups."""
+    process = start_subscriber()
+    yield process
+    await process.close()

@@ -39,66 +39,64 @@ async def test_events_are_delivered_signed_and_settled(relay_config: Settings, s
     assert registry_metrics.pending._value.get() == 0
 
 
-async def test_each_subscriber_has_its_own_delivery_state(database_url: str, subscriber: SubscriberProcess) -> None:
-    other = start_subscriber()
-    try:
-        settings = relay_settings(database_url, {"document.*": [subscriber.url, other.url]}, relay_max_attempts=10)
-        await fill(database_url, count=2, aggregates=1)
-        await other.control(status=503, count=-1)
-        async with open_relay(settings, metrics()) as relay:
-            await relay.run_once()
-            await other.control(count=0)
-            rows = await query(
-                database_url,
-                "SELECT d.subscriber, d.delivered_at IS NOT NULL AS delivered, d.attempts, o.delivered_at AS row_done "
-                "FROM outbox_deliveries d JOIN outbox o ON o.seq = d.event_seq ORDER BY d.subscriber",
-            )
-            by_url = {r["subscriber"]: r for r in rows}
-            assert by_url[subscriber.url]["delivered"] and not by_url[other.url]["delivered"]
-            assert all(r["row_done"] is None for r in rows), "the row waits for every subscriber"
-            await eventually(lambda: _drained(relay, database_url), timeout_s=60, what="fan-out to finish")
-        first = analyse(await subscriber.deliveries())
-        second = analyse(await other.deliveries())
-        assert (first.unique, first.duplicates, first.order_violations) == (2, 0, [])
-        assert (second.unique, second.duplicates, second.order_violations) == (2, 0, [])
+async def test_each_subscriber_has_its_own_delivery_state(
+    database_url: str, subscriber: SubscriberProcess, other_subscriber: SubscriberProcess
+) -> None:
+    settings = relay_settings(
+        database_url, {"document.*": [subscriber.url, other_subscriber.url]}, relay_max_attempts=10
+    )
+    await fill(database_url, count=2, aggregates=1)
+    await other_subscriber.control(status=503, count=-1)
+    async with open_relay(settings, metrics()) as relay:
+        await relay.run_once()
+        await other_subscriber.control(count=0)
+        rows = await query(
+            database_url,
+            "SELECT d.subscriber, d.delivered_at IS NOT NULL AS delivered, d.attempts, o.delivered_at AS row_done "
+            "FROM outbox_deliveries d JOIN outbox o ON o.seq = d.event_seq ORDER BY d.subscriber",
+        )
+        by_url = {r["subscriber"]: r for r in rows}
+        assert by_url[subscriber.url]["delivered"] and not by_url[other_subscriber.url]["delivered"]
+        assert all(r["row_done"] is None for r in rows), "the row waits for every subscriber"
+        await eventually(lambda: _drained(relay, database_url), timeout_s=60, what="fan-out to finish")
+    first = analyse(await subscriber.deliveries())
+    second = analyse(await other_subscriber.deliveries())
+    assert (first.unique, first.duplicates, first.order_violations) == (2, 0, [])
+    assert (second.unique, second.duplicates, second.order_violations) == (2, 0, [])
 
-        # One subscriber refuses: the row is dead; a replay re-delivers only to that subscriber.
-        await fill(database_url, count=1, aggregates=1)
-        await other.control(status=410, count=1)
-        async with open_relay(settings, metrics()) as relay:
-            await relay.run_once()
-            (dead,) = await query(database_url, "SELECT id, dead_reason FROM outbox WHERE dead_at IS NOT NULL")
-            assert dead["dead_reason"] == "rejected"
-            db = worker_database(database_url, service="test", max_connections=1)
-            async with db.transaction() as conn:
-                from shared.deadletters import replay
+    # One subscriber refuses: the row is dead; a replay re-delivers only to that subscriber.
+    await fill(database_url, count=1, aggregates=1)
+    await other_subscriber.control(status=410, count=1)
+    async with open_relay(settings, metrics()) as relay:
+        await relay.run_once()
+        (dead,) = await query(database_url, "SELECT id, dead_reason FROM outbox WHERE dead_at IS NOT NULL")
+        assert dead["dead_reason"] == "rejected"
+        db = worker_database(database_url, service="test", max_connections=1)
+        async with db.transaction() as conn:
+            from shared.deadletters import replay
 
-                assert await replay(conn, dead["id"]) == "replayed"
-            await db.dispose()
-            await relay.run_once()
-        assert await pending(database_url) == 0
-        assert len(await subscriber.deliveries()) == 3, "the subscriber that already acked is not sent it again"
-        assert len([d for d in await other.deliveries() if d["status"] == 200]) == 3
-    finally:
-        await other.close()
+            assert await replay(conn, dead["id"]) == "replayed"
+        await db.dispose()
+        await relay.run_once()
+    assert await pending(database_url) == 0
+    assert len(await subscriber.deliveries()) == 3, "the subscriber that already acked is not sent it again"
+    assert len([d for d in await other_subscriber.deliveries() if d["status"] == 200]) == 3
 
 
-async def test_batch_subscribers_get_arrays_with_per_event_acks(database_url: str) -> None:
-    batch = start_subscriber()
-    try:
-        settings = batch_relay_settings(database_url, batch.batch_url, relay_batch_max=50)
-        await fill(database_url, count=600, aggregates=300)
-        await batch.control(status=503, count=7)
-        async with open_relay(settings, metrics()) as relay:
-            await eventually(lambda: _drained(relay, database_url), timeout_s=120, what="the batch drain")
-        report = analyse(await batch.deliveries())
-        assert (report.unique, report.duplicates, report.order_violations) == (600, 0, [])
-        stats = await batch.stats()
-        assert stats["rejected_signatures"] == 0 and stats["requests"] < 60
-        retried = await query(database_url, "SELECT count(*) AS n FROM outbox WHERE attempts = 2")
-        assert retried[0]["n"] == 7
-    finally:
-        await batch.close()
+async def test_batch_subscribers_get_arrays_with_per_event_acks(
+    database_url: str, subscriber: SubscriberProcess
+) -> None:
+    settings = batch_relay_settings(database_url, subscriber.batch_url, relay_batch_max=50)
+    await fill(database_url, count=600, aggregates=300)
+    await subscriber.control(status=503, count=7)
+    async with open_relay(settings, metrics()) as relay:
+        await eventually(lambda: _drained(relay, database_url), timeout_s=120, what="the batch drain")
+    report = analyse(await subscriber.deliveries())
+    assert (report.unique, report.duplicates, report.order_violations) == (600, 0, [])
+    stats = await subscriber.stats()
+    assert stats["rejected_signatures"] == 0 and stats["requests"] < 60
+    retried = await query(database_url, "SELECT count(*) AS n FROM outbox WHERE attempts = 2")
+    assert retried[0]["n"] == 7
 
 
 async def test_a_notify_wakes_the_relay_without_polling(relay_config: Settings, subscriber: SubscriberProcess) -> None:

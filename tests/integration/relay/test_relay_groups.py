@@ -16,7 +16,6 @@ from tests.support.relay_helpers import (
     pending,
     query,
     relay_settings,
-    start_subscriber,
 )
 from tests.support.servers import free_port
 
@@ -36,32 +35,30 @@ async def drain(relay: Relay, database_url: str) -> None:
     await eventually(done, timeout_s=120, every_s=0.05, what="the outbox to drain")
 
 
-async def test_a_replica_that_goes_down_holds_nothing_back(database_url: str, subscriber: SubscriberProcess) -> None:
-    other = start_subscriber()
-    try:
-        group = f"{other.url}|{subscriber.url}"
-        settings = relay_settings(database_url, {"document.*": [group]}, relay_max_attempts=2)
-        m = metrics()
-        async with open_relay(settings, m) as relay:
-            await fill(database_url, count=40, aggregates=10, start=0, namespace="g")
-            await drain(relay, database_url)
-            first, second = len(await other.deliveries()), len(await subscriber.deliveries())
-            assert first + second == 40 and first >= 10 and second >= 10, "both replicas take events in turn"
+async def test_a_replica_that_goes_down_holds_nothing_back(
+    database_url: str, subscriber: SubscriberProcess, other_subscriber: SubscriberProcess
+) -> None:
+    group = f"{other_subscriber.url}|{subscriber.url}"
+    settings = relay_settings(database_url, {"document.*": [group]}, relay_max_attempts=2)
+    m = metrics()
+    async with open_relay(settings, m) as relay:
+        await fill(database_url, count=40, aggregates=10, start=0, namespace="g")
+        await drain(relay, database_url)
+        first, second = len(await other_subscriber.deliveries()), len(await subscriber.deliveries())
+        assert first + second == 40 and first >= 10 and second >= 10, "both replicas take events in turn"
 
-            await other.close()
-            await fill(database_url, count=60, aggregates=10, start=40, namespace="g")
-            await drain(relay, database_url)
-        assert len(await subscriber.deliveries()) == second + 60, "every later event went to the live replica"
-        report = analyse(await subscriber.deliveries())
-        assert (report.duplicates, report.order_violations) == (0, [])
-        rows = await query(database_url, EVENTS)
-        assert len(rows) == 100
-        assert all((r["attempts"], json.loads(r["errors"]), r["dead_at"]) == (1, [], None) for r in rows)
-        assert m.delivered.labels(group)._value.get() == 100
-        assert m.retries._value.get() == 0 and m.dead_letters._value.get() == 0
-        assert m.member_failures.labels(other.url)._value.get() >= 1, "the dead replica shows in its own metric"
-    finally:
-        await other.close()
+        await other_subscriber.close()
+        await fill(database_url, count=60, aggregates=10, start=40, namespace="g")
+        await drain(relay, database_url)
+    assert len(await subscriber.deliveries()) == second + 60, "every later event went to the live replica"
+    report = analyse(await subscriber.deliveries())
+    assert (report.duplicates, report.order_violations) == (0, [])
+    rows = await query(database_url, EVENTS)
+    assert len(rows) == 100
+    assert all((r["attempts"], json.loads(r["errors"]), r["dead_at"]) == (1, [], None) for r in rows)
+    assert m.delivered.labels(group)._value.get() == 100
+    assert m.retries._value.get() == 0 and m.dead_letters._value.get() == 0
+    assert m.member_failures.labels(other_subscriber.url)._value.get() >= 1, "the dead replica shows in its own metric"
 
 
 async def test_one_member_refusing_from_the_start_costs_no_attempt(
@@ -96,37 +93,33 @@ async def test_every_member_down_is_retried_then_dead_lettered(database_url: str
 
 
 async def test_a_group_among_several_routes_keeps_its_state_under_its_name(
+    database_url: str,
+    subscriber: SubscriberProcess,
+    other_subscriber: SubscriberProcess,
+) -> None:
+    group = f"{nobody_listening()}|{subscriber.url}"
+    settings = relay_settings(database_url, {"document.*": [group, other_subscriber.url]})
+    await fill(database_url, count=10, aggregates=5)
+    async with open_relay(settings, metrics()) as relay:
+        await drain(relay, database_url)
+    rows = await query(
+        database_url, "SELECT subscriber, attempts, delivered_at IS NOT NULL AS delivered FROM outbox_deliveries"
+    )
+    assert {r["subscriber"] for r in rows} == {group, other_subscriber.url}
+    assert all(r["delivered"] and r["attempts"] == 1 for r in rows) and len(rows) == 20
+    assert len(await subscriber.deliveries()) == 10 and len(await other_subscriber.deliveries()) == 10
+
+
+async def test_a_batch_group_gets_batches_from_the_live_member(
     database_url: str, subscriber: SubscriberProcess
 ) -> None:
-    audit = start_subscriber()
-    try:
-        group = f"{nobody_listening()}|{subscriber.url}"
-        settings = relay_settings(database_url, {"document.*": [group, audit.url]})
-        await fill(database_url, count=10, aggregates=5)
-        async with open_relay(settings, metrics()) as relay:
-            await drain(relay, database_url)
-        rows = await query(
-            database_url, "SELECT subscriber, attempts, delivered_at IS NOT NULL AS delivered FROM outbox_deliveries"
-        )
-        assert {r["subscriber"] for r in rows} == {group, audit.url}
-        assert all(r["delivered"] and r["attempts"] == 1 for r in rows) and len(rows) == 20
-        assert len(await subscriber.deliveries()) == 10 and len(await audit.deliveries()) == 10
-    finally:
-        await audit.close()
-
-
-async def test_a_batch_group_gets_batches_from_the_live_member(database_url: str) -> None:
-    batch = start_subscriber()
-    try:
-        group = f"{nobody_listening()}|{batch.batch_url}"
-        settings = batch_relay_settings(database_url, group, relay_batch_max=50)
-        await fill(database_url, count=300, aggregates=300)
-        async with open_relay(settings, metrics()) as relay:
-            await drain(relay, database_url)
-        report = analyse(await batch.deliveries())
-        assert (report.unique, report.duplicates) == (300, 0)
-        assert (await batch.stats())["requests"] < 30, "batches, not one request per event"
-        rows = await query(database_url, EVENTS)
-        assert all((r["attempts"], r["dead_at"]) == (1, None) for r in rows)
-    finally:
-        await batch.close()
+    group = f"{nobody_listening()}|{subscriber.batch_url}"
+    settings = batch_relay_settings(database_url, group, relay_batch_max=50)
+    await fill(database_url, count=300, aggregates=300)
+    async with open_relay(settings, metrics()) as relay:
+        await drain(relay, database_url)
+    report = analyse(await subscriber.deliveries())
+    assert (report.unique, report.duplicates) == (300, 0)
+    assert (await subscriber.stats())["requests"] < 30, "batches, not one request per event"
+    rows = await query(database_url, EVENTS)
+    assert all((r["attempts"], r["dead_at"]) == (1, None) for r in rows)

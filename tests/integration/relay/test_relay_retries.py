@@ -22,7 +22,6 @@ from tests.support.relay_helpers import (
     pending,
     query,
     relay_settings,
-    start_subscriber,
 )
 
 # Seconds until a row is due again, read in the database's own clock.
@@ -156,52 +155,49 @@ async def test_busy_answers_do_not_spend_the_budget_of_real_failures(
 
 
 async def test_multi_route_busy_subscriber_does_not_hold_back_or_repeat_the_other(
+    database_url: str,
+    subscriber: SubscriberProcess,
+    other_subscriber: SubscriberProcess,
+) -> None:
+    busy = 15
+    settings = relay_settings(
+        database_url, {"document.*": [subscriber.url, other_subscriber.url]}, relay_max_attempts=3
+    )
+    await fill(database_url, count=1, aggregates=1)
+    await other_subscriber.control(status=429, count=busy)
+    m = metrics()
+    async with open_relay(settings, m) as relay:
+        await relay.run_once()
+        assert [d["status"] for d in await subscriber.deliveries()] == [200], "delivered while the other is busy"
+        await drain(relay, database_url, timeout_s=120)
+    rows = await query(
+        database_url,
+        "SELECT subscriber, attempts, errors, delivered_at IS NOT NULL AS delivered, dead_at FROM outbox_deliveries",
+    )
+    by_url = {r["subscriber"]: r for r in rows}
+    for url in (subscriber.url, other_subscriber.url):
+        row = by_url[url]
+        assert (row["delivered"], row["dead_at"], row["attempts"], json.loads(row["errors"])) == (True, None, 1, [])
+    (event,) = await query(database_url, "SELECT attempts, errors, delivered_at, dead_at FROM outbox")
+    assert event["delivered_at"] is not None and event["dead_at"] is None and event["attempts"] == 1
+    assert json.loads(event["errors"]) == []
+    assert len(await subscriber.deliveries()) == 1, "the busy one's re-offers never repeat the other's delivery"
+    assert [d["status"] for d in await other_subscriber.deliveries()] == [429] * busy + [200]
+    assert m.busy.labels(other_subscriber.url)._value.get() == busy and m.retries._value.get() == 0
+
+
+async def test_batch_subscriber_busy_per_event_is_not_an_attempt(
     database_url: str, subscriber: SubscriberProcess
 ) -> None:
-    busy_one = start_subscriber()
-    try:
-        busy = 15
-        settings = relay_settings(database_url, {"document.*": [subscriber.url, busy_one.url]}, relay_max_attempts=3)
-        await fill(database_url, count=1, aggregates=1)
-        await busy_one.control(status=429, count=busy)
-        m = metrics()
-        async with open_relay(settings, m) as relay:
-            await relay.run_once()
-            assert [d["status"] for d in await subscriber.deliveries()] == [200], "delivered while the other is busy"
-            await drain(relay, database_url, timeout_s=120)
-        rows = await query(
-            database_url,
-            "SELECT subscriber, attempts, errors, delivered_at IS NOT NULL AS delivered, dead_at "
-            "FROM outbox_deliveries",
-        )
-        by_url = {r["subscriber"]: r for r in rows}
-        for url in (subscriber.url, busy_one.url):
-            row = by_url[url]
-            assert (row["delivered"], row["dead_at"], row["attempts"], json.loads(row["errors"])) == (True, None, 1, [])
-        (event,) = await query(database_url, "SELECT attempts, errors, delivered_at, dead_at FROM outbox")
-        assert event["delivered_at"] is not None and event["dead_at"] is None and event["attempts"] == 1
-        assert json.loads(event["errors"]) == []
-        assert len(await subscriber.deliveries()) == 1, "the busy one's re-offers never repeat the other's delivery"
-        assert [d["status"] for d in await busy_one.deliveries()] == [429] * busy + [200]
-        assert m.busy.labels(busy_one.url)._value.get() == busy and m.retries._value.get() == 0
-    finally:
-        await busy_one.close()
-
-
-async def test_batch_subscriber_busy_per_event_is_not_an_attempt(database_url: str) -> None:
-    batch = start_subscriber()
-    try:
-        settings = batch_relay_settings(database_url, batch.batch_url, relay_max_attempts=2)
-        await fill(database_url, count=20, aggregates=20)
-        await batch.control(status=429, count=30)
-        async with open_relay(settings, metrics()) as relay:
-            await drain(relay, database_url, timeout_s=120)
-        rows = await query(database_url, "SELECT attempts, errors, dead_at FROM outbox")
-        assert all((r["attempts"], json.loads(r["errors"]), r["dead_at"]) == (1, [], None) for r in rows)
-        report = analyse(await batch.deliveries())
-        assert (report.unique, report.duplicates) == (20, 0)
-    finally:
-        await batch.close()
+    settings = batch_relay_settings(database_url, subscriber.batch_url, relay_max_attempts=2)
+    await fill(database_url, count=20, aggregates=20)
+    await subscriber.control(status=429, count=30)
+    async with open_relay(settings, metrics()) as relay:
+        await drain(relay, database_url, timeout_s=120)
+    rows = await query(database_url, "SELECT attempts, errors, dead_at FROM outbox")
+    assert all((r["attempts"], json.loads(r["errors"]), r["dead_at"]) == (1, [], None) for r in rows)
+    report = analyse(await subscriber.deliveries())
+    assert (report.unique, report.duplicates) == (20, 0)
 
 
 async def test_timeout_is_retried(relay_config: Settings, subscriber: SubscriberProcess) -> None:
