@@ -18,25 +18,18 @@ from services.cli import search as search_cmd
 from services.cli import status as status_cmd
 from services.cli import sync as sync_cmd
 from services.cli import upload as upload_cmd
+from services.cli.config import load_settings
 from services.cli.localstack import MAX_LOCAL_PROCESSORS, LocalStack, bootstrap_key, plan_services
 from services.cli.outbox import outbox_app
 from services.cli.supervisor import CHECK_INTERVAL_S, Supervisor
 from shared.embedded.postgres import password_path
 from shared.logging import configure_logging
-from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, Settings
+from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT
 
 app = typer.Typer(help="kbingest: document ingestion for knowledge bases.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(outbox_app, name="outbox")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        typer.secho(f"invalid configuration: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -119,7 +112,7 @@ def api() -> None:
     """Run the HTTP API."""
     from services.api.main import run
 
-    run(_settings())
+    run(load_settings())
 
 
 @app.command()
@@ -127,7 +120,7 @@ def relay() -> None:
     """Run the outbox relay: deliver events to subscribers (exit 0 after SIGTERM, 1 if it dies)."""
     from services.relay.main import run
 
-    raise typer.Exit(run(_settings()))
+    raise typer.Exit(run(load_settings()))
 
 
 @app.command()
@@ -135,7 +128,7 @@ def processor() -> None:
     """Run a processor: lease, heartbeat, extract, chunk, embed, index (its own process, never the API's)."""
     from services.processor.main import run
 
-    run(_settings())
+    run(load_settings())
 
 
 @app.command()
@@ -143,7 +136,7 @@ def reconciler() -> None:
     """Run the reconciler: rescue stale work, re-emit lost events, sweep orphans (one leader at a time)."""
     from services.reconciler.main import run
 
-    run(_settings())
+    run(load_settings())
 
 
 @app.command()
@@ -153,7 +146,7 @@ def migrate() -> None:
 
     from alembic import command
 
-    settings = _settings()
+    settings = load_settings()
     root = Path(__file__).resolve().parents[2]
     config = Config(str(root / "alembic.ini"))
     config.set_main_option("script_location", str(root / "alembic"))
@@ -170,7 +163,7 @@ def doctor(
     deep: Annotated[bool, typer.Option("--deep", help="Also call the embedder (imports litellm).")] = False,
 ) -> None:
     """Check every dependency; print OK/WARN/FAIL per check with how to fix it (exit 1 on FAIL)."""
-    results = asyncio.run(doctor_checks.run_checks(_settings(), deep=deep))
+    results = asyncio.run(doctor_checks.run_checks(load_settings(), deep=deep))
     for result in results:
         label, color = _MARKS[result.status]
         typer.echo(f"[{typer.style(label, fg=color)}] {result.name}: {result.detail}")
@@ -188,7 +181,7 @@ def keys_create(
     """Create an API key; it is printed once and stored only as a hash."""
     from services.cli import keys
 
-    typer.echo(asyncio.run(keys.create(_settings(), name=name, kb_ids=kb)))
+    typer.echo(asyncio.run(keys.create(load_settings(), name=name, kb_ids=kb)))
 
 
 @keys_app.command("list")
@@ -196,7 +189,7 @@ def keys_list() -> None:
     """List API keys (prefix, name, scope, last use)."""
     from services.cli import keys
 
-    for line in asyncio.run(keys.list_lines(_settings())):
+    for line in asyncio.run(keys.list_lines(load_settings())):
         typer.echo(line)
 
 
@@ -205,7 +198,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or displayed 
     """Revoke a key by id or prefix."""
     from services.cli import keys
 
-    count = asyncio.run(keys.revoke(_settings(), key_id))
+    count = asyncio.run(keys.revoke(load_settings(), key_id))
     if count == 0:
         typer.secho(f"no live key matches {key_id}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)

@@ -8,19 +8,12 @@ from typing import Annotated
 
 import typer
 
+from services.cli.config import load_settings
 from services.cli.db import one_transaction
 from shared.deadletters import DeadLetter, list_dead, replay
 from shared.settings import Settings
 
 outbox_app = typer.Typer(help="Dead-lettered events: list and replay.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        typer.secho(f"invalid configuration: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
 
 
 async def _list(settings: Settings, limit: int) -> list[DeadLetter]:
@@ -45,7 +38,7 @@ def describe(letter: DeadLetter) -> str:
 @outbox_app.command("dead")
 def dead(limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to show, oldest first.")] = 50) -> None:
     """List dead-lettered events (undeliverable, rejected, or with no route)."""
-    letters = asyncio.run(_list(_settings(), limit))
+    letters = asyncio.run(_list(load_settings(), limit))
     if not letters:
         typer.echo("no dead letters")
         return
@@ -57,7 +50,7 @@ def dead(limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to
 @outbox_app.command("replay")
 def replay_command(event_id: Annotated[uuid.UUID, typer.Argument(help="The event id (CloudEvents id).")]) -> None:
     """Make a dead event deliverable again with a fresh attempt budget."""
-    result = asyncio.run(_replay(_settings(), event_id))
+    result = asyncio.run(_replay(load_settings(), event_id))
     if result == "not_found":
         typer.secho(f"no event {event_id}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)

@@ -44,6 +44,7 @@ from services.cli.upload import (
     EXIT_FAILED,
     EXIT_TIMED_OUT,
     Tracked,
+    failed_table,
     wait_for_results,
 )
 
@@ -126,16 +127,6 @@ def summary_table(items: list[SyncItem], steps: list[Step], *, title: str) -> Ta
     if counts["failed"]:
         cells[-1] = f"[red]{cells[-1]}[/]"
     table.add_row(*cells)
-    return table
-
-
-def failures_table(items: list[SyncItem]) -> Table:
-    table = Table(title="failed", title_justify="left", title_style="bold red")
-    for column in ("file", "action", "error code", "why"):
-        table.add_column(column, overflow="fold")
-    for item in items:
-        if item.failed:
-            table.add_row(Text(str(item.path)), item.action.value, Text(item.error_code or ""), Text(item.meaning))
     return table
 
 
@@ -242,8 +233,12 @@ def _sync(
             f"note: {len(stuck)} unchanged file(s) failed processing earlier: {', '.join(stuck)} "
             f"(`kbingest status --kb {kb}` says why)"
         )
-    if any(item.failed for item in items):
-        console.print(failures_table(items))
+    if failed := [
+        (Text(str(item.path)), item.action.value, Text(item.error_code or ""), Text(item.meaning))
+        for item in items
+        if item.failed
+    ]:
+        console.print(failed_table("failed", ("file", "action", "error code", "why"), failed))
         raise typer.Exit(EXIT_FAILED)
     if not finished:
         typer.secho(f"kbingest: {processing} change(s) still in progress after {timeout:.0f} s", fg="yellow", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,15 +186,16 @@ def wait_for_results(client: Client, items: list[Tracked], console: Console, tim
     return True
 
 
-def failures_table(items: list[Tracked]) -> Table:
-    table = Table(title="failed or refused", title_justify="left", title_style="bold red")
-    for name in ("file", "error code", "what it means", "message"):
+def failed_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str | Text]]) -> Table:
+    """What failed, in red after a run (upload and sync): long cells fold rather than being cut off.
+
+    Names, codes and messages come from files and the server, so they go in as ``Text`` (no markup).
+    """
+    table = Table(title=title, title_justify="left", title_style="bold red")
+    for name in columns:
         table.add_column(name, overflow="fold")
-    for item in items:
-        if item.failed:
-            table.add_row(
-                Text(item.path.name), Text(item.error_code or ""), item.meaning, Text(item.error_message or "")
-            )
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -220,8 +222,12 @@ def upload(
             upload_all(client, str(knowledge_base["id"]), items, console)
             finished = wait_for_results(client, items, console, timeout) if wait else True
     console.print(status_table(items, title=Text(f"knowledge base {knowledge_base['name']}")))
-    if any(item.failed for item in items):
-        console.print(failures_table(items))
+    if failed := [
+        (Text(item.path.name), Text(item.error_code or ""), item.meaning, Text(item.error_message or ""))
+        for item in items
+        if item.failed
+    ]:
+        console.print(failed_table("failed or refused", ("file", "error code", "what it means", "message"), failed))
     pending = sum(not item.done for item in items)
     counts = {status: sum(item.status == status for item in items) for status in ("ready", "failed", "refused")}
     console.print(", ".join([f"{n} {status}" for status, n in counts.items()] + [f"{pending} in progress"]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ import pytest
 from shared.db import Database
 from shared.settings import Settings
 from tests.e2e.reconciler.test_processor_death_rescue import SHORT_STALE, Stack, _stack
-from tests.support.pipeline_helpers import fetch, fetch_one, open_db
+from tests.support.pipeline_helpers import fetch, fetch_one
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.e2e
@@ -34,13 +34,6 @@ def _text(n: int) -> bytes:
         f"Document {n}, paragraph {i}: " + "tide pools, anemones and crabs under rocks. " * 7 for i in range(8)
     ]
     return "\n\n".join(paragraphs).encode()
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = open_db(settings)
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture
