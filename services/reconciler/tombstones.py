@@ -117,20 +117,13 @@ class TombstoneRepurge:
             rows = (await conn.execute(SETTLED_ACTIVATIONS, params)).mappings().all()
         if not rows:
             return counts
-        vectors = self._vectors()
-        try:
-            for row in rows:
-                try:
-                    await vectors.delete_document(row["row_id"])
-                except ProcessingError as exc:
-                    log.warning(
-                        "document.replaced_points_repurge_failed", build_id=str(row["row_id"]), error=exc.message
-                    )
-                    break
-                self._activations_after = int(row["seq"])
-                counts["replaced_repurged"] += 1
-        finally:
-            await vectors.close()
+        done, failure = await self._repurge([row["row_id"] for row in rows])
+        if done:
+            self._activations_after = int(rows[done - 1]["seq"])
+            counts["replaced_repurged"] += done
+        if failure is not None:
+            build_id = str(rows[done]["row_id"])
+            log.warning("document.replaced_points_repurge_failed", build_id=build_id, error=failure.message)
         return counts
 
     async def _tombstones(self) -> Counter[str]:
@@ -147,18 +140,26 @@ class TombstoneRepurge:
             rows = (await conn.execute(RECENT_TOMBSTONES, params)).mappings().all()
         if not rows:
             return counts
+        done, failure = await self._repurge([row["id"] for row in rows])
+        for row in rows[:done]:
+            log.debug("document.tombstone_repurged", document_id=str(row["id"]))
+        if done:
+            self._after = (rows[done - 1]["deleted_at"], rows[done - 1]["id"])
+            counts["tombstone_repurged"] += done
+        if failure is not None:
+            # The cursor stays before this one: the next pass tries again from here.
+            log.warning("document.tombstone_repurge_failed", document_id=str(rows[done]["id"]), error=failure.message)
+        return counts
+
+    async def _repurge(self, row_ids: list[uuid.UUID]) -> tuple[int, ProcessingError | None]:
+        """Delete each row's points in order, stopping at the first failure: how many were done, and that failure."""
         vectors = self._vectors()
         try:
-            for row in rows:
+            for done, row_id in enumerate(row_ids):
                 try:
-                    await vectors.delete_document(row["id"])
+                    await vectors.delete_document(row_id)
                 except ProcessingError as exc:
-                    # The cursor stays before this one: the next pass tries again from here.
-                    log.warning("document.tombstone_repurge_failed", document_id=str(row["id"]), error=exc.message)
-                    break
-                self._after = (row["deleted_at"], row["id"])
-                counts["tombstone_repurged"] += 1
-                log.debug("document.tombstone_repurged", document_id=str(row["id"]))
+                    return done, exc
+            return len(row_ids), None
         finally:
             await vectors.close()
-        return counts

@@ -13,6 +13,7 @@ from services.reconciler.sweep import ObjectSweep
 from services.reconciler.tombstones import TombstoneRepurge
 from shared import lifecycle
 from shared.db import Database
+from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from tests.support.pipeline_helpers import age_document, claim, create_document, create_kb, execute, fetch, open_db
@@ -106,10 +107,14 @@ async def test_lost_dispatch_and_stuck_delete_scans_skip_build_rows(db: Database
 class RecordingVectors:
     """Records which rows' points a re-purge deletes (the deletes themselves are tested with Qdrant elsewhere)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, failures: int = 0) -> None:
         self.deleted: list[uuid.UUID] = []
+        self.failures = failures
 
     async def delete_document(self, document_id: uuid.UUID) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ProcessingError(ErrorCode.INDEX_UNAVAILABLE, "qdrant is down")
         self.deleted.append(document_id)
 
     async def close(self) -> None:
@@ -134,3 +139,20 @@ async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
     assert await step.run() == {"replaced_repurged": 1}
     assert recorded.deleted == [doc], "the document row's own points: it has no tombstone to find them by"
     assert await step.run() == {}, "each activation is re-purged once"
+
+
+async def test_a_re_purge_that_fails_is_tried_again_on_the_next_pass(settings: Settings, db: Database) -> None:
+    kb = await create_kb(db)
+    doc = await create_document(db, None, kb)
+    await _ready(db, doc)
+    values = {"object_key": f"kb/{kb}/{uuid.uuid4()}", "size_bytes": 1, "media_type": "text/plain"}
+    async with db.transaction() as conn:
+        await lifecycle.replace_content(conn, doc, values=values | {"sha256": "e" * 64, "original_filename": "a"})
+    await _ready(db, (await _build_ids(db, doc))[-1])
+    recorded = RecordingVectors(failures=1)
+    step = TombstoneRepurge(db, settings, vectors=lambda: recorded)  # type: ignore[arg-type,return-value]
+    step.settle_s = 0.0
+    assert await step.run() == {}, "the vector store failed: nothing counted, the cursor stays before the row"
+    assert await step.run() == {"replaced_repurged": 1}
+    assert recorded.deleted == [doc]
+    assert await step.run() == {}
