@@ -121,9 +121,8 @@ class RecordingVectors:
         return None
 
 
-async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
-    settings: Settings, db: Database
-) -> None:
+async def _replaced_and_activated(db: Database) -> uuid.UUID:
+    """A ready document whose replacement became ready: its activation stopped serving the document row."""
     kb = await create_kb(db)
     doc = await create_document(db, None, kb)
     await _ready(db, doc)
@@ -131,6 +130,13 @@ async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
     async with db.transaction() as conn:
         await lifecycle.replace_content(conn, doc, values=values | {"sha256": "d" * 64, "original_filename": "a"})
     await _ready(db, (await _build_ids(db, doc))[-1])
+    return doc
+
+
+async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
+    settings: Settings, db: Database
+) -> None:
+    doc = await _replaced_and_activated(db)
     recorded = RecordingVectors()
     step = TombstoneRepurge(db, settings, vectors=lambda: recorded)  # type: ignore[arg-type,return-value]
     assert await step.run() == {}, "an activation younger than the settle time is left alone"
@@ -142,13 +148,7 @@ async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
 
 
 async def test_a_re_purge_that_fails_is_tried_again_on_the_next_pass(settings: Settings, db: Database) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, None, kb)
-    await _ready(db, doc)
-    values = {"object_key": f"kb/{kb}/{uuid.uuid4()}", "size_bytes": 1, "media_type": "text/plain"}
-    async with db.transaction() as conn:
-        await lifecycle.replace_content(conn, doc, values=values | {"sha256": "e" * 64, "original_filename": "a"})
-    await _ready(db, (await _build_ids(db, doc))[-1])
+    doc = await _replaced_and_activated(db)
     recorded = RecordingVectors(failures=1)
     step = TombstoneRepurge(db, settings, vectors=lambda: recorded)  # type: ignore[arg-type,return-value]
     step.settle_s = 0.0
