@@ -101,13 +101,22 @@ class ProcessorState:
                 except Exception as exc:  # reported in /readyz and the log, retried
                     self.checks[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
                     log.warning("processor.dependency_unavailable", dependency=name, error=self.checks[name])
-            if all(v == "ok" for v in self.checks.values()):
-                await self.registry.mark_ready()
+            if all(v == "ok" for v in self.checks.values()) and await self._marked_ready():
                 self.ready = True
                 self.became_ready.set()
                 log.info("processor.ready", processor_id=self.registry.processor_id)
                 return
             await asyncio.sleep(CHECK_RETRY_S)
+
+    async def _marked_ready(self) -> bool:
+        """Record readiness; the database may have gone away since its check (a restart): check it again."""
+        try:
+            await wait_for(self.registry.mark_ready(), CHECK_TIMEOUT_S)
+        except Exception as exc:  # reported in /readyz and the log, retried (found by the fault campaign)
+            self.checks["database"] = f"failed: {type(exc).__name__}: {exc}"[:300]
+            log.warning("processor.dependency_unavailable", dependency="database", error=self.checks["database"])
+            return False
+        return True
 
     async def work_loop(self) -> None:
         """Pull work once every dependency answered (a document claimed earlier would only fail)."""
