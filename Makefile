@@ -55,8 +55,8 @@ chaos: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check shared services
-	$(BIN)/mypy shared services
+	$(BIN)/ruff format --check shared services devstack
+	$(BIN)/mypy shared services devstack
 	$(BIN)/lint-imports
 
 bench: install

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded.postgres import EmbeddedPostgres
-from shared.embedded.s3 import EmbeddedS3
+from devstack.postgres import EmbeddedPostgres
+from devstack.s3 import EmbeddedS3
 from tests.support.pipeline_helpers import wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from shared.settings import Settings
-from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, sign, verify
+from shared.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, sign, verify
 
 DIGEST_HEADER: Final = "X-Kbingest-Content-SHA256"
 SECRET_FILE: Final = "internal_secret"

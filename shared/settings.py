@@ -10,10 +10,10 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.embedded.postgres import LOCAL_DIRNAME as EMBEDDED_PG_DIRNAME
-from shared.embedded.postgres import database_url as embedded_database_url
-from shared.embedded.postgres import read_password as read_embedded_password
 from shared.events import EventType
+from shared.local_postgres import LOCAL_DIRNAME as EMBEDDED_PG_DIRNAME
+from shared.local_postgres import database_url as embedded_database_url
+from shared.local_postgres import read_password as read_embedded_password
 from shared.vocabulary import Stage
 
 LOCAL_PG_PORT = 55432
@@ -214,7 +214,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _local_database_password(self) -> Settings:
-        """The embedded cluster asks for the password generated beside it (shared/embedded/postgres.py)."""
+        """The embedded cluster asks for the password generated beside it (devstack/postgres.py)."""
         if "database_url" not in self.model_fields_set:
             password = read_embedded_password(self.data_dir / EMBEDDED_PG_DIRNAME)
             if password is not None:

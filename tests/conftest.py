@@ -11,10 +11,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from devstack.postgres import EmbeddedPostgres
+from devstack.s3 import EmbeddedS3
 from services.api.app import create_app
 from shared.db import Database
-from shared.embedded.postgres import EmbeddedPostgres
-from shared.embedded.s3 import EmbeddedS3
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from tests.support import servers

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import httpx
 
+from devstack.lifetime import die_with_parent
+from devstack.postgres import EmbeddedPostgres
+from devstack.s3 import EmbeddedS3
 from services.cli.supervisor import Exit, Unit
-from shared.embedded.lifetime import die_with_parent
-from shared.embedded.postgres import LOCAL_DIRNAME, EmbeddedPostgres
-from shared.embedded.s3 import EmbeddedS3
 from shared.internal_auth import data_dir_secret
+from shared.local_postgres import LOCAL_DIRNAME
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT, SUBSCRIBER_GROUP_SEPARATOR, Settings
 from shared.supervision import STATUS_FILE_ENV, STATUS_FILENAME
 

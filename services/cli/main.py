@@ -22,7 +22,7 @@ from services.cli.config import load_settings
 from services.cli.localstack import MAX_LOCAL_PROCESSORS, LocalStack, bootstrap_key, plan_services
 from services.cli.outbox import outbox_app
 from services.cli.supervisor import CHECK_INTERVAL_S, Supervisor
-from shared.embedded.postgres import password_path
+from shared.local_postgres import password_path
 from shared.logging import configure_logging
 from shared.settings import LOCAL_PG_PORT, LOCAL_S3_PORT
 

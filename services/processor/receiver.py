@@ -19,7 +19,7 @@ from services.processor.kb_purge import KB_DELETED_TYPE, purge_knowledge_base
 from services.processor.state import ProcessorState
 from shared.event_data import ReceivedEvent
 from shared.events import WORK_EVENT_TYPES, EventType
-from shared.subscriber import SignatureError, verify
+from shared.signing import SignatureError, verify
 
 log = structlog.get_logger("kbingest.processor.events")
 

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, Protocol
 from services.relay.backoff import parse_retry_after
 from services.relay.http1 import Answer, HTTPError
 from services.relay.sql import ClaimedEvent
-from shared.subscriber import EVENT_ID_HEADER, SIGNATURE_HEADER, SIGNATURE_PREFIX, TIMESTAMP_HEADER
+from shared.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, SIGNATURE_PREFIX, TIMESTAMP_HEADER
 
 EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
@@ -86,7 +86,7 @@ class Poster(Protocol):
 
 
 class Signer:
-    """``X-Kbingest-Signature`` values (``shared.subscriber.sign``), the HMAC key schedule computed once."""
+    """``X-Kbingest-Signature`` values (``shared.signing.sign``), the HMAC key schedule computed once."""
 
     def __init__(self, secret: str) -> None:
         self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)

@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.embedded.postgres import database_url, read_password
+from shared.local_postgres import database_url, read_password
 from tests.support import servers
 from tests.support.up_process import start_up, up_env, wait_gone
 

@@ -15,7 +15,7 @@ import pytest
 
 from shared.internal_auth import SECRET_FILE, internal_secret, sign_request
 from shared.settings import LOCAL_RELAY_SECRET, Settings
-from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.vector_calls import INTERNAL_PREFIX
 from shared.vector_remote import RemoteVectorStore
 from tests.security.conftest import in_process

@@ -23,7 +23,7 @@ import json
 import random
 from typing import Any
 
-from shared.subscriber import SignatureError, verify
+from shared.signing import SignatureError, verify
 from tests.support.asgi import reset
 
 POISON_ONE_IN = 40

@@ -13,7 +13,7 @@ import httpx
 from services.processor.app import create_app
 from services.processor.extraction.elements import Element
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings
-from shared.subscriber import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.vectorstore import QdrantVectorStore
 from tests.support.api_helpers import fetch_all
 from tests.support.poll import eventually

@@ -10,8 +10,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from shared.embedded.postgres import EmbeddedPostgres
-from shared.embedded.s3 import EmbeddedS3
+from devstack.postgres import EmbeddedPostgres
+from devstack.s3 import EmbeddedS3
 
 __all__ = ["EmbeddedPostgres", "EmbeddedS3"]
 

@@ -3,7 +3,7 @@
 ``python -m tests.support.subscriber_server --port N --secret S [--no-verify] [--no-record] [--raw]``
 
 - ``POST /v1/events`` (one CloudEvent, or a JSON batch when Content-Type is
-  ``application/cloudevents-batch+json``): verifies the signature with ``shared.subscriber``
+  ``application/cloudevents-batch+json``): verifies the signature with ``shared.signing``
   (401 if bad), records each event, answers 200 or what ``/control`` says.
 - ``POST /control`` ``{"status": 503, "count": 3, "retry_after": "1", "delay_s": 0.0}``: the next
   ``count`` events (-1: all) get ``status``; every request waits ``delay_s`` first.
@@ -30,7 +30,7 @@ import httptools
 import uvicorn
 import uvloop
 
-from shared.subscriber import EVENT_ID_HEADER, SignatureError, verify
+from shared.signing import EVENT_ID_HEADER, SignatureError, verify
 from tests.support.asgi import read_body
 
 Scope = dict[str, Any]

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from services.cli.localstack import LocalStack
-from shared.embedded.postgres import LOCAL_DIRNAME, database_url, read_password
+from shared.local_postgres import LOCAL_DIRNAME, database_url, read_password
 from tests.support import servers
 from tests.support.poll import until
 

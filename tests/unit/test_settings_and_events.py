@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from shared.embedded.postgres import LOCAL_DIRNAME, password_path
 from shared.errors import RETRYABLE, DocumentError, ErrorCode
 from shared.events import EVENT_TYPES, envelope, event_schema
+from shared.local_postgres import LOCAL_DIRNAME, password_path
 from shared.settings import PROCESSOR_EVENT_TYPES, Settings
 
 

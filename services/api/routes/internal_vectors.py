@@ -21,7 +21,7 @@ from services.api.state import AppState
 from shared import vector_calls as calls
 from shared.errors import ApiError, ProcessingError
 from shared.internal_auth import BodyDigest, verify_request
-from shared.subscriber import SignatureError
+from shared.signing import SignatureError
 from shared.vectorstore import VectorStore
 
 router = APIRouter(prefix=calls.INTERNAL_PREFIX, include_in_schema=False)

@@ -16,11 +16,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devstack.postgres import EmbeddedPostgres
 from services.api.app import create_app
 from services.api.state import AppState
 from services.api.uploads.service import UploadService
 from shared.db import Database, DatabaseUnavailable
-from shared.embedded.postgres import EmbeddedPostgres
 from shared.settings import Settings
 from tests.conftest import _client_for
 from tests.support import servers

@@ -17,9 +17,9 @@ import asyncpg
 import httpx
 import pytest
 
+from devstack.postgres import EmbeddedPostgres
 from services.api.app import create_app
 from shared.db import Database
-from shared.embedded.postgres import EmbeddedPostgres
 from shared.settings import Settings
 from tests.conftest import _client_for
 from tests.support import servers

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from shared.embedded.postgres import HBA_CONF, EmbeddedPostgres, database_url, password_path, read_password
+from devstack.postgres import HBA_CONF, EmbeddedPostgres
+from shared.local_postgres import database_url, password_path, read_password
 from tests.support import servers
 
 TRUST_HBA = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from shared.embedded.postgres import EmbeddedPostgres
+from devstack.postgres import EmbeddedPostgres
 from tests.support import servers
 
 

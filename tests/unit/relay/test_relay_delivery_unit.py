@@ -13,7 +13,7 @@ from services.relay.backoff import BUSY_JITTER_S, BUSY_RETRY_MAX_S
 from services.relay.delivery import BATCH_CONTENT_TYPE, Deliverer, Outcome
 from services.relay.outcomes import RetryPolicy
 from services.relay.sql import ClaimedEvent, DeliveryState
-from shared.subscriber import verify
+from shared.signing import verify
 from tests.support.relay_helpers import MockPoster
 
 SECRET = "unit-secret"

@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from services.relay.delivery import Signer
-from shared.subscriber import (
+from shared.signing import (
     ForgedSignature,
     MissingSignature,
     SignatureError,

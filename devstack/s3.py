@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded.lifetime import die_with_parent
+from devstack.lifetime import die_with_parent
 
 START_TIMEOUT_S = 20.0
 

@@ -23,15 +23,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import quote
+
+from shared.local_postgres import SUPERUSER, database_url, password_path, read_password
 
 PG_MAJOR = "18"
 PG_SYSTEM_USER = "kbingest-pg"
 START_TIMEOUT_S = 60
-SUPERUSER: Final = "postgres"
 # The local stack's cluster lives in DATA_DIR/postgres (its password in DATA_DIR/postgres.password).
-LOCAL_DIRNAME: Final = "postgres"
-PASSWORD_SUFFIX: Final = ".password"
 HBA_CONF: Final = """\
 # Written by kbingest at every start: each connection needs the generated password (<data dir>.password).
 # TYPE  DATABASE     USER  ADDRESS        METHOD
@@ -84,19 +82,6 @@ def _check_traversable(path: Path) -> None:
             )
 
 
-def password_path(data_dir: Path) -> Path:
-    """Beside the cluster, not in it: initdb wants an empty directory, and the URL is needed before."""
-    return data_dir.with_name(data_dir.name + PASSWORD_SUFFIX)
-
-
-def read_password(data_dir: Path) -> str | None:
-    """The cluster's password, or None if it has none yet."""
-    try:
-        return password_path(data_dir).read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        return None
-
-
 def _read_or_create_password(data_dir: Path) -> str:
     path = password_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,14 +94,6 @@ def _read_or_create_password(data_dir: Path) -> str:
     if not password:
         raise EmbeddedPostgresError(f"{path} is empty: delete it and start again (a new password is generated)")
     return password
-
-
-def database_url(
-    port: int, database: str = "postgres", *, password: str | None, driver: str = "postgresql+asyncpg"
-) -> str:
-    """A URL for the embedded server on 127.0.0.1 (``driver="postgresql"`` for asyncpg/libpq directly)."""
-    auth = SUPERUSER if password is None else f"{SUPERUSER}:{quote(password, safe='')}"
-    return f"{driver}://{auth}@127.0.0.1:{port}/{database}"
 
 
 def port_is_free(port: int) -> bool:
