@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,16 @@ from tests.support.reconcilers import ReconcilerFactory
 HeldBy = Callable[[str], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]
 
 
+@dataclass(frozen=True)
+class Claimed:
+    doc: uuid.UUID
+    owner: str
+    lease: lifecycle.Lease
+
+
+ClaimedUnderLock = Callable[..., contextlib.AbstractAsyncContextManager[Claimed]]
+
+
 # Short enough that the session's Postgres, started moments ago, is past it; the grace test sets its own.
 RESTART_GRACE_S = 1.0
 
@@ -58,6 +69,20 @@ def hold(settings: Settings) -> HeldBy:
         await _until_released(settings.database_url, owner)
 
     return held
+
+
+@pytest.fixture
+def claimed_under_lock(db: Database, store: ObjectStore, hold: HeldBy) -> ClaimedUnderLock:
+    """A new document claimed by a new owner whose presence lock is held for the block (``create_document`` args)."""
+
+    @contextlib.asynccontextmanager
+    async def claimed(**document: Any) -> AsyncIterator[Claimed]:
+        owner = _owner()
+        doc = await create_document(db, store, await create_kb(db), **document)
+        async with hold(owner):
+            yield Claimed(doc, owner, await claim(db, doc, owner=owner))
+
+    return claimed
 
 
 async def _until_released(database_url: str, owner: str) -> None:
@@ -86,28 +111,23 @@ def _owner() -> str:
 
 
 async def test_a_held_lock_is_never_rescued(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory, hold: HeldBy
+    db: Database, make_reconciler: ReconcilerFactory, claimed_under_lock: ClaimedUnderLock
 ) -> None:
     reconciler = await _leader(make_reconciler)
-    owner = _owner()
-    doc = await create_document(db, store, await create_kb(db))
-    async with hold(owner):
-        await claim(db, doc, owner=owner)
+    async with claimed_under_lock() as claimed:
         for _ in range(4):
             assert await reconciler.presence.check_once() == {}
-    row = await fetch_one(db, "SELECT status, lease_owner FROM documents WHERE id = :id", id=doc)
-    assert row == {"status": "processing", "lease_owner": owner}
+    row = await fetch_one(db, "SELECT status, lease_owner FROM documents WHERE id = :id", id=claimed.doc)
+    assert row == {"status": "processing", "lease_owner": claimed.owner}
 
 
 async def test_a_closed_session_is_rescued_after_two_checks_and_the_holder_is_fenced(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory, hold: HeldBy
+    db: Database, make_reconciler: ReconcilerFactory, claimed_under_lock: ClaimedUnderLock
 ) -> None:
     reconciler = await _leader(make_reconciler)
-    owner = _owner()
-    doc = await create_document(db, store, await create_kb(db))
-    async with hold(owner):
-        lease = await claim(db, doc, owner=owner)
+    async with claimed_under_lock() as claimed:
         assert await reconciler.presence.check_once() == {}  # seen held
+    doc, owner, lease = claimed.doc, claimed.owner, claimed.lease
 
     assert await reconciler.presence.check_once() == {}  # missing once: could be a reconnect
     assert await reconciler.presence.check_once() == {"presence_lost_requeued": 1}
@@ -131,16 +151,14 @@ async def test_a_closed_session_is_rescued_after_two_checks_and_the_holder_is_fe
 
 
 async def test_out_of_attempts_fails_with_max_attempts_exceeded(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory, hold: HeldBy
+    db: Database, make_reconciler: ReconcilerFactory, claimed_under_lock: ClaimedUnderLock
 ) -> None:
     reconciler = await _leader(make_reconciler)
-    owner = _owner()
-    doc = await create_document(db, store, await create_kb(db), max_attempts=1)
-    async with hold(owner):
-        await claim(db, doc, owner=owner)
+    async with claimed_under_lock(max_attempts=1) as claimed:
         await reconciler.presence.check_once()
     await reconciler.presence.check_once()
     assert await reconciler.presence.check_once() == {"presence_lost_failed": 1}
+    doc = claimed.doc
     row = await fetch_one(db, "SELECT status, error FROM documents WHERE id = :id", id=doc)
     assert row["status"] == "failed" and row["error"]["code"] == "max_attempts_exceeded"
     assert row["error"]["cause"]["code"] == "stalled"
@@ -192,34 +210,31 @@ async def test_a_real_processor_presence_is_seen_and_its_loss_rescued(
 
 
 async def _assert_a_lost_lock_is_not_rescued(
-    db: Database, store: ObjectStore, hold: HeldBy, checker: Reconciler
+    db: Database, claimed_under_lock: ClaimedUnderLock, checker: Reconciler
 ) -> None:
     """A processing document whose owner's lock was seen held, then gone for several checks: ``checker`` keeps out."""
-    owner = _owner()
-    doc = await create_document(db, store, await create_kb(db))
-    async with hold(owner):
-        await claim(db, doc, owner=owner)
+    async with claimed_under_lock() as claimed:
         await checker.presence.check_once()
     for _ in range(4):
         assert await checker.presence.check_once() == {}
-    assert await document_status(db, doc) == "processing"
+    assert await document_status(db, claimed.doc) == "processing"
 
 
 async def test_nothing_is_rescued_within_the_grace_after_a_postgres_start(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory, hold: HeldBy
+    db: Database, make_reconciler: ReconcilerFactory, claimed_under_lock: ClaimedUnderLock
 ) -> None:
     # The grace is STALE_AFTER_S; the test server started well within this one.
     reconciler = await _leader(make_reconciler, stale_after_s=10 * 365 * 86400.0)
-    await _assert_a_lost_lock_is_not_rescued(db, store, hold, reconciler)
+    await _assert_a_lost_lock_is_not_rescued(db, claimed_under_lock, reconciler)
 
 
 async def test_a_replica_that_does_not_lead_does_not_check(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory, hold: HeldBy
+    db: Database, make_reconciler: ReconcilerFactory, claimed_under_lock: ClaimedUnderLock
 ) -> None:
     leader = await _leader(make_reconciler)
     standby = make_reconciler()
     assert not (await standby.run_once()).leader
-    await _assert_a_lost_lock_is_not_rescued(db, store, hold, standby)
+    await _assert_a_lost_lock_is_not_rescued(db, claimed_under_lock, standby)
     assert leader.is_leader
 
 
