@@ -1,23 +1,14 @@
-"""initial schema
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-24 14:50:57.727295
-"""
+"""initial schema"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0001"
-down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0001"
+down_revision = None
 
 
 def upgrade() -> None:

@@ -1,23 +1,14 @@
-"""relay leases and per-subscriber deliveries
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-24 16:00:00.000000
-"""
+"""relay leases and per-subscriber deliveries"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0002"
+down_revision = "0001"
 
 
 def upgrade() -> None:

@@ -1,22 +1,13 @@
-"""flow control: per-KB round-robin key for fair dispatch, pipeline samples for the health charts
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-05 09:30:00.000000
-"""
+"""flow control: per-KB round-robin key for fair dispatch, pipeline samples for the health charts"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0004"
+down_revision = "0003"
 
 
 def upgrade() -> None:

@@ -1,20 +1,11 @@
-"""document_attempts by start and end time: the pipeline's drain rate, utilization and queue_stalled reads
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-05 11:00:00.000000
-"""
+"""document_attempts by start and end time: the pipeline's drain rate, utilization and queue_stalled reads"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0005"
+down_revision = "0004"
 
 
 def upgrade() -> None:

@@ -1,22 +1,13 @@
-"""reconciler_state.sweep_after: where the paged orphan sweep resumes on its next pass
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-07 10:00:00.000000
-"""
+"""reconciler_state.sweep_after: where the paged orphan sweep resumes on its next pass"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade() -> None:

@@ -3,25 +3,17 @@
 See docs/documents-change.md for the model and why. Build rows are hidden ``documents`` rows
 (``parent_id`` + ``purpose``); ``served_by`` names the row whose points answer search for a
 document; ``document_version_seq`` makes every lease version unique across a document's builds.
-
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-08 12:00:00.000000
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0008"
+down_revision = "0007"
 
 LIVE_USER_DOC = "deleted_at IS NULL AND parent_id IS NULL"
 
@@ -149,7 +141,11 @@ def downgrade() -> None:
     for name, column in (("uq_documents_live_filename", "filename"), ("uq_documents_live_sha256", "sha256")):
         op.drop_index(name, table_name="documents", postgresql_where=sa.text(LIVE_USER_DOC))
         op.create_index(
-            name, "documents", ["knowledge_base_id", column], unique=True, postgresql_where=sa.text("deleted_at IS NULL")
+            name,
+            "documents",
+            ["knowledge_base_id", column],
+            unique=True,
+            postgresql_where=sa.text("deleted_at IS NULL"),
         )
     op.drop_index("ix_documents_parent", table_name="documents", postgresql_where=sa.text("parent_id IS NOT NULL"))
     op.drop_constraint(op.f("ck_documents_purpose"), "documents", type_="check")

@@ -4,24 +4,16 @@ A claim used to push ``available_at`` (a column of ix_outbox_pending) forward by
 claimed event was a non-HOT update that added entries to five indexes. The lease now lives in its own
 column that no index or index predicate mentions, and pages keep half their room for the claim's new
 row versions: a claim touches no index at all (see docs/benchmarks.md, Relay).
-
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-12-09 12:00:00.000000
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0009"
+down_revision = "0008"
 
 
 def upgrade() -> None:
