@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from structlog.testing import capture_logs
 
+from services.reconciler.reconciler import Reconciler
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore
@@ -19,6 +21,16 @@ from tests.support.reconcilers import ReconcilerFactory
 INTERVAL_S = 5.0  # grace = 2 intervals = 10 s
 # Far past the grace and the back-off cap (1 h): only the refusal rule can hold a re-emit back.
 LONG_AGO_S = 2 * 3600.0
+
+
+@pytest.fixture
+async def doc(db: Database, store: ObjectStore) -> uuid.UUID:
+    return await create_document(db, store, await create_kb(db))
+
+
+@pytest.fixture
+def reconciler(make_reconciler: ReconcilerFactory) -> Reconciler:
+    return make_reconciler(reconcile_interval_s=INTERVAL_S)
 
 
 async def _relay_refuses(db: Database, doc: uuid.UUID, reason: str) -> None:
@@ -32,22 +44,24 @@ async def _relay_refuses(db: Database, doc: uuid.UUID, reason: str) -> None:
     )
 
 
+async def _reemits_after_death(
+    db: Database, reconciler: Reconciler, doc: uuid.UUID, reason: str, age_s: float, kind: str = "lost_event"
+) -> int:
+    """The relay lets ``doc``'s pending events die of ``reason``; ``age_s`` later, one pass: its ``kind`` re-emits."""
+    await _relay_refuses(db, doc, reason)
+    await age_document(db, doc, age_s)
+    return (await reconciler.run_once()).counts.get(kind, 0)
+
+
 async def _types(db: Database, doc: uuid.UUID) -> list[str]:
     return [e["type"] for e in await events_of(db, doc)]
 
 
 async def test_a_refused_document_gets_one_reemit_not_one_per_pass(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, doc: uuid.UUID, reconciler: Reconciler
 ) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
-
-    reemits = []
-    for _ in range(5):
-        await _relay_refuses(db, doc, "rejected")  # the processor answers 401: the relay dead-letters at once
-        await age_document(db, doc, LONG_AGO_S)
-        reemits.append((await reconciler.run_once()).counts.get("lost_event", 0))
+    # The processor answers 401: the relay dead-letters at once.
+    reemits = [await _reemits_after_death(db, reconciler, doc, "rejected", LONG_AGO_S) for _ in range(5)]
 
     assert reemits == [1, 0, 0, 0, 0]
     assert await _types(db, doc) == ["document.uploaded", "document.requeued"]
@@ -56,55 +70,36 @@ async def test_a_refused_document_gets_one_reemit_not_one_per_pass(
 
 
 async def test_a_refused_deletion_gets_one_reemit_not_one_per_pass(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, doc: uuid.UUID, reconciler: Reconciler
 ) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
     await execute(db, "UPDATE outbox SET delivered_at = now() WHERE aggregate_id = :id", id=doc)
     async with db.transaction() as conn:
         assert await lifecycle.request_delete(conn, doc) is not None
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
 
-    reemits = []
-    for _ in range(5):
-        await _relay_refuses(db, doc, "rejected")
-        await age_document(db, doc, LONG_AGO_S)
-        reemits.append((await reconciler.run_once()).counts.get("stuck_delete", 0))
+    reemits = [
+        await _reemits_after_death(db, reconciler, doc, "rejected", LONG_AGO_S, kind="stuck_delete") for _ in range(5)
+    ]
 
     assert reemits == [1, 0, 0, 0, 0]
     assert (await _types(db, doc)).count("document.delete_requested") == 2
 
 
 async def test_reemits_back_off_exponentially_while_the_subscriber_stays_down(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, doc: uuid.UUID, reconciler: Reconciler
 ) -> None:
     """Each re-emit that died doubles the wait (10 s, 20 s, 40 s, 80 s … at most 1 h) since the latest event."""
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
-
-    async def reemitted_after(age_s: float) -> bool:
-        await _relay_refuses(db, doc, "max_attempts")  # the relay ran out of attempts: not a refusal
-        await age_document(db, doc, age_s)
-        return (await reconciler.run_once()).counts.get("lost_event", 0) == 1
-
-    # (age since the latest event, re-emitted?) with wide margins on each side of the doubled wait.
+    # (age since the latest event, re-emitted?) with wide margins on each side of the doubled wait; the relay
+    # ran out of attempts each time: not a refusal.
     steps = [(15, True), (12, False), (16, True), (30, False), (20, True), (60, False), (30, True)]
-    assert [await reemitted_after(age) for age, _ in steps] == [expected for _, expected in steps]
+    reemitted = [await _reemits_after_death(db, reconciler, doc, "max_attempts", age) == 1 for age, _ in steps]
+    assert reemitted == [expected for _, expected in steps]
     assert (await _types(db, doc)).count("document.requeued") == 4
 
 
-async def test_the_backoff_is_capped_at_an_hour(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
-) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, store, kb)
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
+async def test_the_backoff_is_capped_at_an_hour(db: Database, doc: uuid.UUID, reconciler: Reconciler) -> None:
     # Twelve re-emits that died: uncapped, the next would wait 10 s × 2^12, more than 11 hours.
     for _ in range(12):
-        await _relay_refuses(db, doc, "max_attempts")
-        await age_document(db, doc, 24 * 3600.0)
-        assert (await reconciler.run_once()).counts.get("lost_event") == 1
+        assert await _reemits_after_death(db, reconciler, doc, "max_attempts", 24 * 3600.0) == 1
     await _relay_refuses(db, doc, "max_attempts")
 
     await age_document(db, doc, 3000)
