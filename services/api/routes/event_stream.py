@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Annotated, Final
 
 import structlog
@@ -65,18 +65,17 @@ class Cursor:
     seq: int | None
 
 
+@dataclass
 class Stream:
     """One client's stream: replay from the cursor, then live notices, deduplicated, in order per document."""
 
-    def __init__(
-        self, db: Database, broadcaster: Broadcaster, kb_id: str, *, key_id: uuid.UUID, key_recheck_s: float
-    ) -> None:
-        self._db = db
-        self._broadcaster = broadcaster
-        self._kb_id = kb_id
-        self._key_id = key_id
-        self._key_recheck_s = key_recheck_s
-        self._sent: OrderedDict[str, None] = OrderedDict()
+    db: Database
+    broadcaster: Broadcaster
+    kb_id: str
+    _: KW_ONLY
+    key_id: uuid.UUID
+    key_recheck_s: float
+    _sent: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False, repr=False)
 
     def _remember(self, event_id: str) -> bool:
         """False when this event was already sent."""
@@ -88,23 +87,23 @@ class Stream:
         return True
 
     async def _seq_of(self, event_id: str) -> int | None:
-        async with self._db.transaction() as conn:
+        async with self.db.transaction() as conn:
             seq = (await conn.execute(SEQ_OF, {"id": uuid.UUID(event_id)})).scalar_one_or_none()
         return int(seq) if seq is not None else None
 
     async def _key_revoked(self) -> str | None:
         """Why the stream must end now that its key is checked again, or None while the key is live."""
         try:
-            async with self._db.transaction() as conn:
-                live = await key_is_live(conn, self._key_id)
+            async with self.db.transaction() as conn:
+                live = await key_is_live(conn, self.key_id)
         except DatabaseUnavailable as exc:
             # Unverifiable counts as revoked; the client resumes from Last-Event-ID once it can auth again.
-            log.warning("events.key_check_failed", key_id=str(self._key_id), error=str(exc))
+            log.warning("events.key_check_failed", key_id=str(self.key_id), error=str(exc))
             return "key_unverifiable"
         return None if live else "key_revoked"
 
     async def _max_seq(self) -> int:
-        async with self._db.transaction() as conn:
+        async with self.db.transaction() as conn:
             return int((await conn.execute(MAX_SEQ)).scalar_one())
 
     async def _replay(self, cursor: Cursor) -> AsyncIterator[ServerSentEvent]:
@@ -115,8 +114,8 @@ class Stream:
             return
         replayed = 0
         while True:
-            async with self._db.transaction() as conn:
-                rows = (await conn.execute(REPLAY, {"after": after, "kb": self._kb_id, "limit": REPLAY_PAGE})).all()
+            async with self.db.transaction() as conn:
+                rows = (await conn.execute(REPLAY, {"after": after, "kb": self.kb_id, "limit": REPLAY_PAGE})).all()
             for seq, payload in rows:
                 after = cursor.seq = int(seq)
                 notice = DocumentNotice.from_envelope(payload)
@@ -133,7 +132,7 @@ class Stream:
 
     async def events(self, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
         """The whole stream; subscribing before reading the cursor means nothing falls in between."""
-        subscription = self._broadcaster.subscribe(self._kb_id)
+        subscription = self.broadcaster.subscribe(self.kb_id)
         try:
             if last_event_id:
                 cursor = Cursor(last_event_id, None)
@@ -141,14 +140,14 @@ class Stream:
                     yield event
             else:
                 cursor = Cursor(None, await self._max_seq())
-            next_check = time.monotonic() + self._key_recheck_s
+            next_check = time.monotonic() + self.key_recheck_s
             while True:
                 if time.monotonic() >= next_check:
                     reason = await self._key_revoked()
                     if reason is not None:
                         yield _closed(reason)
                         return
-                    next_check = time.monotonic() + self._key_recheck_s
+                    next_check = time.monotonic() + self.key_recheck_s
                 if subscription.overflowed:
                     yield ServerSentEvent(
                         event="overflow",
@@ -177,7 +176,7 @@ class Stream:
                     cursor.event_id, cursor.seq = item.event_id, None
                     yield _event(item)
         finally:
-            self._broadcaster.unsubscribe(subscription)
+            self.broadcaster.unsubscribe(subscription)
 
 
 def _reset(reason: str, last_event_id: str | None) -> ServerSentEvent:

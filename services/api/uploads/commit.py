@@ -98,18 +98,17 @@ class _Commit:
     sent_xid: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class ObjectCommit:
-    def __init__(
-        self, *, db: Database, store: ObjectStore, retention_s: float, after_store: AfterStoreHook | None = None
-    ) -> None:
-        self._db = db
-        self._store = store
-        self._retention_s = retention_s
-        self._after_store = after_store
+    db: Database
+    store: ObjectStore
+    # How long an Idempotency-Key's answer is kept (and replayed).
+    retention_s: float
+    after_store: AfterStoreHook | None = None
 
     def keyed(self, key_id: uuid.UUID, idempotency_key: str | None, request: str) -> idempotency.KeyedRequest | None:
         """The ``Idempotency-Key`` of a request that ``request`` (its KB or document, name, sha256) identifies."""
-        return idempotency.keyed(key_id, idempotency_key, request, retention_s=self._retention_s)
+        return idempotency.keyed(key_id, idempotency_key, request, retention_s=self.retention_s)
 
     async def answered(self, conn: AsyncConnection, keyed: idempotency.KeyedRequest | None) -> UploadResult | None:
         """The earlier answer to this key, holding the key until ``conn``'s transaction ends."""
@@ -123,7 +122,7 @@ class ObjectCommit:
         file = plan.file
         bound = log.bind(document_id=str(plan.subject_id), knowledge_base_id=str(plan.kb_id))
         try:
-            await self._store.put_file(file.object_key, file.path, content_type=file.media_type)
+            await self.store.put_file(file.object_key, file.path, content_type=file.media_type)
         except StorageUnavailable as exc:
             bound.warning("upload.storage_unavailable", error=str(exc))
             raise ApiError(503, "storage_unavailable", "the object store is unavailable; nothing was stored") from exc
@@ -153,9 +152,9 @@ class ObjectCommit:
         return result
 
     async def _commit(self, commit: _Commit, plan: Plan) -> UploadResult:
-        async with self._db.transaction() as conn:
-            if self._after_store is not None:
-                await self._after_store(plan.subject_id)
+        async with self.db.transaction() as conn:
+            if self.after_store is not None:
+                await self.after_store(plan.subject_id)
             # A concurrent request with this key may have committed since the first look.
             if (answered := await self.answered(conn, plan.keyed)) is not None:
                 return answered
@@ -177,7 +176,7 @@ class ObjectCommit:
         try:
             outcome = await self._outcome(xid)
             if outcome == "committed":
-                async with self._db.transaction() as conn:
+                async with self.db.transaction() as conn:
                     result = await reread(conn)
                 bound.warning("upload.commit_confirmed", object_key=key_name, error=str(exc))
                 # What the commit made obsolete is not known any more: the orphan sweep removes it.
@@ -196,7 +195,7 @@ class ObjectCommit:
         """The transaction's status read on a new connection, waiting briefly while it is still in progress."""
         deadline = time.monotonic() + COMMIT_SETTLE_S
         while True:
-            async with self._db.transaction() as conn:
+            async with self.db.transaction() as conn:
                 status: str | None = (await conn.execute(XACT_STATUS, {"xid": str(xid)})).scalar_one()
             if status != "in progress" or time.monotonic() >= deadline:
                 return status
@@ -205,6 +204,6 @@ class ObjectCommit:
     async def discard(self, key_name: str, bound: Any) -> None:
         """Delete an object no committed row references (the orphan sweep is the safety net)."""
         try:
-            await self._store.delete(key_name)
+            await self.store.delete(key_name)
         except StorageUnavailable as exc:
             bound.error("upload.orphan_left", object_key=key_name, error=str(exc))
