@@ -47,6 +47,7 @@ HEALTHY = Facts(
     max_connections=100,
     reconciler_finished_at=NOW - timedelta(seconds=5),
 )
+NO_PROCESSOR: dict[str, int] = {"processors_alive": 0, "processors_ready": 0}
 
 
 def _alerts(**changes: object) -> dict[str, tuple[str, datetime]]:
@@ -57,10 +58,10 @@ def _alerts(**changes: object) -> dict[str, tuple[str, datetime]]:
     return {a.code: (a.message, a.since) for a in compute_alerts(facts, SETTINGS)}
 
 
-def _waiting(minutes: float, **changes: object) -> dict[str, tuple[str, datetime]]:
-    """Alerts while 3 documents have been due for ``minutes``."""
+def _waiting(minutes: float, due: int = 3, **changes: object) -> dict[str, tuple[str, datetime]]:
+    """Alerts while ``due`` documents have been due for ``minutes``."""
     since = NOW - timedelta(minutes=minutes)
-    return _alerts(queued=3, queued_due=3, oldest_queued_since=since, **changes)
+    return _alerts(queued=due, queued_due=due, oldest_queued_since=since, **changes)
 
 
 def test_a_healthy_pipeline_has_no_alerts() -> None:
@@ -68,28 +69,12 @@ def test_a_healthy_pipeline_has_no_alerts() -> None:
 
 
 def test_no_processor_since_the_later_of_queueing_and_the_last_heartbeat_window() -> None:
-    queued_at = NOW - timedelta(minutes=10)
     last_seen = NOW - timedelta(minutes=3)
-    alerts = _alerts(
-        queued=12,
-        queued_due=12,
-        oldest_queued_since=queued_at,
-        processors_alive=0,
-        processors_ready=0,
-        processors_last_seen=last_seen,
-    )
-    message, since = alerts["no_processor"]
+    message, since = _waiting(10, due=12, processors_last_seen=last_seen, **NO_PROCESSOR)["no_processor"]
     assert "12 document(s) queued" in message and "kbingest processor" in message
     assert since == last_seen + timedelta(seconds=60)
-    never = _alerts(
-        queued=1,
-        queued_due=1,
-        oldest_queued_since=queued_at,
-        processors_alive=0,
-        processors_ready=0,
-        processors_last_seen=None,
-    )
-    assert never["no_processor"][1] == queued_at and "ever registered" in never["no_processor"][0]
+    message, since = _waiting(10, due=1, processors_last_seen=None, **NO_PROCESSOR)["no_processor"]
+    assert since == NOW - timedelta(minutes=10) and "ever registered" in message
     assert "no_processor" not in _alerts(queued=0, processors_alive=0)
 
 
@@ -129,7 +114,7 @@ def test_busy_slots_are_back_pressure_not_a_stall() -> None:
 
 
 def test_queue_stalled_needs_an_alive_processor() -> None:
-    dead = _waiting(7, processors_alive=0, processors_ready=0, slots_total=0)
+    dead = _waiting(7, slots_total=0, **NO_PROCESSOR)
     assert "queue_stalled" not in dead and "no_processor" in dead
     assert "queue_stalled" not in _alerts(queued=3, queued_due=0, oldest_queued_since=None)
 
