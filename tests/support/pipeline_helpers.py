@@ -97,6 +97,29 @@ async def create_document(
     return doc_id
 
 
+def content_values(kb_id: uuid.UUID, body: bytes) -> dict[str, Any]:
+    """The content a replacement names (``lifecycle.replace_content``'s values): ``body`` under a new object key."""
+    return {
+        "object_key": object_key(kb_id, uuid.uuid4()),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "size_bytes": len(body),
+        "media_type": "text/plain",
+        "original_filename": "replacement.txt",
+    }
+
+
+async def stored_content(store: ObjectStore, kb_id: uuid.UUID, body: bytes) -> dict[str, Any]:
+    """``content_values`` with its object written first, as the API writes it before the row."""
+    values = content_values(kb_id, body)
+    await store.put_bytes(values["object_key"], body, content_type="text/plain")
+    return values
+
+
+async def replace_content(db: Database, doc_id: uuid.UUID, values: dict[str, Any]) -> lifecycle.ReplaceOutcome:
+    async with db.transaction() as conn:
+        return await lifecycle.replace_content(conn, doc_id, values=values)
+
+
 async def claim(db: Database, doc_id: uuid.UUID, owner: str = "test-processor") -> lifecycle.Lease:
     async with db.transaction() as conn:
         lease = await lifecycle.claim(conn, doc_id, owner=owner)

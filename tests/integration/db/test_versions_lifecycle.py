@@ -6,7 +6,6 @@ document; activation switches ``served_by`` in the transaction that marks the bu
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +18,17 @@ from shared.db import Database
 from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.events import event_schema
 from shared.settings import Settings
-from tests.support.pipeline_helpers import claim, create_document, create_kb, execute, fetch, fetch_one, open_db
+from tests.support.pipeline_helpers import (
+    claim,
+    content_values,
+    create_document,
+    create_kb,
+    execute,
+    fetch,
+    fetch_one,
+    open_db,
+    replace_content,
+)
 
 # The query search uses to keep a hit (services/api/routes/search.py, docs/documents-change.md).
 SERVING_BUILDS = """
@@ -34,21 +43,6 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     database = open_db(settings, max_connections=4)
     yield database
     await database.dispose()
-
-
-def _content(body: bytes, kb: uuid.UUID) -> dict[str, Any]:
-    return {
-        "object_key": f"kb/{kb}/{uuid.uuid4()}",
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "size_bytes": len(body),
-        "media_type": "text/plain",
-        "original_filename": "notes.txt",
-    }
-
-
-async def _replace(db: Database, doc: uuid.UUID, values: dict[str, Any]) -> lifecycle.ReplaceOutcome:
-    async with db.transaction() as conn:
-        return await lifecycle.replace_content(conn, doc, values=values)
 
 
 async def _ready(db: Database, row_id: uuid.UUID, chunks: int = 3) -> lifecycle.Ready:
@@ -76,6 +70,15 @@ async def _build_of(db: Database, doc: uuid.UUID, version: int) -> dict[str, Any
     )
 
 
+async def _pending_replacement(db: Database, body: bytes) -> tuple[uuid.UUID, uuid.UUID, dict[str, Any]]:
+    """A KB, its ready document, and the build row of the document's replacement by ``body`` (version 2, queued)."""
+    kb = await create_kb(db)
+    doc = await create_document(db, None, kb)
+    await _ready(db, doc)
+    await replace_content(db, doc, content_values(kb, body))
+    return kb, doc, await _build_of(db, doc, 2)
+
+
 async def test_leases_draw_versions_from_one_sequence(db: Database) -> None:
     kb = await create_kb(db)
     doc = await create_document(db, None, kb)
@@ -92,16 +95,16 @@ async def test_identical_content_is_a_noop_and_gone_or_deleting_documents_are_no
     kb = await create_kb(db)
     doc = await create_document(db, None, kb)
     row = await fetch_one(db, "SELECT sha256, object_key FROM documents WHERE id = :id", id=doc)
-    same = _content(b"x", kb) | {"sha256": row["sha256"]}
-    assert (await _replace(db, doc, same)).kind == "noop"
-    assert (await _replace(db, uuid.uuid4(), _content(b"y", kb))).kind == "gone"
+    same = content_values(kb, b"x") | {"sha256": row["sha256"]}
+    assert (await replace_content(db, doc, same)).kind == "noop"
+    assert (await replace_content(db, uuid.uuid4(), content_values(kb, b"y"))).kind == "gone"
     other = await create_document(db, None, kb)
     other_sha = (await fetch_one(db, "SELECT sha256 FROM documents WHERE id = :id", id=other))["sha256"]
-    duplicate = await _replace(db, doc, _content(b"z", kb) | {"sha256": other_sha})
+    duplicate = await replace_content(db, doc, content_values(kb, b"z") | {"sha256": other_sha})
     assert duplicate.kind == "duplicate" and duplicate.document is not None and duplicate.document["id"] == other
     async with db.transaction() as conn:
         await lifecycle.request_delete(conn, doc)
-    assert (await _replace(db, doc, _content(b"y", kb))).kind == "deleting"
+    assert (await replace_content(db, doc, content_values(kb, b"y"))).kind == "deleting"
     assert await _versions(db, doc) == {1: "superseded"}
 
 
@@ -110,9 +113,9 @@ async def test_a_never_ready_document_takes_the_new_content_itself_and_fences_th
     doc = await create_document(db, None, kb)
     old_key = (await fetch_one(db, "SELECT object_key FROM documents WHERE id = :id", id=doc))["object_key"]
     lease = await claim(db, doc)
-    new = _content(b"second draft", kb)
+    new = content_values(kb, b"second draft")
 
-    outcome = await _replace(db, doc, new)
+    outcome = await replace_content(db, doc, new)
 
     assert outcome.kind == "replaced" and outcome.version == 2 and outcome.obsolete_keys == [old_key]
     row = await fetch_one(db, "SELECT * FROM documents WHERE id = :id", id=doc)
@@ -136,9 +139,9 @@ async def test_a_ready_document_gets_a_build_that_activates_in_one_transaction(d
     doc = await create_document(db, None, kb)
     await _ready(db, doc, chunks=2)
     assert await _versions(db, doc) == {1: "active"}
-    new = _content(b"new content", kb)
+    new = content_values(kb, b"new content")
 
-    outcome = await _replace(db, doc, new)
+    outcome = await replace_content(db, doc, new)
 
     assert outcome.kind == "replaced" and outcome.version == 2 and outcome.obsolete_keys == []
     build = await _build_of(db, doc, 2)
@@ -174,8 +177,8 @@ async def test_a_ready_document_gets_a_build_that_activates_in_one_transaction(d
         jsonschema.validate(event, event_schema(event["type"]), format_checker=jsonschema.FormatChecker())
 
     # A third version: the first is beyond VERSION_RETENTION = 1, and the second's build stops serving.
-    third = _content(b"third content", kb)
-    await _replace(db, doc, third)
+    third = content_values(kb, b"third content")
+    await replace_content(db, doc, third)
     build3 = await _build_of(db, doc, 3)
     ready = await _ready(db, build3["id"])
     first = await fetch_one(
@@ -192,17 +195,12 @@ async def test_a_ready_document_gets_a_build_that_activates_in_one_transaction(d
 
 
 async def test_a_newer_replacement_supersedes_a_pending_one(db: Database) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, None, kb)
-    await _ready(db, doc)
-    first = _content(b"first replacement", kb)
-    await _replace(db, doc, first)
-    pending = await _build_of(db, doc, 2)
+    kb, doc, pending = await _pending_replacement(db, b"first replacement")
     lease = await claim(db, pending["id"])
 
-    outcome = await _replace(db, doc, _content(b"second replacement", kb))
+    outcome = await replace_content(db, doc, content_values(kb, b"second replacement"))
 
-    assert outcome.kind == "replaced" and outcome.version == 3 and outcome.obsolete_keys == [first["object_key"]]
+    assert outcome.kind == "replaced" and outcome.version == 3 and outcome.obsolete_keys == [pending["object_key"]]
     superseded = await fetch_one(db, "SELECT status, lease_epoch FROM documents WHERE id = :id", id=pending["id"])
     assert superseded["status"] == "deleting" and superseded["lease_epoch"] > lease.epoch
     assert await _versions(db, doc) == {1: "active", 2: "superseded", 3: "pending"}
@@ -212,11 +210,7 @@ async def test_a_newer_replacement_supersedes_a_pending_one(db: Database) -> Non
 
 
 async def test_a_failed_replacement_leaves_the_document_serving_and_can_be_retried(db: Database) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, None, kb)
-    await _ready(db, doc)
-    await _replace(db, doc, _content(b"encrypted", kb))
-    build = await _build_of(db, doc, 2)
+    _, doc, build = await _pending_replacement(db, b"encrypted")
     lease = await claim(db, build["id"])
     async with db.transaction() as conn:
         outcome = await lifecycle.fail_or_retry(
@@ -267,11 +261,7 @@ async def test_build_stage_changes_and_reindex_builds_emit_no_events(db: Databas
 
 
 async def test_deleting_a_document_cancels_its_builds_and_supersedes_its_versions(db: Database) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, None, kb)
-    await _ready(db, doc)
-    await _replace(db, doc, _content(b"pending replacement", kb))
-    build = await _build_of(db, doc, 2)
+    _, doc, build = await _pending_replacement(db, b"pending replacement")
     lease = await claim(db, build["id"])
 
     async with db.transaction() as conn:
@@ -293,11 +283,7 @@ async def test_deleting_a_document_cancels_its_builds_and_supersedes_its_version
 
 
 async def test_rescued_builds_speak_for_their_document_only_when_they_fail(db: Database) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, None, kb)
-    await _ready(db, doc)
-    await _replace(db, doc, _content(b"stalls twice", kb))
-    build = await _build_of(db, doc, 2)
+    _, doc, build = await _pending_replacement(db, b"stalls twice")
     await execute(db, "UPDATE documents SET max_attempts = 2 WHERE id = :id", id=build["id"])
     before = len(await _events(db, doc))
     outcomes = []
@@ -321,12 +307,8 @@ async def test_rescued_builds_speak_for_their_document_only_when_they_fail(db: D
 async def test_a_replacement_whose_content_another_document_took_meanwhile_fails_instead_of_switching(
     db: Database,
 ) -> None:
-    kb = await create_kb(db)
-    doc = await create_document(db, None, kb)
-    await _ready(db, doc)
     body = b"uploaded twice"
-    await _replace(db, doc, _content(body, kb))
-    build = await _build_of(db, doc, 2)
+    kb, doc, build = await _pending_replacement(db, body)
     other = await create_document(db, None, kb, content=body)  # accepted: the replacement is not live yet
     lease = await claim(db, build["id"])
     with pytest.raises(ProcessingError) as refused:

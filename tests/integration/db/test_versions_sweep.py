@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,7 +15,17 @@ from shared.db import Database
 from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from tests.support.pipeline_helpers import age_document, claim, create_document, create_kb, execute, fetch, open_db
+from tests.support.pipeline_helpers import (
+    age_document,
+    claim,
+    create_document,
+    create_kb,
+    execute,
+    fetch,
+    open_db,
+    replace_content,
+    stored_content,
+)
 
 
 @pytest.fixture
@@ -33,24 +42,14 @@ async def _ready(db: Database, row_id: uuid.UUID) -> None:
 
 
 async def _replace(db: Database, store: ObjectStore, kb: uuid.UUID, doc: uuid.UUID, body: bytes) -> str:
-    key = f"kb/{kb}/{uuid.uuid4()}"
-    await store.put_bytes(key, body, content_type="text/plain")
-    values = {
-        "object_key": key,
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "size_bytes": len(body),
-        "media_type": "text/plain",
-        "original_filename": "a.txt",
-    }
-    async with db.transaction() as conn:
-        assert (await lifecycle.replace_content(conn, doc, values=values)).kind == "replaced"
-    return key
+    values = await stored_content(store, kb, body)
+    assert (await replace_content(db, doc, values)).kind == "replaced"
+    return str(values["object_key"])
 
 
 async def test_the_orphan_sweep_keeps_a_retained_version_and_deletes_a_purged_one(
-    settings: Settings, db: Database
+    db: Database, store: ObjectStore
 ) -> None:
-    store = ObjectStore.from_settings(settings)
     kb = await create_kb(db)
     doc = await create_document(db, store, kb, content=b"one")
     await _ready(db, doc)
@@ -80,26 +79,17 @@ async def _build_ids(db: Database, doc: uuid.UUID) -> list[uuid.UUID]:
     return [r["id"] for r in rows]
 
 
-async def test_lost_dispatch_and_stuck_delete_scans_skip_build_rows(db: Database) -> None:
+async def test_lost_dispatch_and_stuck_delete_scans_skip_build_rows(db: Database, store: ObjectStore) -> None:
     kb = await create_kb(db)
     doc = await create_document(db, None, kb)
     await _ready(db, doc)
-    values = {
-        "object_key": f"kb/{kb}/{uuid.uuid4()}",
-        "sha256": "b" * 64,
-        "size_bytes": 1,
-        "media_type": "text/plain",
-        "original_filename": "a.txt",
-    }
-    async with db.transaction() as conn:
-        await lifecycle.replace_content(conn, doc, values=values)
+    await _replace(db, store, kb, doc, b"b")
     build = (await _build_ids(db, doc))[-1]
     await execute(db, "UPDATE outbox SET dead_at = now() - interval '1 hour', created_at = now() - interval '1 hour'")
     await age_document(db, build, 3600)
 
     assert (await repairs.reemit_lost(db, grace_s=1.0)) == {}
-    async with db.transaction() as conn:
-        await lifecycle.replace_content(conn, doc, values=values | {"sha256": "c" * 64, "object_key": "kb/x/y"})
+    await _replace(db, store, kb, doc, b"c")
     await age_document(db, build, 3600)
     assert (await repairs.finish_stuck_deletes(db, grace_s=1.0)) == {}
 
@@ -121,38 +111,37 @@ class RecordingVectors:
         return None
 
 
-async def _replaced_and_activated(db: Database) -> uuid.UUID:
+@pytest.fixture
+async def replaced_doc(db: Database, store: ObjectStore) -> uuid.UUID:
     """A ready document whose replacement became ready: its activation stopped serving the document row."""
     kb = await create_kb(db)
     doc = await create_document(db, None, kb)
     await _ready(db, doc)
-    values = {"object_key": f"kb/{kb}/{uuid.uuid4()}", "size_bytes": 1, "media_type": "text/plain"}
-    async with db.transaction() as conn:
-        await lifecycle.replace_content(conn, doc, values=values | {"sha256": "d" * 64, "original_filename": "a"})
+    await _replace(db, store, kb, doc, b"d")
     await _ready(db, (await _build_ids(db, doc))[-1])
     return doc
 
 
 async def test_the_row_an_activation_stopped_serving_is_re_purged_once_settled(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, replaced_doc: uuid.UUID
 ) -> None:
-    doc = await _replaced_and_activated(db)
     recorded = RecordingVectors()
     step = TombstoneRepurge(db, settings, vectors=lambda: recorded)  # type: ignore[arg-type,return-value]
     assert await step.run() == {}, "an activation younger than the settle time is left alone"
 
     step.settle_s = 0.0
     assert await step.run() == {"replaced_repurged": 1}
-    assert recorded.deleted == [doc], "the document row's own points: it has no tombstone to find them by"
+    assert recorded.deleted == [replaced_doc], "the document row's own points: it has no tombstone to find them by"
     assert await step.run() == {}, "each activation is re-purged once"
 
 
-async def test_a_re_purge_that_fails_is_tried_again_on_the_next_pass(settings: Settings, db: Database) -> None:
-    doc = await _replaced_and_activated(db)
+async def test_a_re_purge_that_fails_is_tried_again_on_the_next_pass(
+    settings: Settings, db: Database, replaced_doc: uuid.UUID
+) -> None:
     recorded = RecordingVectors(failures=1)
     step = TombstoneRepurge(db, settings, vectors=lambda: recorded)  # type: ignore[arg-type,return-value]
     step.settle_s = 0.0
     assert await step.run() == {}, "the vector store failed: nothing counted, the cursor stays before the row"
     assert await step.run() == {"replaced_repurged": 1}
-    assert recorded.deleted == [doc]
+    assert recorded.deleted == [replaced_doc]
     assert await step.run() == {}

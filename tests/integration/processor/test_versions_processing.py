@@ -8,7 +8,6 @@ processor; a document's deletion purges the points of every build and the file o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,7 @@ from shared.db import Database
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.vectorstore import QdrantVectorStore
-from tests.support.pipeline_helpers import create_document, create_kb, fetch, fetch_one, open_db
+from tests.support.pipeline_helpers import create_document, create_kb, fetch, fetch_one, open_db, stored_content
 from tests.support.processor_harness import processor_client, wait_for
 
 DEADLINE_S = 120.0
@@ -61,18 +60,6 @@ async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _store_content(store: ObjectStore, kb: uuid.UUID, body: bytes) -> dict[str, Any]:
-    key = f"kb/{kb}/{uuid.uuid4()}"
-    await store.put_bytes(key, body, content_type="text/plain")
-    return {
-        "object_key": key,
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "size_bytes": len(body),
-        "media_type": "text/plain",
-        "original_filename": "keepers.txt",
-    }
-
-
 async def _replace(db: Database, doc: uuid.UUID, values: dict[str, Any]) -> lifecycle.ReplaceOutcome:
     async with db.transaction() as conn:
         outcome = await lifecycle.replace_content(conn, doc, values=values)
@@ -98,7 +85,7 @@ async def test_replacements_activate_purge_the_old_build_and_delete_purges_every
         first = await wait_for(fast_settings, str(doc), {"ready", "failed"}, client=client)
         assert first["status"] == "ready" and await vectors.count(doc) == first["chunk_count"]
 
-        v2 = await _store_content(store, kb, b"Version two: the keeper logged the passing ships.\n")
+        v2 = await stored_content(store, kb, b"Version two: the keeper logged the passing ships.\n")
         await _replace(db, doc, v2)
         build2 = await _build(db, doc, 2)
         done = await wait_for(fast_settings, str(build2), {"ready", "failed"}, client=client)
@@ -114,10 +101,10 @@ async def test_replacements_activate_purge_the_old_build_and_delete_purges_every
         assert await store.exists(v1_key), "VERSION_RETENTION=1 keeps the previous version's file"
 
         # A replacement superseded while pending: fenced, its points purged by a polling processor.
-        v3 = await _store_content(store, kb, b"Version three: never served.\n")
+        v3 = await stored_content(store, kb, b"Version three: never served.\n")
         await _replace(db, doc, v3)
         build3 = await _build(db, doc, 3)
-        v4 = await _store_content(store, kb, b"Version four: the keeper trimmed the wicks.\n")
+        v4 = await stored_content(store, kb, b"Version four: the keeper trimmed the wicks.\n")
         superseding = await _replace(db, doc, v4)
         assert superseding.obsolete_keys == [v3["object_key"]]
         for key in superseding.obsolete_keys:  # what the API does after commit

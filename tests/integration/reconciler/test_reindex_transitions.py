@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from shared import generations, lifecycle
 from shared.db import Database
 from shared.settings import Settings
-from shared.storage import ObjectStore, object_key
-from tests.support.pipeline_helpers import claim, create_document, create_kb, fetch_one
+from shared.storage import ObjectStore
+from tests.support.pipeline_helpers import claim, create_document, create_kb, fetch_one, stored_content
 
 
 async def _ready_document_reindexing(
@@ -30,15 +29,7 @@ async def _replace_and_activate(
     db: Database, store: ObjectStore, kb: uuid.UUID, doc: uuid.UUID, content: bytes
 ) -> dict[str, object]:
     """Store ``content`` as the document's next version and run its replace build to ready."""
-    key = object_key(kb, uuid.uuid4())
-    await store.put_bytes(key, content, content_type="text/plain")
-    values: dict[str, object] = {
-        "object_key": key,
-        "sha256": hashlib.sha256(content).hexdigest(),
-        "size_bytes": len(content),
-        "media_type": "text/plain",
-        "original_filename": "v2.txt",
-    }
+    values = await stored_content(store, kb, content)
     async with db.transaction() as conn:
         assert (await lifecycle.replace_content(conn, doc, values=values)).kind == "replaced"
     replacement = await fetch_one(db, "SELECT id FROM documents WHERE parent_id = :id AND purpose = 'replace'", id=doc)
