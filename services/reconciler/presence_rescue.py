@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
@@ -28,6 +29,7 @@ CHECK_INTERVAL_S: Final = 0.5
 log = structlog.get_logger("kbingest.reconciler")
 
 
+@dataclass(kw_only=True, eq=False)
 class PresenceRescue:
     """Requeues the documents of a processor whose lock was seen held, then missing in two checks in a row.
 
@@ -38,45 +40,37 @@ class PresenceRescue:
     The checks run on the leader's lock session: no connection is added, and only the leader checks.
     """
 
-    def __init__(
-        self,
-        *,
-        leadership: Leadership,
-        db: Database,
-        metrics: ReconcilerMetrics,
-        restart_grace_s: float,
-        interval_s: float = CHECK_INTERVAL_S,
-    ) -> None:
-        self._leadership = leadership
-        self._db = db
-        self._metrics = metrics
-        self._restart_grace_s = restart_grace_s
-        self._interval_s = interval_s
-        self._seen: set[int] = set()
-        self._missing: set[int] = set()
+    leadership: Leadership
+    db: Database
+    metrics: ReconcilerMetrics
+    restart_grace_s: float
+    interval_s: float = CHECK_INTERVAL_S
+    # Keys seen held in this term, and keys missing at the last check.
+    _seen: set[int] = field(default_factory=set, init=False)
+    _missing: set[int] = field(default_factory=set, init=False)
 
     async def check_once(self) -> Counter[str]:
         """One check (a single query) and the rescues it confirms; nothing while not leading."""
-        row = await self._leadership.fetchrow_as_leader(presence.CHECK, presence.NAMESPACE)
+        row = await self.leadership.fetchrow_as_leader(presence.CHECK, presence.NAMESPACE)
         if row is None:
             # A new term starts from what it sees itself.
             self._seen, self._missing = set(), set()
             return Counter()
-        self._metrics.presence_checks.inc()
+        self.metrics.presence_checks.inc()
         held = set(row["held"])
         owners = dict(zip(row["owners"], row["keys"], strict=True))
         missing = {key for key in owners.values() if key in self._seen and key not in held}
         # Forget keys that are gone and hold nothing: a processor id is never reused.
         self._seen = (self._seen & set(owners.values())) | held
-        if row["uptime_s"] < self._restart_grace_s:
+        if row["uptime_s"] < self.restart_grace_s:
             self._missing = set()
             return Counter()
         confirmed, self._missing = missing & self._missing, missing
         gone = sorted(owner for owner, key in owners.items() if key in confirmed)
         if not gone:
             return Counter()
-        counts = await repairs.rescue_orphaned(self._db, owners=gone)
-        self._metrics.count_repairs(counts)
+        counts = await repairs.rescue_orphaned(self.db, owners=gone)
+        self.metrics.count_repairs(counts)
         return counts
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -85,10 +79,10 @@ class PresenceRescue:
             try:
                 await self.check_once()
             except DatabaseUnavailable as exc:
-                self._metrics.errors.labels("presence").inc()
+                self.metrics.errors.labels("presence").inc()
                 log.warning("reconciler.presence_check_failed", error=str(exc)[:300])
             except Exception:  # logged with its traceback; the stale path still covers the documents
-                self._metrics.errors.labels("presence").inc()
+                self.metrics.errors.labels("presence").inc()
                 log.exception("reconciler.presence_check_failed")
             with contextlib.suppress(TimeoutError):
-                await wait_for(stop.wait(), self._interval_s)
+                await wait_for(stop.wait(), self.interval_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
@@ -37,50 +38,42 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+@dataclass(eq=False)
 class ObjectSweep:
     """One reconciler step: a page per pass while a round is under way; a new round at most every ``min_round_s``."""
 
-    def __init__(
-        self,
-        db: Database,
-        store: ObjectStore,
-        *,
-        leader_id: str,
-        grace_s: float,
-        page_keys: int,
-        min_round_s: float,
-    ) -> None:
-        self._db = db
-        self._store = store
-        self._leader_id = leader_id
-        self._grace_s = grace_s
-        self._page_keys = page_keys
-        self._min_round_s = min_round_s
-        # A replica's first pass starts a round at once (or resumes the stored one).
-        self._next_round_at = 0.0
+    db: Database
+    store: ObjectStore
+    _: KW_ONLY
+    leader_id: str
+    grace_s: float
+    page_keys: int
+    min_round_s: float
+    # A replica's first pass starts a round at once (or resumes the stored one).
+    _next_round_at: float = field(default=0.0, init=False)
 
     async def run(self) -> Counter[str]:
         """Sweep the next page: its orphans deleted, the rows whose key falls in it checked for their object."""
-        async with self._db.transaction() as conn:
+        async with self.db.transaction() as conn:
             after: str | None = (
                 await conn.execute(queries.SWEEP_CURSOR, {"name": RECONCILER_STATE_NAME})
             ).scalar_one_or_none()
             listed_at: datetime = (await conn.execute(queries.DB_NOW)).scalar_one()
         if after is None and time.monotonic() < self._next_round_at:
             return Counter()
-        page = await self._store.list_page(PREFIX, start_after=after, limit=self._page_keys)
-        counts, handled = await self._delete_orphans(page, cutoff=listed_at - timedelta(seconds=self._grace_s))
+        page = await self.store.list_page(PREFIX, start_after=after, limit=self.page_keys)
+        counts, handled = await self._delete_orphans(page, cutoff=listed_at - timedelta(seconds=self.grace_s))
         # A full page (or one cut short by the delete cap) ends at its last handled key; a short one reached the
         # end of the bucket: its range is open-ended and the next round starts over.
-        more = len(page) >= self._page_keys or len(handled) < len(page)
+        more = len(page) >= self.page_keys or len(handled) < len(page)
         upto = handled[-1].key if more else None
-        counts.update(await _fail_missing(self._db, self._store, handled, listed_at=listed_at, after=after, upto=upto))
-        async with self._db.transaction() as conn:
+        counts.update(await _fail_missing(self.db, self.store, handled, listed_at=listed_at, after=after, upto=upto))
+        async with self.db.transaction() as conn:
             await conn.execute(
-                queries.SAVE_SWEEP_CURSOR, {"name": RECONCILER_STATE_NAME, "leader_id": self._leader_id, "after": upto}
+                queries.SAVE_SWEEP_CURSOR, {"name": RECONCILER_STATE_NAME, "leader_id": self.leader_id, "after": upto}
             )
         if upto is None:
-            self._next_round_at = time.monotonic() + self._min_round_s
+            self._next_round_at = time.monotonic() + self.min_round_s
             log.info("reconciler.sweep_round_done", last_page_keys=len(handled))
         return counts
 
@@ -91,15 +84,13 @@ class ObjectSweep:
         counts: Counter[str] = Counter()
         old = [o for o in page if o.last_modified is not None and o.last_modified < cutoff]
         for chunk in _chunks(old, KEYS_PER_QUERY):
-            async with self._db.transaction() as conn:
-                rows = await conn.execute(
-                    queries.OWNED_KEYS, {"keys": [o.key for o in chunk], "grace_s": self._grace_s}
-                )
+            async with self.db.transaction() as conn:
+                rows = await conn.execute(queries.OWNED_KEYS, {"keys": [o.key for o in chunk], "grace_s": self.grace_s})
                 owned = set(rows.scalars())
             for obj in chunk:
                 if obj.key in owned:
                     continue
-                await self._store.delete(obj.key)
+                await self.store.delete(obj.key)
                 counts["orphan_object"] += 1
                 log.warning(
                     "object.orphan_deleted",
