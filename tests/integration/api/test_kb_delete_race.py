@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import httpx
@@ -77,6 +78,35 @@ def _done_or(
     return check
 
 
+async def _interleave(
+    watcher: asyncpg.Connection,
+    blocker: asyncpg.transaction.Transaction,
+    first: Coroutine[Any, Any, httpx.Response],
+    *,
+    waits_in: str,
+    then: Coroutine[Any, Any, httpx.Response],
+) -> tuple[httpx.Response, httpx.Response]:
+    """Run ``first`` until it waits on the test's lock in a statement containing ``waits_in``, then ``then``
+    until it finished or waits on the KB lock (which of the two is what the test is about); then release
+    the test's lock (``blocker``) and return both answers, ``first``'s first."""
+    first_task = asyncio.create_task(first)
+    await eventually(
+        _api_waits_in(watcher, waits_in),
+        timeout_s=DEADLINE_S,
+        every_s=0.02,
+        what=f"the first request waits in {waits_in!r}",
+    )
+    second_task = asyncio.create_task(then)
+    await eventually(
+        _done_or(second_task, _api_waits_in(watcher, "knowledge_bases")),
+        timeout_s=DEADLINE_S,
+        every_s=0.02,
+        what="the second request ran or waits on the knowledge base",
+    )
+    await blocker.rollback()
+    return await asyncio.gather(first_task, second_task)
+
+
 async def test_upload_committing_while_its_kb_is_deleted_is_deleted_with_it(
     api: httpx.AsyncClient, settings: Settings, session: asyncpg.Connection, watcher: asyncpg.Connection
 ) -> None:
@@ -92,23 +122,15 @@ async def test_upload_committing_while_its_kb_is_deleted_is_deleted_with_it(
         uuid.UUID(kb),
         f"blocker/{uuid.uuid4()}",
     )
-    uploading = asyncio.create_task(upload(api, kb, "race.txt", TEXT))
-    await eventually(
-        _api_waits_in(watcher, "INSERT INTO documents"),
-        timeout_s=DEADLINE_S,
-        every_s=0.02,
-        what="the upload waits to insert its row",
+    # The upload waits to insert its row; then the deletion runs. Fixed: the deletion waits for the
+    # upload's KB lock. Broken: it finishes without seeing the upload.
+    uploaded, deleted = await _interleave(
+        watcher,
+        blocker,
+        upload(api, kb, "race.txt", TEXT),
+        waits_in="INSERT INTO documents",
+        then=api.delete(f"/v1/knowledge-bases/{kb}"),
     )
-    deleting = asyncio.create_task(api.delete(f"/v1/knowledge-bases/{kb}"))
-    # Fixed: the deletion waits for the upload's KB lock. Broken: it finishes without seeing the upload.
-    await eventually(
-        _done_or(deleting, _api_waits_in(watcher, "knowledge_bases")),
-        timeout_s=DEADLINE_S,
-        every_s=0.02,
-        what="the deletion ran or waits",
-    )
-    await blocker.rollback()
-    uploaded, deleted = await asyncio.gather(uploading, deleting)
 
     assert deleted.status_code == 202, deleted.text
     assert uploaded.status_code == 201, uploaded.text
@@ -133,23 +155,15 @@ async def test_upload_committing_after_the_deletion_began_is_refused(
     await blocker.start()
     # The deletion marks every document deleting: holding the first one keeps its transaction open.
     await session.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", uuid.UUID(first["id"]))
-    deleting = asyncio.create_task(api.delete(f"/v1/knowledge-bases/{kb}"))
-    await eventually(
-        _api_waits_in(watcher, "UPDATE documents"),
-        timeout_s=DEADLINE_S,
-        every_s=0.02,
-        what="the deletion waits on the first document",
+    # The deletion waits on the first document; then the upload runs. Fixed: the upload waits for the
+    # deletion's KB lock. Broken: it commits into the doomed KB.
+    deleted, uploaded = await _interleave(
+        watcher,
+        blocker,
+        api.delete(f"/v1/knowledge-bases/{kb}"),
+        waits_in="UPDATE documents",
+        then=upload(api, kb, "second.txt", TEXT + b"second"),
     )
-    uploading = asyncio.create_task(upload(api, kb, "second.txt", TEXT + b"second"))
-    # Fixed: the upload waits for the deletion's KB lock. Broken: it commits into the doomed KB.
-    await eventually(
-        _done_or(uploading, _api_waits_in(watcher, "knowledge_bases")),
-        timeout_s=DEADLINE_S,
-        every_s=0.02,
-        what="the upload ran or waits",
-    )
-    await blocker.rollback()
-    uploaded, deleted = await asyncio.gather(uploading, deleting)
 
     assert deleted.status_code == 202, deleted.text
     assert_error_shape(uploaded, 404, "not_found")
