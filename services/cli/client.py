@@ -42,6 +42,16 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+@dataclass(frozen=True)
+class SentFile:
+    """A local file sent as a document's content: the name the server is told, progress, the request's key."""
+
+    path: Path
+    name: str
+    on_bytes: Callable[[int], None]
+    idempotency_key: str | None = None
+
+
 @dataclass
 class ApiProblem(Exception):
     """An ``{"error": {...}}`` answer of the API."""
@@ -193,35 +203,15 @@ class Client:
         return dict(self.request("GET", f"/v1/documents/{document_id}"))
 
     def upload(self, kb_id: str, path: Path, on_bytes: Callable[[int], None]) -> dict[str, Any]:
-        return self.upload_named(kb_id, path, name=path.name, on_bytes=on_bytes)
+        return self.upload_named(kb_id, SentFile(path, path.name, on_bytes))
 
-    def upload_named(
-        self,
-        kb_id: str,
-        path: Path,
-        *,
-        name: str,
-        on_bytes: Callable[[int], None],
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        """Upload ``path`` as ``name`` (the server keeps its last component as the document name)."""
-        return dict(
-            self._send_file("POST", f"/v1/knowledge-bases/{kb_id}/documents", path, name, on_bytes, idempotency_key)
-        )
+    def upload_named(self, kb_id: str, file: SentFile) -> dict[str, Any]:
+        """Upload ``file`` under its ``name`` (the server keeps its last component as the document name)."""
+        return dict(self._send_file("POST", f"/v1/knowledge-bases/{kb_id}/documents", file))
 
-    def replace_content(
-        self,
-        document_id: str,
-        path: Path,
-        *,
-        name: str,
-        on_bytes: Callable[[int], None],
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+    def replace_content(self, document_id: str, file: SentFile) -> dict[str, Any]:
         """New content for a document, processed beside the current one (200 when identical: a no-op)."""
-        return dict(
-            self._send_file("PUT", f"/v1/documents/{document_id}/content", path, name, on_bytes, idempotency_key)
-        )
+        return dict(self._send_file("PUT", f"/v1/documents/{document_id}/content", file))
 
     def delete_document(self, document_id: str) -> None:
         self.request("DELETE", f"/v1/documents/{document_id}")
@@ -229,18 +219,10 @@ class Client:
     def list_versions(self, document_id: str) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/v1/documents/{document_id}/versions")["items"])
 
-    def _send_file(
-        self,
-        method: str,
-        url: str,
-        path: Path,
-        name: str,
-        on_bytes: Callable[[int], None],
-        idempotency_key: str | None,
-    ) -> Any:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        with path.open("rb") as file:
-            files = {"file": (name, _CountingReader(file, on_bytes), "application/octet-stream")}
+    def _send_file(self, method: str, url: str, file: SentFile) -> Any:
+        headers = {"Idempotency-Key": file.idempotency_key} if file.idempotency_key else {}
+        with file.path.open("rb") as content:
+            files = {"file": (file.name, _CountingReader(content, file.on_bytes), "application/octet-stream")}
             return self.request(method, url, files=files, headers=headers)
 
     def search(self, kb_id: str, query: str, limit: int) -> list[dict[str, Any]]:

@@ -6,13 +6,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from services.cli.client import ApiProblem, Client, CliError
+from services.cli.client import ApiProblem, Client, CliError, SentFile
 from services.cli.messages import failure_words
 from services.cli.sync_plan import Action, Step, idempotency_key
 from services.cli.upload import PARALLEL_UPLOADS, POLL_INTERVAL_S, Tracked
@@ -87,14 +87,15 @@ def _ignore_bytes(_: int) -> None:
 def _post(client: Client, kb_id: str, step: Step, key: str, advance: Callable[[int], None]) -> dict[str, Any]:
     """One upload; refused because a document being deleted holds the name or content: once it is gone."""
     assert step.local is not None
+    file = SentFile(step.local.path, step.name, advance, key)
     try:
-        return client.upload_named(kb_id, step.local.path, name=step.name, on_bytes=advance, idempotency_key=key)
+        return client.upload_named(kb_id, file)
     except ApiProblem as problem:
         holder = problem.extra.get("document_id")
         if problem.status != 409 or problem.extra.get("status") != "deleting" or not holder:
             raise
         _wait_deleted(client, str(holder))
-        return client.upload_named(kb_id, step.local.path, name=step.name, on_bytes=_ignore_bytes, idempotency_key=key)
+        return client.upload_named(kb_id, replace(file, on_bytes=_ignore_bytes))
 
 
 def _live(client: Client, document_id: str) -> dict[str, Any] | None:
@@ -141,11 +142,7 @@ def carry_out_one(client: Client, kb_id: str, item: SyncItem, advance: Callable[
             # The active version is part of the key: content that comes back after a later change
             # (A -> B -> A -> B) is a new replacement, not the replay of the first one.
             key = idempotency_key(kb_id, step.remote.id, str(step.remote.content_version), step.local.sha256)
-            item.update(
-                client.replace_content(
-                    step.remote.id, step.local.path, name=step.name, on_bytes=advance, idempotency_key=key
-                )
-            )
+            item.update(client.replace_content(step.remote.id, SentFile(step.local.path, step.name, advance, key)))
         else:
             item.update(_upload(client, kb_id, step, advance))
     except ApiProblem as problem:
