@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from shared.migration_ddl import timestamp
 
 revision = "0003"
 down_revision = "0002"
@@ -16,9 +17,9 @@ def upgrade() -> None:
         "reconciler_state",
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("leader_id", sa.Text(), nullable=False),
-        sa.Column("leader_since", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("pass_started_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("pass_finished_at", sa.DateTime(timezone=True), nullable=True),
+        timestamp("leader_since", default_now=True),
+        timestamp("pass_started_at"),
+        timestamp("pass_finished_at"),
         sa.Column("passes", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column(
             "counts", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
@@ -28,8 +29,8 @@ def upgrade() -> None:
     op.create_table(
         "pipeline_alerts",
         sa.Column("code", sa.Text(), nullable=False),
-        sa.Column("since", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("last_seen_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        timestamp("since", default_now=True),
+        timestamp("last_seen_at", default_now=True),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_pipeline_alerts")),
     )
     op.create_index("ix_outbox_aggregate_created", "outbox", ["aggregate_id", "created_at"], unique=False)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from alembic import op
+from shared.migration_ddl import timestamp
 
 revision = "0004"
 down_revision = "0003"
 
 
 def upgrade() -> None:
-    op.add_column("knowledge_bases", sa.Column("last_dispatched_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("knowledge_bases", timestamp("last_dispatched_at"))
     op.create_table(
         "pipeline_samples",
-        sa.Column("at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        timestamp("at", default_now=True),
         sa.Column("queued", sa.Integer(), nullable=False),
         sa.Column("queued_due", sa.Integer(), nullable=False),
         sa.Column("processing", sa.Integer(), nullable=False),

@@ -11,11 +11,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from shared.migration_ddl import foreign_key, partial_index, timestamp
 
 revision = "0008"
 down_revision = "0007"
 
 LIVE_USER_DOC = "deleted_at IS NULL AND parent_id IS NULL"
+
+
+def _unique_names_and_contents_among(where: str) -> None:
+    """Rebuild the per-KB unique filename and sha256 indexes over the documents ``where`` matches."""
+    for name, column in (("uq_documents_live_filename", "filename"), ("uq_documents_live_sha256", "sha256")):
+        op.drop_index(name, table_name="documents")
+        partial_index(name, "documents", ["knowledge_base_id", column], where, unique=True)
 
 
 def upgrade() -> None:
@@ -38,15 +46,9 @@ def upgrade() -> None:
         "documents",
         "(parent_id IS NULL AND purpose IS NULL) OR (parent_id IS NOT NULL AND purpose IN ('replace', 'reindex'))",
     )
-    op.create_index(
-        "ix_documents_parent", "documents", ["parent_id"], postgresql_where=sa.text("parent_id IS NOT NULL")
-    )
+    partial_index("ix_documents_parent", "documents", ["parent_id"], "parent_id IS NOT NULL")
     # Build rows share their document's name and content: only user documents are unique per KB.
-    for name, column in (("uq_documents_live_filename", "filename"), ("uq_documents_live_sha256", "sha256")):
-        op.drop_index(name, table_name="documents", postgresql_where=sa.text("deleted_at IS NULL"))
-        op.create_index(
-            name, "documents", ["knowledge_base_id", column], unique=True, postgresql_where=sa.text(LIVE_USER_DOC)
-        )
+    _unique_names_and_contents_among(LIVE_USER_DOC)
     # A re-index build reads its document's file: object keys are no longer one per row.
     op.drop_constraint(op.f("uq_documents_object_key"), "documents", type_="unique")
     op.create_index(op.f("ix_documents_object_key"), "documents", ["object_key"])
@@ -63,26 +65,17 @@ def upgrade() -> None:
         sa.Column("embedding_model", sa.Text(), nullable=True),
         sa.Column("state", sa.Text(), nullable=False),
         sa.Column("total", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("activated_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        timestamp("created_at", default_now=True),
+        timestamp("activated_at"),
+        timestamp("finished_at"),
         sa.CheckConstraint(
             "state IN ('active', 'building', 'retired', 'cancelled')", name=op.f("ck_index_generations_state")
         ),
-        sa.ForeignKeyConstraint(
-            ["knowledge_base_id"],
-            ["knowledge_bases.id"],
-            name=op.f("fk_index_generations_knowledge_base_id_knowledge_bases"),
-            ondelete="CASCADE",
-        ),
+        foreign_key("index_generations", "knowledge_base_id", "knowledge_bases.id"),
         sa.PrimaryKeyConstraint("knowledge_base_id", "generation", name=op.f("pk_index_generations")),
     )
-    op.create_index(
-        "uq_index_generations_building",
-        "index_generations",
-        ["knowledge_base_id"],
-        unique=True,
-        postgresql_where=sa.text("state = 'building'"),
+    partial_index(
+        "uq_index_generations_building", "index_generations", ["knowledge_base_id"], "state = 'building'", unique=True
     )
     op.execute(
         "INSERT INTO index_generations (knowledge_base_id, generation, state, activated_at) "
@@ -101,18 +94,13 @@ def upgrade() -> None:
         sa.Column("status", sa.Text(), nullable=False),
         sa.Column("error", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("build_id", sa.Uuid(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("activated_at", sa.DateTime(timezone=True), nullable=True),
+        timestamp("created_at", default_now=True),
+        timestamp("activated_at"),
         sa.CheckConstraint(
             "status IN ('pending', 'active', 'failed', 'superseded', 'retained', 'purged')",
             name=op.f("ck_document_versions_status"),
         ),
-        sa.ForeignKeyConstraint(
-            ["document_id"],
-            ["documents.id"],
-            name=op.f("fk_document_versions_document_id_documents"),
-            ondelete="CASCADE",
-        ),
+        foreign_key("document_versions", "document_id", "documents.id"),
         sa.PrimaryKeyConstraint("document_id", "version", name=op.f("pk_document_versions")),
     )
     op.create_index(op.f("ix_document_versions_object_key"), "document_versions", ["object_key"])
@@ -138,16 +126,8 @@ def downgrade() -> None:
     op.execute("DELETE FROM documents WHERE parent_id IS NOT NULL")
     op.drop_index(op.f("ix_documents_object_key"), table_name="documents")
     op.create_unique_constraint(op.f("uq_documents_object_key"), "documents", ["object_key"])
-    for name, column in (("uq_documents_live_filename", "filename"), ("uq_documents_live_sha256", "sha256")):
-        op.drop_index(name, table_name="documents", postgresql_where=sa.text(LIVE_USER_DOC))
-        op.create_index(
-            name,
-            "documents",
-            ["knowledge_base_id", column],
-            unique=True,
-            postgresql_where=sa.text("deleted_at IS NULL"),
-        )
-    op.drop_index("ix_documents_parent", table_name="documents", postgresql_where=sa.text("parent_id IS NOT NULL"))
+    _unique_names_and_contents_among("deleted_at IS NULL")
+    op.drop_index("ix_documents_parent", table_name="documents")
     op.drop_constraint(op.f("ck_documents_purpose"), "documents", type_="check")
     op.drop_constraint(op.f("fk_documents_served_by_documents"), "documents", type_="foreignkey")
     op.drop_constraint(op.f("fk_documents_parent_id_documents"), "documents", type_="foreignkey")

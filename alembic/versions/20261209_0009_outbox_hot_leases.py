@@ -8,16 +8,15 @@ row versions: a claim touches no index at all (see docs/benchmarks.md, Relay).
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from alembic import op
+from shared.migration_ddl import timestamp
 
 revision = "0009"
 down_revision = "0008"
 
 
 def upgrade() -> None:
-    op.add_column("outbox", sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("outbox", timestamp("leased_until"))
     # Applies to pages filled from now on; existing rows keep their pages (a claim of them is not HOT).
     op.execute("ALTER TABLE outbox SET (fillfactor = 50)")
 
