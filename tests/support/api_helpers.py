@@ -36,6 +36,23 @@ async def upload(
     )
 
 
+async def upload_created(
+    api: httpx.AsyncClient, kb_id: str, filename: str, content: bytes, *, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """``upload`` that must be accepted: the 201 answer."""
+    response = await upload(api, kb_id, filename, content, headers=headers)
+    assert response.status_code == 201, response.text
+    return response
+
+
+async def upload_documents(api: httpx.AsyncClient, kb_id: str, count: int) -> list[str]:
+    """``count`` small text documents of distinct content, uploaded one after another: their ids, oldest first."""
+    return [
+        (await upload_created(api, kb_id, f"doc-{i}.txt", f"document number {i}".encode())).json()["id"]
+        for i in range(count)
+    ]
+
+
 async def fetch_all(settings: Settings, sql: str, **params: Any) -> list[dict[str, Any]]:
     """One raw statement on a connection of its own (``pipeline_helpers.fetch``: rows, or [] without rows)."""
     db = open_db(settings, max_connections=1)

@@ -7,12 +7,12 @@ from pathlib import Path
 import httpx
 
 from shared.settings import Settings
-from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload
+from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload, upload_documents
 
 
 async def test_list_is_newest_first_with_cursor_paging_and_status_filter(api: httpx.AsyncClient) -> None:
     kb = await create_kb(api)
-    ids = [(await upload(api, kb, f"doc-{i}.txt", f"document number {i}".encode())).json()["id"] for i in range(5)]
+    ids = await upload_documents(api, kb, 5)
     seen: list[str] = []
     cursor = None
     while True:

@@ -7,7 +7,7 @@ from prometheus_client import generate_latest
 
 from shared.db import Database
 from shared.settings import Settings
-from tests.support.api_helpers import create_kb, upload
+from tests.support.api_helpers import create_kb, upload, upload_documents
 from tests.support.pipeline_helpers import alert_codes, claim, execute, fetch, register_processor
 from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
@@ -23,10 +23,7 @@ async def test_report_counts_outbox_processors_reconciler(
     api: httpx.AsyncClient, db: Database, make_reconciler: ReconcilerFactory
 ) -> None:
     kb = await create_kb(api)
-    ids = [
-        (await upload(api, kb, f"f{i}.txt", f"content {i}".encode(), content_type="text/plain")).json()["id"]
-        for i in range(3)
-    ]
+    ids = await upload_documents(api, kb, 3)
     processor = await register_processor(db, ready=True)
     await claim(db, ids[0], owner=processor)
     await execute(db, "UPDATE documents SET stage = 'extracting' WHERE id = :id", id=ids[0])

@@ -11,7 +11,7 @@ from services.api.app import create_app
 from shared import lifecycle
 from shared.settings import Settings
 from shared.state_notices import KnowledgeBaseNotice
-from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload
+from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, upload, upload_documents
 from tests.support.pipeline_helpers import claim, execute, fetch, fetch_one, open_db
 
 
@@ -132,8 +132,7 @@ async def test_uploads_racing_a_reindex_start_are_each_built_exactly_once(
     api: httpx.AsyncClient, settings: Settings
 ) -> None:
     kb = await create_kb(api)
-    for n in range(3):
-        assert (await upload(api, kb, f"before-{n}.txt", f"before {n}".encode())).status_code == 201
+    await upload_documents(api, kb, 3)
     racing = [upload(api, kb, f"racing-{n}.txt", f"racing {n}".encode()) for n in range(12)]
     results = await asyncio.gather(api.post(f"/v1/knowledge-bases/{kb}/reindex"), *racing)
     assert [r.status_code for r in results] == [202] + [201] * 12
@@ -152,8 +151,7 @@ async def test_uploads_racing_the_switch_land_in_the_generation_search_will_use(
     api: httpx.AsyncClient, settings: Settings
 ) -> None:
     kb = await create_kb(api)
-    for n in range(3):
-        assert (await upload(api, kb, f"before-{n}.txt", f"before {n}".encode())).status_code == 201
+    await upload_documents(api, kb, 3)
     db = open_db(settings)
     try:
         await execute(db, "UPDATE documents SET status = 'ready' WHERE knowledge_base_id = :kb", kb=kb)

@@ -10,7 +10,7 @@ import httpx
 from prometheus_client import generate_latest
 
 from shared.db import Database
-from tests.support.api_helpers import create_kb, upload
+from tests.support.api_helpers import create_kb, upload_documents
 from tests.support.pipeline_helpers import alert_codes, claim, execute, fetch, register_processor
 from tests.support.poll import eventually
 from tests.support.reconcilers import ReconcilerFactory
@@ -20,10 +20,7 @@ async def test_seed_000_queued_documents_and_no_worker_raise_no_processor(
     api: httpx.AsyncClient, db: Database, make_reconciler: ReconcilerFactory
 ) -> None:
     kb = await create_kb(api)
-    ids = [
-        (await upload(api, kb, f"doc{i}.md", f"# Doc {i}\n".encode(), content_type="text/markdown")).json()["id"]
-        for i in range(6)
-    ]
+    ids = await upload_documents(api, kb, 6)
     # What the seed found: some documents left in "processing" by a worker that then went away.
     for doc in ids[:2]:
         await claim(db, doc, owner="worker-that-died")
