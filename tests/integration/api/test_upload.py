@@ -11,15 +11,14 @@ import pytest
 
 from shared.events import event_schema
 from shared.settings import Settings
-from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload
+from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload, upload_created
 
 TEXT = b"Kbingest stores every upload exactly once.\n" * 20
 
 
 async def test_upload_commits_row_event_and_object(api: httpx.AsyncClient, settings: Settings) -> None:
     kb = await create_kb(api)
-    response = await upload(api, kb, "notes.txt", TEXT)
-    assert response.status_code == 201, response.text
+    response = await upload_created(api, kb, "notes.txt", TEXT)
     doc = response.json()
     assert response.headers["location"] == f"/v1/documents/{doc['id']}"
     assert doc["status"] == "queued" and doc["attempts"] == 0 and doc["error"] is None
@@ -73,9 +72,8 @@ async def test_media_type_detected_from_real_files(
     api: httpx.AsyncClient, corpus: Path, path: str, media_type: str
 ) -> None:
     kb = await create_kb(api)
-    response = await upload(api, kb, Path(path).name, (corpus / path).read_bytes())
-    assert response.status_code == 201, response.text
-    assert response.json()["media_type"] == media_type
+    doc = (await upload_created(api, kb, Path(path).name, (corpus / path).read_bytes())).json()
+    assert doc["media_type"] == media_type
 
 
 async def test_pdf_renamed_to_txt_is_still_a_pdf(api: httpx.AsyncClient, corpus: Path) -> None:
@@ -135,9 +133,7 @@ async def test_path_traversal_filenames_are_sanitized(
     api: httpx.AsyncClient, settings: Settings, raw: str, expected: str
 ) -> None:
     kb = await create_kb(api)
-    response = await upload(api, kb, raw, TEXT + hashlib.sha256(raw.encode()).hexdigest().encode())
-    assert response.status_code == 201, response.text
-    doc = response.json()
+    doc = (await upload_created(api, kb, raw, TEXT + hashlib.sha256(raw.encode()).hexdigest().encode())).json()
     assert doc["filename"] == expected
     assert await object_keys(settings) == [f"kb/{kb}/{doc['id']}"]
 
