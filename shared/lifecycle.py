@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, assert_never
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -427,6 +427,14 @@ def _error_json(error: DocumentError | None) -> str | None:
     return json.dumps(error.to_json()) if error is not None else None
 
 
+async def _fenced(
+    conn: AsyncConnection, statement: TextClause, document_id: uuid.UUID, epoch: int, **params: object
+) -> RowMapping | None:
+    """Run a transition fenced by the lease epoch: the updated row, or None when that lease is no longer held."""
+    bound = {"id": document_id, "epoch": epoch, **params}
+    return (await conn.execute(statement, bound)).mappings().one_or_none()
+
+
 async def create_document(conn: AsyncConnection, *, values: dict[str, Any], source: str = "kbingest/api") -> RowMapping:
     """Insert a queued document and its ``document.uploaded`` event (IntegrityError on duplicate)."""
     row = (await conn.execute(INSERT_DOCUMENT, values)).mappings().one()
@@ -479,11 +487,7 @@ async def advance_stage(
     conn: AsyncConnection, lease: Lease, stage: Stage, *, source: str = "kbingest/processor"
 ) -> bool:
     """Enter ``stage`` and emit ``document.stage_changed``; False means the lease was lost."""
-    row = (
-        (await conn.execute(ADVANCE_STAGE, {"id": lease.document_id, "epoch": lease.epoch, "stage": stage}))
-        .mappings()
-        .one_or_none()
-    )
+    row = await _fenced(conn, ADVANCE_STAGE, lease.document_id, lease.epoch, stage=stage)
     if row is None:
         return False
     await _emit(conn, row, "document.stage_changed", source)
@@ -522,11 +526,7 @@ async def mark_ready(
         await conn.execute(LOCK_DOCUMENT, {"id": parent_id})
         if lease.row.get("purpose") == "replace":
             await _refuse_duplicate(conn, lease.row)
-    row = (
-        (await conn.execute(MARK_READY, {"id": lease.document_id, "epoch": lease.epoch, "chunk_count": chunk_count}))
-        .mappings()
-        .one_or_none()
-    )
+    row = await _fenced(conn, MARK_READY, lease.document_id, lease.epoch, chunk_count=chunk_count)
     if row is None:
         return None
     await _close_attempt(conn, lease.document_id, lease.epoch, "ready", None, None)
@@ -613,32 +613,12 @@ async def fail_or_retry(
             cause=error,
         )
     if error.retryable and not out_of_attempts:
-        updated = (
-            (
-                await conn.execute(
-                    REQUEUE_HELD,
-                    {
-                        "id": lease.document_id,
-                        "epoch": lease.epoch,
-                        "error": _error_json(error),
-                        "delay_s": retry_delay_s,
-                    },
-                )
-            )
-            .mappings()
-            .one_or_none()
+        updated = await _fenced(
+            conn, REQUEUE_HELD, lease.document_id, lease.epoch, error=_error_json(error), delay_s=retry_delay_s
         )
         outcome: Outcome = "retry_scheduled"
     else:
-        updated = (
-            (
-                await conn.execute(
-                    MARK_FAILED, {"id": lease.document_id, "epoch": lease.epoch, "error": _error_json(final)}
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
+        updated = await _fenced(conn, MARK_FAILED, lease.document_id, lease.epoch, error=_error_json(final))
         outcome = "failed"
     if updated is None:
         return "lease_lost"
@@ -657,15 +637,7 @@ async def hand_back(
     conn: AsyncConnection, lease: Lease, *, stage: str | None, source: str = "kbingest/processor"
 ) -> bool:
     """Give the document back at once (shutdown): queued, not counted as a failure."""
-    updated = (
-        (
-            await conn.execute(
-                REQUEUE_HELD, {"id": lease.document_id, "epoch": lease.epoch, "error": None, "delay_s": 0.0}
-            )
-        )
-        .mappings()
-        .one_or_none()
-    )
+    updated = await _fenced(conn, REQUEUE_HELD, lease.document_id, lease.epoch, error=None, delay_s=0.0)
     if updated is None:
         return False
     await conn.execute(
@@ -719,11 +691,7 @@ async def rescue(
             f"gave up after {current['attempts']} attempts: {stalled.message}",
             cause=stalled,
         )
-    row = (
-        (await conn.execute(statement, {"id": document_id, "epoch": epoch, "error": _error_json(final), **params}))
-        .mappings()
-        .one_or_none()
-    )
+    row = await _fenced(conn, statement, document_id, epoch, error=_error_json(final), **params)
     if row is None:
         return "skipped"
     await _close_attempt(conn, document_id, epoch, "stalled", None, stalled)
@@ -759,11 +727,7 @@ async def fail_object_missing(
 ) -> bool:
     """Fail a queued/processing document whose stored object vanished (``object_missing``, permanent)."""
     error = DocumentError(ErrorCode.OBJECT_MISSING, f"the stored original {key!r} no longer exists")
-    row = (
-        (await conn.execute(FAIL_OBJECT_MISSING, {"id": document_id, "epoch": epoch, "error": _error_json(error)}))
-        .mappings()
-        .one_or_none()
-    )
+    row = await _fenced(conn, FAIL_OBJECT_MISSING, document_id, epoch, error=_error_json(error))
     if row is None:
         return False
     await _close_attempt(conn, document_id, epoch, "failed", None, error)
