@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import APIRouter, status
@@ -50,19 +52,28 @@ async def start_reindex(conn: AsyncConnection, settings: Settings, kb_id: uuid.U
         ) from exc
 
 
-async def _active(conn: AsyncConnection, settings: Settings, kb_id: uuid.UUID) -> IndexSettings:
+async def active_index(conn: AsyncConnection, settings: Settings, kb_id: uuid.UUID) -> IndexSettings:
+    """The KB's active index settings; 404 when the KB does not exist or is being deleted."""
     current = await generations.active_settings(conn, kb_id, settings)
     if current is None or await queries.get_kb(conn, kb_id) is None:
         raise ApiError(404, "not_found", "knowledge base not found")
     return current
 
 
+@asynccontextmanager
+async def _indexed_kb(
+    state: StateDep, key: CurrentKey, kb_id: uuid.UUID
+) -> AsyncIterator[tuple[AsyncConnection, IndexSettings]]:
+    """A transaction on a KB the key may use, with its active index settings (what each route here starts from)."""
+    require_kb_access(key, kb_id)
+    async with state.db.transaction() as conn:
+        yield conn, await active_index(conn, state.settings, kb_id)
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=RESPONSES)
 async def reindex(kb_id: uuid.UUID, key: CurrentKey, state: StateDep, body: ReindexRequest | None = None) -> Accepted:
     """Build generation g+1 (unset settings: the active ones) in the background; search keeps serving g."""
-    require_kb_access(key, kb_id)
-    async with state.db.transaction() as conn:
-        current = await _active(conn, state.settings, kb_id)
+    async with _indexed_kb(state, key, kb_id) as (conn, current):
         changes = body.model_dump(exclude_none=True) if body is not None else {}
         wanted = valid_settings(dataclasses.replace(current, **changes))
         await start_reindex(conn, state.settings, kb_id, wanted)
@@ -72,9 +83,7 @@ async def reindex(kb_id: uuid.UUID, key: CurrentKey, state: StateDep, body: Rein
 @router.post("/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=RESPONSES)
 async def cancel(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> Accepted:
     """Drop the building generation; its builds and points are purged in the background."""
-    require_kb_access(key, kb_id)
-    async with state.db.transaction() as conn:
-        await _active(conn, state.settings, kb_id)
+    async with _indexed_kb(state, key, kb_id) as (conn, _):
         if await generations.cancel(conn, kb_id) is None:
             raise ApiError(409, "no_reindex_in_progress", "no re-index of this knowledge base is running")
     return Accepted(id=kb_id, status="cancelled")
@@ -83,9 +92,7 @@ async def cancel(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> Accepted
 @router.post("/rollback", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=RESPONSES)
 async def rollback(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> Accepted:
     """Serve the previous (retired) generation again, switching every document back in one transaction."""
-    require_kb_access(key, kb_id)
-    async with state.db.transaction() as conn:
-        await _active(conn, state.settings, kb_id)
+    async with _indexed_kb(state, key, kb_id) as (conn, _):
         try:
             plan = await generations.rollback_plan(conn, kb_id)
         except generations.RollbackIncomplete as exc:

@@ -8,10 +8,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from services.api import queries
 from services.api.deps import CurrentKey, StateDep, require_kb_access
+from services.api.routes.reindex import active_index
 from services.api.routes.responses import error_responses
-from shared import generations
 from shared.errors import ApiError, ErrorCode, ProcessingError
 from shared.vectorstore import IndexTag
 
@@ -59,9 +58,7 @@ async def search(kb_id: uuid.UUID, body: SearchRequest, key: CurrentKey, state: 
     """
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
-        index = await generations.active_settings(conn, kb_id, state.settings)
-        if index is None or await queries.get_kb(conn, kb_id) is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+        index = await active_index(conn, state.settings, kb_id)
     try:
         vector = await state.embedders.get(index.embedding_model).embed_query(body.query)
         tag = IndexTag(index.generation, index.embedding_model)
