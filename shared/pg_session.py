@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -50,35 +51,23 @@ def _connection_error(exc: BaseException) -> bool:
     return isinstance(exc, ASYNCPG_CONNECTION_ERRORS)
 
 
+@dataclass(kw_only=True, eq=False)
 class KeptSession:
     """``run()`` keeps a session open until stopped; ``is_open`` is true while one is up and ``on_open`` succeeded."""
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        name: str,
-        server_settings: dict[str, str],
-        on_open: OnOpen,
-        ping_interval_s: float,
-        ping_timeout_s: float = 5.0,
-        reconnect_base_s: float = 0.2,
-        reconnect_max_s: float = 5.0,
-        retryable: Callable[[BaseException], bool] = _connection_error,
-    ) -> None:
-        self._dsn = dsn
-        self.name = name
-        self._server_settings = server_settings
-        self._on_open = on_open
-        self._ping_interval_s = ping_interval_s
-        self._ping_timeout_s = ping_timeout_s
-        self._reconnect_base_s = reconnect_base_s
-        self._reconnect_max_s = reconnect_max_s
-        self._retryable = retryable
-        self._opened = asyncio.Event()
-        self._failures = 0
-        self.opens = 0
-        self.last_error: str | None = None
+    dsn: str = field(kw_only=False, repr=False)  # it carries the password
+    name: str
+    server_settings: dict[str, str]
+    on_open: OnOpen
+    ping_interval_s: float
+    ping_timeout_s: float = 5.0
+    reconnect_base_s: float = 0.2
+    reconnect_max_s: float = 5.0
+    retryable: Callable[[BaseException], bool] = _connection_error
+    opens: int = field(default=0, init=False)
+    last_error: str | None = field(default=None, init=False)
+    _opened: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _failures: int = field(default=0, init=False, repr=False)
 
     @property
     def is_open(self) -> bool:
@@ -96,20 +85,20 @@ class KeptSession:
             except Exception as exc:
                 # Kept for /readyz even when fatal: why the session is down is what an operator asks first.
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                if not (isinstance(exc, SessionLost) or self._retryable(exc)):
+                if not (isinstance(exc, SessionLost) or self.retryable(exc)):
                     raise
                 self._failures += 1
                 log.warning("pg_session.lost", session=self.name, error=self.last_error, failures=self._failures)
-            delay = backoff_s(self._failures, base_s=self._reconnect_base_s, max_s=self._reconnect_max_s)
+            delay = backoff_s(self._failures, base_s=self.reconnect_base_s, max_s=self.reconnect_max_s)
             with contextlib.suppress(TimeoutError):
                 await wait_for(stop.wait(), delay)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings)
+        conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self.server_settings)
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
-            await wait_for(self._on_open(conn), self._ping_timeout_s)
+            await wait_for(self.on_open(conn), self.ping_timeout_s)
             self._failures, self.last_error = 0, None
             self.opens += 1
             self._opened.set()
@@ -123,14 +112,14 @@ class KeptSession:
         while not stop.is_set():
             waiters = {asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stop.wait())}
             try:
-                await asyncio.wait(waiters, timeout=self._ping_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=self.ping_interval_s, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
             if lost.is_set() or conn.is_closed():
                 raise SessionLost("the server closed the session")
             if not stop.is_set():
-                await wait_for(conn.execute("SELECT 1"), self._ping_timeout_s)
+                await wait_for(conn.execute("SELECT 1"), self.ping_timeout_s)
 
 
 async def close_session(conn: Any) -> None:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from services.processor import receiver
+from services.processor.deps import ProcessorDeps
 from services.processor.extraction.sandbox import extract, warm_up
 from services.processor.metrics import ProcessorMetrics
 from services.processor.presence import Presence
@@ -54,45 +55,26 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = worker_database(settings.database_url, service="processor", max_connections=settings.db_max_connections)
-        # Heartbeats get their own connection so busy work can never starve them.
-        heartbeat_db = worker_database(settings.database_url, service="processor.heartbeat", max_connections=1)
-        store = ObjectStore.from_settings(settings)
+        deps = ProcessorDeps(
+            settings=settings,
+            db=worker_database(settings.database_url, service="processor", max_connections=settings.db_max_connections),
+            heartbeat_db=worker_database(settings.database_url, service="processor.heartbeat", max_connections=1),
+            store=ObjectStore.from_settings(settings),
+            vectors=vectors or vector_store_for(settings, role="processor"),
+            metrics=ProcessorMetrics(registry, settings.processor_concurrency),
+        )
         embedder = Embedder(settings)
-        store_for_vectors = vectors or vector_store_for(settings, role="processor")
-        metrics = ProcessorMetrics(registry, settings.processor_concurrency)
         pid = processor_id or new_processor_id()
         pipeline = Pipeline(
-            settings=settings,
-            db=db,
-            store=store,
-            embedders=Embedders(settings, embedder),
-            vectors=store_for_vectors,
-            extract=extractor or default_extractor(settings),
-            metrics=metrics,
+            deps=deps, embedders=Embedders(settings, embedder), extract=extractor or default_extractor(settings)
         )
         presence = Presence(settings.database_url, pid)
-        worker = Worker(
-            settings=settings,
-            db=db,
-            heartbeat_db=heartbeat_db,
-            pipeline=pipeline,
-            store=store,
-            vectors=store_for_vectors,
-            processor_id=pid,
-            metrics=metrics,
-            may_claim=lambda: presence.held,
-        )
+        worker = Worker(deps=deps, pipeline=pipeline, processor_id=pid, may_claim=lambda: presence.held)
         state = ProcessorState(
-            settings=settings,
-            db=db,
-            heartbeat_db=heartbeat_db,
-            store=store,
+            deps=deps,
             embedder=embedder,
-            vectors=store_for_vectors,
             worker=worker,
-            registry=Registry(db, pid, settings.processor_concurrency),
-            metrics=metrics,
+            registry=Registry(deps.db, pid, settings.processor_concurrency),
             warm_up=extractor_warm_up or warm_up,
             presence=presence,
         )
@@ -119,9 +101,9 @@ def create_app(
                 except Exception as exc:  # shutting down anyway; the row then ages out
                     log.warning("processor.mark_stopped_failed", error=str(exc))
             if vectors is None:  # only close what this app created
-                await store_for_vectors.close()
-            await db.dispose()
-            await heartbeat_db.dispose()
+                await deps.vectors.close()
+            await deps.db.dispose()
+            await deps.heartbeat_db.dispose()
             log.info("processor.stopped", processor_id=pid)
 
     app = FastAPI(title="kbingest processor", version="0.1.0", lifespan=lifespan)

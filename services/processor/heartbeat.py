@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import structlog
@@ -45,43 +46,35 @@ def failure_kind(exc: BaseException) -> FailureKind:
     return "error"
 
 
+@dataclass(kw_only=True, eq=False)
 class Heartbeat:
     """Renews ``lease`` on its own connection budget; flags and cancels the work on loss or a hard error."""
 
-    def __init__(
-        self,
-        db: Database,
-        lease: Lease,
-        *,
-        interval_s: float,
-        work: asyncio.Task[object],
-        failures: Counter | None = None,
-    ) -> None:
-        self._db = db
-        self._lease = lease
-        self._interval_s = interval_s
-        self._work = work
-        self._failures = failures
-        self._stop = asyncio.Event()
-        self.lost = False
-        self.error: str | None = None
-        self.beats = 0
+    db: Database
+    lease: Lease
+    interval_s: float
+    work: asyncio.Task[object]
+    failures: Counter | None = None
+    lost: bool = field(default=False, init=False)
+    error: str | None = field(default=None, init=False)
+    beats: int = field(default=0, init=False)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     async def run(self) -> None:
-        bound = log.bind(document_id=str(self._lease.document_id), epoch=self._lease.epoch)
+        bound = log.bind(document_id=str(self.lease.document_id), epoch=self.lease.epoch)
         while True:
             try:
-                await wait_for(self._stop.wait(), self._interval_s)
+                await wait_for(self._stop.wait(), self.interval_s)
                 return
             except TimeoutError:
                 pass
             try:
-                async with self._db.transaction() as conn:
-                    alive = await heartbeat(conn, self._lease)
+                async with self.db.transaction() as conn:
+                    alive = await heartbeat(conn, self.lease)
             except Exception as exc:  # classified below: retried, or the attempt stops; never a silent end
                 kind = failure_kind(exc)
-                if self._failures is not None:
-                    self._failures.labels(kind).inc()
+                if self.failures is not None:
+                    self.failures.labels(kind).inc()
                 error = f"{type(exc).__name__}: {exc}"[:500]
                 if kind != "error":
                     # Not proof the lease is gone. If it lasts past STALE_AFTER the reconciler rescues the
@@ -90,13 +83,13 @@ class Heartbeat:
                     continue
                 self.error = error
                 bound.error("heartbeat.error", kind=kind, error=error, exc_info=exc)
-                self._work.cancel()
+                self.work.cancel()
                 return
             self.beats += 1
             if not alive:
                 self.lost = True
                 bound.warning("lease.lost")
-                self._work.cancel()
+                self.work.cancel()
                 return
 
     def stop(self) -> None:
@@ -104,17 +97,9 @@ class Heartbeat:
 
 
 @asynccontextmanager
-async def heartbeating(
-    db: Database,
-    lease: Lease,
-    *,
-    interval_s: float,
-    work: asyncio.Task[object],
-    failures: Counter | None = None,
-) -> AsyncIterator[Heartbeat]:
-    """Heartbeat for as long as the block runs; stops last, after the work ended."""
-    beat = Heartbeat(db, lease, interval_s=interval_s, work=work, failures=failures)
-    task = asyncio.create_task(beat.run(), name=f"heartbeat:{lease.document_id}")
+async def heartbeating(beat: Heartbeat) -> AsyncIterator[Heartbeat]:
+    """Run ``beat`` for as long as the block runs; it stops last, after the work ended."""
+    task = asyncio.create_task(beat.run(), name=f"heartbeat:{beat.lease.document_id}")
     try:
         yield beat
     finally:

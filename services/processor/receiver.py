@@ -40,12 +40,12 @@ async def receive_event(request: Request) -> JSONResponse:
     state: ProcessorState = request.app.state.processor
     body = await request.body()
     try:
-        verify(state.settings.relay_secret.get_secret_value(), request.headers, body)
+        verify(state.deps.settings.relay_secret.get_secret_value(), request.headers, body)
     except SignatureError as exc:
-        state.metrics.events.labels("unauthorized").inc()
+        state.deps.metrics.events.labels("unauthorized").inc()
         return JSONResponse({"error": {"code": "invalid_signature", "message": str(exc)}}, status_code=401)
     if not state.ready or not state.worker.accepting:
-        state.metrics.events.labels("not_ready").inc()
+        state.deps.metrics.events.labels("not_ready").inc()
         return JSONResponse(
             {"error": {"code": "not_ready", "message": state.not_ready_reason()}},
             status_code=503,
@@ -60,30 +60,30 @@ async def receive_event(request: Request) -> JSONResponse:
     if event_type == KB_DELETED_TYPE:
         return await _purge_knowledge_base(state, event, bound)
     if document_id is None or (event_type not in WORK_EVENT_TYPES and event_type not in DELETE_TYPES):
-        state.metrics.events.labels("ignored").inc()
+        state.deps.metrics.events.labels("ignored").inc()
         return _answer(200, "ignored")
     if event_type in DELETE_TYPES:
         try:
             result = await state.purge(event_id, event_type, document_id)
         except PurgeFailed as exc:
             return _purge_failed(state, exc, bound)
-        state.metrics.events.labels(result).inc()
+        state.deps.metrics.events.labels(result).inc()
         bound.info("event.delete", result=result)
         return _answer(200, result)
     outcome = await state.worker.note(event_id=event_id, event_type=event_type, document_id=document_id)
-    state.metrics.events.labels(outcome).inc()
+    state.deps.metrics.events.labels(outcome).inc()
     bound.info("event.received", result=outcome)
     return _answer(202 if outcome == "accepted" else 200, outcome)
 
 
 def _malformed(state: ProcessorState, exc: Exception) -> JSONResponse:
-    state.metrics.events.labels("malformed").inc()
+    state.deps.metrics.events.labels("malformed").inc()
     return JSONResponse({"error": {"code": "malformed_event", "message": str(exc)}}, status_code=400)
 
 
 def _purge_failed(state: ProcessorState, exc: PurgeFailed, bound: structlog.BoundLogger) -> JSONResponse:
     # Nothing was recorded: the relay's retry of this very event purges again.
-    state.metrics.events.labels("purge_failed").inc()
+    state.deps.metrics.events.labels("purge_failed").inc()
     bound.warning("event.delete_failed", code=exc.code, error=exc.message[:300])
     return JSONResponse(
         {"error": {"code": exc.code, "message": f"purge not done, retry later: {exc.message}"}},
@@ -99,9 +99,9 @@ async def _purge_knowledge_base(
     if kb_id is None:
         return _malformed(state, ValueError("knowledge_base.deleted without data.knowledge_base_id"))
     try:
-        result = await purge_knowledge_base(state.db, state.vectors, event_id=event.id, kb_id=kb_id)
+        result = await purge_knowledge_base(state.deps.db, state.deps.vectors, event_id=event.id, kb_id=kb_id)
     except PurgeFailed as exc:
         return _purge_failed(state, exc, bound)
-    state.metrics.events.labels(result).inc()
+    state.deps.metrics.events.labels(result).inc()
     bound.info("event.knowledge_base_deleted", knowledge_base_id=str(kb_id), result=result)
     return _answer(200, result)

@@ -20,18 +20,16 @@ from typing import Final, TypeVar, assert_never
 import structlog
 
 from services.processor.chunking import Chunk, chunk_elements
+from services.processor.deps import ProcessorDeps
 from services.processor.extraction.elements import Element
 from services.processor.fence import LeaseCheck, take_back
 from services.processor.heartbeat import LeaseLost
-from services.processor.metrics import ProcessorMetrics
-from shared.db import Database
 from shared.embedders import Embedders
 from shared.errors import ErrorCode, ProcessingError
 from shared.generations import IndexSettings, settings_of_row
 from shared.lifecycle import Lease
-from shared.settings import Settings
-from shared.storage import ObjectMissing, ObjectStore, StorageUnavailable
-from shared.vectorstore import IndexTag, VectorStore
+from shared.storage import ObjectMissing, StorageUnavailable
+from shared.vectorstore import IndexTag
 from shared.vocabulary import Stage
 
 T = TypeVar("T")
@@ -109,31 +107,17 @@ class Progress:
         return f"{self.done} of {self.total} done"
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Pipeline:
     """Runs the stages for a leased document; raises ProcessingError with the failure's code."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        db: Database,
-        store: ObjectStore,
-        embedders: Embedders,
-        vectors: VectorStore,
-        extract: ExtractFn,
-        metrics: ProcessorMetrics,
-    ) -> None:
-        self._settings = settings
-        self._db = db
-        self._store = store
-        self._embedders = embedders
-        self._vectors = vectors
-        self._extract = extract
-        self._metrics = metrics
+    deps: ProcessorDeps
+    embedders: Embedders
+    extract: ExtractFn
 
     async def _stage(self, stage: Stage, work: Awaitable[T], progress: Progress | None = None) -> T:
         """Run ``work`` under the stage's timeout; with ``progress``, the timeout restarts at each step."""
-        timeout_s = self._settings.stage_timeout_s(stage)
+        timeout_s = self.deps.settings.stage_timeout_s(stage)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s) as deadline:
@@ -147,11 +131,11 @@ class Pipeline:
                 message = f"{stage} took longer than {timeout_s:g}s"
             raise ProcessingError(timeout_code(stage), message) from exc
         finally:
-            self._metrics.stage_duration.labels(stage).observe(time.perf_counter() - started)
+            self.deps.metrics.stage_duration.labels(stage).observe(time.perf_counter() - started)
 
     async def run(self, lease: Lease, enter: EnterStage, confirm: ConfirmLease) -> Outcome:
         """Every stage, under the attempt's watchdog; a cut attempt fails with ``stage_timeout``."""
-        limit_s = self._settings.attempt_timeout()
+        limit_s = self.deps.settings.attempt_timeout()
         current: list[Stage | None] = [None]
 
         async def entering(stage: Stage) -> None:
@@ -165,7 +149,7 @@ class Pipeline:
             if not watchdog.expired():
                 raise
             stage = current[0]
-            self._metrics.attempt_timeouts.labels(stage or "none").inc()
+            self.deps.metrics.attempt_timeouts.labels(stage or "none").inc()
             log.error("document.attempt_timeout", stage=stage, limit_s=limit_s)
             raise ProcessingError(
                 ErrorCode.STAGE_TIMEOUT,
@@ -177,15 +161,15 @@ class Pipeline:
     ) -> Outcome:
         row = lease.row
         # The row's index generation says how to chunk and which model embeds (one query per attempt).
-        async with self._db.transaction() as conn:
-            index = await settings_of_row(conn, lease.document_id, self._settings)
+        async with self.deps.db.transaction() as conn:
+            index = await settings_of_row(conn, lease.document_id, self.deps.settings)
         with tempfile.TemporaryDirectory(prefix="kbingest-doc-") as tmp:
             path = Path(tmp) / "original"
             await enter("downloading")
             await self._stage("downloading", self._download(row["object_key"], path))
 
             await enter("extracting")
-            elements = await self._stage("extracting", self._extract(str(path), row["media_type"]))
+            elements = await self._stage("extracting", self.extract(str(path), row["media_type"]))
 
         await enter("chunking")
         chunks = await self._stage("chunking", in_daemon_thread(chunker(index), elements))
@@ -197,7 +181,7 @@ class Pipeline:
         # embedding timeout is therefore a progress deadline (per batch), not a bound on the total.
         progress = Progress("embedding", total=len(chunks), watchdog=watchdog, watchdog_s=limit_s)
         texts = [c.text for c in chunks]
-        embedder = self._embedders.get(index.embedding_model)
+        embedder = self.embedders.get(index.embedding_model)
         vectors = await self._stage("embedding", embedder.embed_documents(texts, progress.step), progress)
 
         await enter("indexing")
@@ -206,7 +190,7 @@ class Pipeline:
 
     async def _download(self, key: str, path: Path) -> None:
         try:
-            await self._store.get_to_file(key, path)
+            await self.deps.store.get_to_file(key, path)
         except ObjectMissing as exc:
             raise ProcessingError(ErrorCode.OBJECT_MISSING, f"the stored file {key} is missing") from exc
         except StorageUnavailable as exc:
@@ -223,9 +207,9 @@ class Pipeline:
         row = lease.row
         dim = len(vectors[0])
         tag = IndexTag(index.generation, index.embedding_model, index.fingerprint(dim))
-        await self._vectors.ensure_collection(dim, model=index.embedding_model)
+        await self.deps.vectors.ensure_collection(dim, model=index.embedding_model)
         write = asyncio.ensure_future(
-            self._vectors.upsert_chunks(
+            self.deps.vectors.upsert_chunks(
                 document_id=lease.document_id,
                 kb_id=row["knowledge_base_id"],
                 version=lease.version,
@@ -237,7 +221,7 @@ class Pipeline:
         )
         await self._fenced_write(lease, write, confirm)
         # Only older versions: a newer holder's points (if our lease was taken meanwhile) must survive.
-        await self._vectors.delete_older_versions(lease.document_id, lease.version)
+        await self.deps.vectors.delete_older_versions(lease.document_id, lease.version)
 
     async def _fenced_write(self, lease: Lease, write: asyncio.Future[int], confirm: ConfirmLease) -> None:
         """Wait for a vector write, then prove the lease outlived it; if it did not, take the write back."""
@@ -259,7 +243,7 @@ class Pipeline:
     async def _held_or_taken_back(self, lease: Lease, confirm: ConfirmLease) -> bool:
         check = await confirm()
         if not check.held:
-            await take_back(self._vectors, lease, check)
+            await take_back(self.deps.vectors, lease, check)
         return check.held
 
     async def _take_back_if_lost(self, lease: Lease, confirm: ConfirmLease) -> None:
@@ -270,7 +254,7 @@ class Pipeline:
             log.error("document.take_back_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _settle(self, write: asyncio.Future[int]) -> None:
-        settle_s = self._settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S
+        settle_s = self.deps.settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S
         done, _ = await asyncio.wait({write}, timeout=settle_s)
         if not done:
             write.cancel()

@@ -14,16 +14,12 @@ import structlog
 from sqlalchemy import text
 
 from services.processor.deletion import PurgeResult, purge_document
-from services.processor.metrics import ProcessorMetrics
+from services.processor.deps import ProcessorDeps
 from services.processor.presence import Presence
 from services.processor.registry import Registry
 from services.processor.worker import Worker
 from shared.aio import wait_for
-from shared.db import Database
 from shared.embedding import Embedder
-from shared.settings import Settings
-from shared.storage import ObjectStore
-from shared.vectorstore import VectorStore
 
 log = structlog.get_logger("kbingest.processor")
 
@@ -33,15 +29,10 @@ CHECK_RETRY_S: Final = 2.0
 
 @dataclass
 class ProcessorState:
-    settings: Settings
-    db: Database
-    heartbeat_db: Database
-    store: ObjectStore
+    deps: ProcessorDeps
     embedder: Embedder
-    vectors: VectorStore
     worker: Worker
     registry: Registry
-    metrics: ProcessorMetrics
     warm_up: Callable[[], Awaitable[None]]
     presence: Presence
     checks: dict[str, str] = field(default_factory=dict)
@@ -60,12 +51,13 @@ class ProcessorState:
 
     async def purge(self, event_id: uuid.UUID, event_type: str, document_id: uuid.UUID) -> PurgeResult:
         """Purge a deleting document; raises ``PurgeFailed`` (nothing recorded) while a store is down."""
+        deps = self.deps
         return await purge_document(
-            self.db, self.store, self.vectors, event_id=event_id, event_type=event_type, document_id=document_id
+            deps.db, deps.store, deps.vectors, event_id=event_id, event_type=event_type, document_id=document_id
         )
 
     async def _database(self) -> None:
-        async with self.db.connection() as conn:
+        async with self.deps.db.connection() as conn:
             await conn.execute(text("SELECT 1"))
         # Never ready, so never claiming, without the lock that makes this process's death visible at once.
         await self.presence.ensure_held()
@@ -73,10 +65,10 @@ class ProcessorState:
             await self.registry.register()
 
     async def _object_store(self) -> None:
-        await self.store.ensure_bucket()
+        await self.deps.store.ensure_bucket()
 
     async def _vector_store(self) -> None:
-        await self.vectors.health()
+        await self.deps.vectors.health()
 
     async def _embedder(self) -> None:
         await self.embedder.check()
@@ -126,7 +118,7 @@ class ProcessorState:
     async def liveness_loop(self) -> None:
         """Keep the processors row fresh so 'no processor alive' is visible to the pipeline."""
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            await asyncio.sleep(self.deps.settings.heartbeat_interval_s)
             if not self.registry.registered:
                 continue
             try:

@@ -10,25 +10,24 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import structlog
 from sqlalchemy.exc import DBAPIError
 
 from services.processor.deletion import purge_cancelled_builds
+from services.processor.deps import ProcessorDeps
 from services.processor.fence import check_lease
-from services.processor.heartbeat import LeaseLost, heartbeating
-from services.processor.metrics import ProcessorMetrics
+from services.processor.heartbeat import Heartbeat, LeaseLost, heartbeating
 from services.processor.stages import Pipeline
 from shared import lifecycle
 from shared.aio import wait_for
-from shared.db import Database, DatabaseUnavailable
+from shared.db import DatabaseUnavailable
 from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.inbox import record_once
 from shared.lifecycle import Lease, Ready
-from shared.settings import Settings
-from shared.storage import ObjectStore, StorageUnavailable
-from shared.vectorstore import VectorStore
+from shared.storage import StorageUnavailable
 from shared.vocabulary import Stage
 
 log = structlog.get_logger("kbingest.processor")
@@ -50,6 +49,7 @@ def retry_delay_s(attempt: int, base_s: float = RETRY_BASE_S) -> float:
     return random.uniform(ceiling / 2, ceiling)  # jitter, not security
 
 
+@dataclass(kw_only=True, eq=False)
 class Worker:
     """Holds at most ``PROCESSOR_CONCURRENCY`` leases and pulls the next due document whenever one is free.
 
@@ -58,36 +58,20 @@ class Worker:
     filled at once. Nothing is queued in memory; the documents table is the queue.
     """
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        db: Database,
-        heartbeat_db: Database,
-        pipeline: Pipeline,
-        store: ObjectStore,
-        vectors: VectorStore,
-        processor_id: str,
-        metrics: ProcessorMetrics,
-        pull_interval_s: float = PULL_INTERVAL_S,
-        may_claim: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._settings = settings
-        self._db = db
-        self._heartbeat_db = heartbeat_db
-        self._pipeline = pipeline
-        self._store = store
-        self._vectors = vectors
-        self.processor_id = processor_id
-        self._metrics = metrics
-        self._capacity = settings.processor_concurrency
-        self._pull_interval_s = pull_interval_s
-        # Without its presence lock the reconciler would take a new claim back as a dead processor's.
-        self._may_claim = may_claim
-        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
-        self._builds_purged_at = float("-inf")
-        self.accepting = True
+    deps: ProcessorDeps
+    pipeline: Pipeline
+    processor_id: str
+    pull_interval_s: float = PULL_INTERVAL_S
+    # Without its presence lock the reconciler would take a new claim back as a dead processor's.
+    may_claim: Callable[[], bool] = lambda: True
+    accepting: bool = field(default=True, init=False)
+    _tasks: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict, init=False, repr=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _builds_purged_at: float = field(default=float("-inf"), init=False, repr=False)
+
+    @property
+    def capacity(self) -> int:
+        return self.deps.settings.processor_concurrency
 
     @property
     def in_flight(self) -> int:
@@ -99,7 +83,7 @@ class Worker:
 
     async def note(self, *, event_id: uuid.UUID, event_type: str, document_id: uuid.UUID) -> Noted:
         """Record a work event once (the inbox dedups redeliveries) and wake the scheduler."""
-        async with self._db.transaction() as conn:
+        async with self.deps.db.transaction() as conn:
             fresh = await record_once(conn, event_id, event_type, document_id)
         self.wake()
         return "accepted" if fresh else "duplicate"
@@ -117,13 +101,13 @@ class Worker:
                 # Unavailable, or a deadlock against a concurrent KB deletion: the next pass retries.
                 failures += 1
                 log.warning("processor.claim_failed", error=f"{type(exc).__name__}: {exc}"[:300], failures=failures)
-            idle = self.accepting and len(self._tasks) < self._capacity
+            idle = self.accepting and len(self._tasks) < self.capacity
             with contextlib.suppress(TimeoutError):
-                await wait_for(self._wake.wait(), self._pull_interval_s if idle else None)
+                await wait_for(self._wake.wait(), self.pull_interval_s if idle else None)
 
     async def _fill(self) -> None:
-        while self.accepting and self._may_claim() and len(self._tasks) < self._capacity:
-            async with self._db.transaction() as conn:
+        while self.accepting and self.may_claim() and len(self._tasks) < self.capacity:
+            async with self.deps.db.transaction() as conn:
                 lease = await lifecycle.claim_next(conn, owner=self.processor_id)
             if lease is None:
                 return
@@ -135,11 +119,11 @@ class Worker:
         At most once per pull interval: wake-ups come with every event, the look costs a query.
         """
         now = time.monotonic()
-        if now - self._builds_purged_at < self._pull_interval_s:
+        if now - self._builds_purged_at < self.pull_interval_s:
             return
         self._builds_purged_at = now
         try:
-            await purge_cancelled_builds(self._db, self._vectors)
+            await purge_cancelled_builds(self.deps.db, self.deps.vectors)
         except ProcessingError as exc:
             # The vector store is down: the rows stay ``deleting`` and a later poll purges them.
             log.warning("processor.build_purge_failed", code=exc.code.value, error=exc.message[:300])
@@ -150,12 +134,12 @@ class Worker:
         context.run(_bind_work_context, lease.event_id, lease.document_id)
         task = asyncio.create_task(self._attempt(lease), name=f"document:{lease.document_id}", context=context)
         self._tasks[lease.document_id] = task
-        self._metrics.slots_in_use.set(len(self._tasks))
+        self.deps.metrics.slots_in_use.set(len(self._tasks))
         task.add_done_callback(functools.partial(self._finished, lease.document_id))
 
     def _finished(self, document_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(document_id, None)
-        self._metrics.slots_in_use.set(len(self._tasks))
+        self.deps.metrics.slots_in_use.set(len(self._tasks))
         self.wake()
 
     async def _attempt(self, lease: Lease) -> None:
@@ -164,22 +148,23 @@ class Worker:
         current: list[Stage | None] = [None]
 
         async def enter(stage: Stage) -> None:
-            async with self._db.transaction() as conn:
+            async with self.deps.db.transaction() as conn:
                 if not await lifecycle.advance_stage(conn, lease, stage):
                     raise LeaseLost(f"lease lost before {stage}")
             current[0] = stage
             bound.info("document.stage", stage=stage)
 
-        confirm = functools.partial(check_lease, self._db, lease)
-        work = asyncio.create_task(self._pipeline.run(lease, enter, confirm), name=f"pipeline:{lease.document_id}")
+        confirm = functools.partial(check_lease, self.deps.db, lease)
+        work = asyncio.create_task(self.pipeline.run(lease, enter, confirm), name=f"pipeline:{lease.document_id}")
         try:
-            async with heartbeating(
-                self._heartbeat_db,
-                lease,
-                interval_s=self._settings.heartbeat_interval_s,
+            beat = Heartbeat(
+                db=self.deps.heartbeat_db,
+                lease=lease,
+                interval_s=self.deps.settings.heartbeat_interval_s,
                 work=work,
-                failures=self._metrics.heartbeat_failures,
-            ) as beat:
+                failures=self.deps.metrics.heartbeat_failures,
+            )
+            async with heartbeating(beat):
                 try:
                     outcome = await work
                 except asyncio.CancelledError:
@@ -192,17 +177,17 @@ class Worker:
                             ErrorCode.INTERNAL_ERROR, f"heartbeat failed, attempt stopped: {beat.error}"
                         ) from None
                     raise
-            async with self._db.transaction() as conn:
+            async with self.deps.db.transaction() as conn:
                 ready = await lifecycle.mark_ready(
-                    conn, lease, chunk_count=outcome.chunk_count, retention=self._settings.version_retention
+                    conn, lease, chunk_count=outcome.chunk_count, retention=self.deps.settings.version_retention
                 )
                 if ready is None:
                     raise LeaseLost("lease lost before marking ready")
-            self._metrics.processed.labels("ready").inc()
+            self.deps.metrics.processed.labels("ready").inc()
             bound.info("document.ready", chunk_count=outcome.chunk_count)
             await self._remove_obsolete(ready, bound)
         except LeaseLost as exc:
-            self._metrics.processed.labels("lease_lost").inc()
+            self.deps.metrics.processed.labels("lease_lost").inc()
             bound.warning("document.lease_lost", reason=str(exc))
         except ProcessingError as exc:
             await self._fail(lease, exc.to_document_error(), current[0], bound)
@@ -224,12 +209,12 @@ class Worker:
         """
         for row_id in ready.purge_rows:
             try:
-                await self._vectors.delete_document(row_id)
+                await self.deps.vectors.delete_document(row_id)
             except ProcessingError as exc:
                 bound.warning("document.previous_build_purge_failed", build_id=str(row_id), error=exc.message[:300])
         for key in ready.obsolete_keys:
             try:
-                await self._store.delete(key)
+                await self.deps.store.delete(key)
             except StorageUnavailable as exc:
                 bound.warning("document.version_file_delete_failed", key=key, error=str(exc)[:300])
         if ready.purge_rows or ready.obsolete_keys:
@@ -243,29 +228,29 @@ class Worker:
         self, lease: Lease, error: DocumentError, stage: Stage | None, bound: structlog.BoundLogger
     ) -> None:
         try:
-            async with self._db.transaction() as conn:
+            async with self.deps.db.transaction() as conn:
                 outcome = await lifecycle.fail_or_retry(
                     conn,
                     lease,
                     error,
                     stage=stage,
-                    retry_delay_s=retry_delay_s(lease.attempt, self._settings.retry_base_s),
+                    retry_delay_s=retry_delay_s(lease.attempt, self.deps.settings.retry_base_s),
                 )
         except DatabaseUnavailable as exc:
             # The heartbeat stops with us, so the reconciler rescues the document after STALE_AFTER.
             bound.error("document.outcome_not_recorded", error=str(exc), code=error.code.value)
             return
-        self._metrics.processed.labels(outcome).inc()
+        self.deps.metrics.processed.labels(outcome).inc()
         bound.warning("document." + outcome, code=error.code.value, message=error.message, stage=stage)
 
     async def _hand_back(self, lease: Lease, stage: Stage | None, bound: structlog.BoundLogger) -> None:
         try:
-            async with self._db.transaction() as conn:
+            async with self.deps.db.transaction() as conn:
                 handed = await lifecycle.hand_back(conn, lease, stage=stage)
         except DatabaseUnavailable as exc:
             bound.error("document.hand_back_failed", error=str(exc))
             return
-        self._metrics.processed.labels("handed_back").inc()
+        self.deps.metrics.processed.labels("handed_back").inc()
         bound.info("document.handed_back", handed=handed)
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -138,8 +138,9 @@ async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
     async with processor_client(fast_settings, extractor=plain_text, vectors=index) as (client, state):  # type: ignore[arg-type]
         await wait_for(fast_settings, doc_id, {"ready"}, client=client)
         assert await vectors.count(doc_id) >= 1
-        objects = ObjectStoreDown(state.store)
-        state.store = objects  # type: ignore[assignment]  # the fake wraps the real store
+        objects = ObjectStoreDown(state.deps.store)
+        # The fake wraps the real store; only the purge (the state's) meets it, the worker keeps the real one.
+        state.deps = replace(state.deps, store=objects)
         fake = index if failing == "vector_store" else objects
         fake.down = True
 
@@ -169,7 +170,7 @@ async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
         again = await post_event(client, fast_settings, pending["payload"])
         assert again.status_code == 200 and again.json()["result"] == "duplicate"
         assert await vectors.count(doc_id) == 0
-        assert not await state.store.exists(f"kb/{kb}/{doc_id}")
+        assert not await state.deps.store.exists(f"kb/{kb}/{doc_id}")
     doc = await document(fast_settings, doc_id)
     assert doc["status"] == "deleting" and doc["deleted_at"] is not None
     types = [

@@ -104,7 +104,7 @@ async def test_delete_removes_points_object_and_row(
         statuses = await deliver_due(client, fast_settings)
         assert statuses == [200]
         assert await vectors.count(doc_id) == 0
-        assert not await state.store.exists(f"kb/{kb}/{doc_id}")
+        assert not await state.deps.store.exists(f"kb/{kb}/{doc_id}")
     assert (await api.get(f"/v1/documents/{doc_id}")).status_code == 404
     [row] = await fetch_all(fast_settings, "SELECT deleted_at FROM documents WHERE id = :id", id=doc_id)
     assert row["deleted_at"] is not None

@@ -40,9 +40,7 @@ async def test_a_failed_mark_ready_is_retried_with_the_database_check(monkeypatc
         checked.append(name)
 
     registry = FlakyRegistry()
-    fields: dict[str, Any] = dict.fromkeys(
-        ("settings", "db", "heartbeat_db", "store", "embedder", "vectors", "worker", "metrics", "presence")
-    )
+    fields: dict[str, Any] = dict.fromkeys(("deps", "embedder", "worker", "presence"))
     state = ProcessorState(registry=cast(Any, registry), warm_up=lambda: ok("extractor"), **fields)
     for name in ("database", "object_store", "vector_store", "embedder"):
         monkeypatch.setattr(state, f"_{name}", lambda name=name: ok(name))
