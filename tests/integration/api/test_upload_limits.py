@@ -11,6 +11,7 @@ import io
 import threading
 import zipfile
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -153,30 +154,33 @@ async def test_a_zip_with_many_entries_is_sniffed_off_the_event_loop_and_refused
     await _nothing_stored(settings)
 
 
+@dataclass(frozen=True)
+class SmallBatches:
+    """An API app that takes batches of at most 3 files and 256 KiB, and a knowledge base on it."""
+
+    api: httpx.AsyncClient
+    settings: Settings
+    kb: str
+
+    async def post(self, body: CountingBody) -> httpx.Response:
+        return await _post(self.api, f"/v1/knowledge-bases/{self.kb}/batches", body)
+
+
 @pytest.fixture
-async def small_batches(settings: Settings, api_key: str) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
+async def small_batches(settings: Settings, api_key: str) -> AsyncIterator[SmallBatches]:
     tuned = settings.model_copy(update={"max_batch_files": 3, "max_batch_bytes": 256 * 1024})
     async for client in _client_for(create_app(tuned), api_key):
-        yield client, tuned
+        yield SmallBatches(client, tuned, await create_kb(client))
 
 
-async def test_a_batch_over_its_file_count_stops_with_413(
-    small_batches: tuple[httpx.AsyncClient, Settings],
-) -> None:
-    api, settings = small_batches
-    kb = await create_kb(api)
+async def test_a_batch_over_its_file_count_stops_with_413(small_batches: SmallBatches) -> None:
     body = CountingBody(_file_part(f"f{n}.txt", TEXT + str(n).encode()) for n in range(50))
-    assert_error_shape(await _post(api, f"/v1/knowledge-bases/{kb}/batches", body), 413, "too_many_files")
+    assert_error_shape(await small_batches.post(body), 413, "too_many_files")
     assert not body.exhausted and body.sent <= 5
-    await _nothing_stored(settings)
+    await _nothing_stored(small_batches.settings)
 
 
-async def test_a_batch_over_its_total_bytes_stops_with_413(
-    small_batches: tuple[httpx.AsyncClient, Settings],
-) -> None:
-    api, settings = small_batches
-    kb = await create_kb(api)
-
+async def test_a_batch_over_its_total_bytes_stops_with_413(small_batches: SmallBatches) -> None:
     def three_files() -> Iterator[bytes]:
         """Each file is far under MAX_UPLOAD_BYTES; together they pass MAX_BATCH_BYTES in the third."""
         for n in range(3):
@@ -186,18 +190,14 @@ async def test_a_batch_over_its_total_bytes_stops_with_413(
             yield b"\r\n"
 
     body = CountingBody(three_files())
-    error = assert_error_shape(await _post(api, f"/v1/knowledge-bases/{kb}/batches", body), 413, "body_too_large")
-    assert error["max_bytes"] == settings.max_batch_bytes
+    error = assert_error_shape(await small_batches.post(body), 413, "body_too_large")
+    assert error["max_bytes"] == small_batches.settings.max_batch_bytes
     assert not body.exhausted
-    await _nothing_stored(settings)
+    await _nothing_stored(small_batches.settings)
 
 
-async def test_an_oversized_file_in_a_batch_does_not_keep_the_batch_reading(
-    small_batches: tuple[httpx.AsyncClient, Settings],
-) -> None:
+async def test_an_oversized_file_in_a_batch_does_not_keep_the_batch_reading(small_batches: SmallBatches) -> None:
     """A file over MAX_UPLOAD_BYTES in a batch used to be read to its end, however long."""
-    api, settings = small_batches
-    kb = await create_kb(api)
 
     def endless() -> Iterator[bytes]:
         yield _file_part("a.txt", TEXT)
@@ -206,6 +206,6 @@ async def test_an_oversized_file_in_a_batch_does_not_keep_the_batch_reading(
             yield b"z" * 64 * 1024
 
     body = CountingBody(endless())
-    assert_error_shape(await _post(api, f"/v1/knowledge-bases/{kb}/batches", body), 413, "body_too_large")
+    assert_error_shape(await small_batches.post(body), 413, "body_too_large")
     assert body.sent < 10
-    await _nothing_stored(settings)
+    await _nothing_stored(small_batches.settings)
