@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +30,19 @@ async def _stage_events(settings: Settings, doc_id: str) -> list[str]:
     return [r["payload"]["data"]["stage"] for r in rows]
 
 
+@asynccontextmanager
+async def _blocked_in_extraction(
+    api: httpx.AsyncClient, settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
+) -> AsyncIterator[tuple[str, httpx.AsyncClient, Any]]:
+    """A new document in a processor whose extraction waits at ``gated`` for the block: (id, client, state)."""
+    kb = await create_kb(api)
+    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
+    async with processor_client(settings, extractor=gated, vectors=vectors) as (client, state):
+        await deliver_due(client, settings)
+        await asyncio.wait_for(gated.entered.wait(), 30)
+        yield doc_id, client, state
+
+
 async def test_blocked_stage_keeps_heartbeating_and_is_not_rescued(
     api: httpx.AsyncClient,
     fast_settings: Settings,
@@ -34,11 +50,7 @@ async def test_blocked_stage_keeps_heartbeating_and_is_not_rescued(
     gated: GatedExtractor,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    kb = await create_kb(api)
-    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
-    async with processor_client(fast_settings, extractor=gated, vectors=vectors) as (client, _state):
-        await deliver_due(client, fast_settings)
-        await asyncio.wait_for(gated.entered.wait(), 30)
+    async with _blocked_in_extraction(api, fast_settings, vectors, gated) as (doc_id, client, _state):
         beats = set()
         blocked_until = time.monotonic() + 5 * fast_settings.heartbeat_interval_s + 0.5
         while time.monotonic() < blocked_until:
@@ -58,11 +70,7 @@ async def test_blocked_stage_keeps_heartbeating_and_is_not_rescued(
 async def test_fencing_a_lost_lease_stops_the_work_and_writes_nothing(
     api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, gated: GatedExtractor
 ) -> None:
-    kb = await create_kb(api)
-    doc_id = (await upload(api, kb, "tides.txt", TEXT)).json()["id"]
-    async with processor_client(fast_settings, extractor=gated, vectors=vectors) as (client, state):
-        await deliver_due(client, fast_settings)
-        await asyncio.wait_for(gated.entered.wait(), 30)
+    async with _blocked_in_extraction(api, fast_settings, vectors, gated) as (doc_id, _client, state):
         # Someone else (a rescuer) takes the document: the epoch moves behind the worker's back.
         await fetch_all(
             fast_settings,
