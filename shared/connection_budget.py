@@ -7,8 +7,8 @@ real peak did not fit (issue 14), so a new dedicated session is added here or no
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final, Protocol
+from dataclasses import dataclass, fields
+from typing import Final
 
 from shared.settings import Settings
 
@@ -18,28 +18,21 @@ CONNECTION_HEADROOM: Final = 5
 # The reconciler's work runs on one NullPool connection beside its leader session.
 RECONCILER_WORK_CONNECTIONS: Final = 1
 
-# The settings the formula reads (a deployment spells them KBINGEST_DB_POOL_SIZE, …).
-LIMIT_SETTINGS: Final = ("db_pool_size", "db_max_overflow", "db_max_connections")
-
-
-class DbLimits(Protocol):
-    """What the budget reads from ``Settings`` (or from a deployment's environment, see ``limits_from_env``)."""
-
-    @property
-    def db_pool_size(self) -> int: ...
-
-    @property
-    def db_max_overflow(self) -> int: ...
-
-    @property
-    def db_max_connections(self) -> int: ...
-
 
 @dataclass(frozen=True)
 class EnvLimits:
+    """The limits a deployment's environment sets (``limits_from_env``): the ``Settings`` fields the formula reads."""
+
     db_pool_size: int
     db_max_overflow: int
     db_max_connections: int
+
+
+# The settings the formula reads (a deployment spells them KBINGEST_DB_POOL_SIZE, …).
+LIMIT_SETTINGS: Final = tuple(f.name for f in fields(EnvLimits))
+
+# What the budget reads them from: a running service's Settings, or a deployment's environment.
+DbLimits = Settings | EnvLimits
 
 
 @dataclass(frozen=True)
@@ -85,11 +78,11 @@ def peak_connections(settings: DbLimits, replicas: Mapping[str, int]) -> int:
 
 def limits_from_env(env: Mapping[str, str]) -> EnvLimits:
     """The limits a deployment's ``KBINGEST_*`` environment sets; an unset one takes Settings' default."""
-    fields, prefix = Settings.model_fields, Settings.model_config.get("env_prefix", "")
+    declared, prefix = Settings.model_fields, Settings.model_config.get("env_prefix", "")
 
     def value(name: str) -> int:
         raw = env.get(f"{prefix}{name}".upper())
-        default = fields[name].default
+        default = declared[name].default
         assert isinstance(default, int)
         return int(raw) if raw else default
 
