@@ -81,16 +81,9 @@ class DeadLetter(BaseModel):
 
     @classmethod
     def from_row(cls, row: RowMapping) -> DeadLetter:
-        return cls(
-            seq=row["seq"],
-            id=row["id"],
-            type=row["type"],
-            subject=row["subject"] or str(row["aggregate_id"]),
-            attempts=row["attempts"],
-            dead_at=row["dead_at"],
-            dead_reason=row["dead_reason"],
-            last_error=row["last_error"],
-            errors=list(row["errors"] or []),
+        """A ``LIST_DEAD`` row: each column fills the field of its name; no subject shows the aggregate id."""
+        return cls.model_validate(
+            {**row, "subject": row["subject"] or str(row["aggregate_id"]), "errors": list(row["errors"] or [])}
         )
 
 
