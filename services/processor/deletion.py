@@ -12,6 +12,8 @@ re-index) has no event: processors purge those as they poll for work (``purge_ca
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final, Literal
 
 import structlog
@@ -66,6 +68,19 @@ class PurgeFailed(Exception):
         self.message = message
 
 
+@contextmanager
+def purge_failures() -> Iterator[None]:
+    """A store the purge needs being down (the vector store, the object store, the database) → ``PurgeFailed``."""
+    try:
+        yield
+    except ProcessingError as exc:
+        raise PurgeFailed(exc.code.value, exc.message) from exc
+    except StorageUnavailable as exc:
+        raise PurgeFailed("storage_unavailable", str(exc)) from exc
+    except DatabaseUnavailable as exc:
+        raise PurgeFailed("database_unavailable", str(exc)) from exc
+
+
 async def purge_document(
     db: Database,
     store: ObjectStore,
@@ -79,41 +94,23 @@ async def purge_document(
 
     A repeat of a handled event is ``duplicate``; a gone or already tombstoned document is ``noop``.
     """
-    try:
-        return await _purge(db, store, vectors, event_id=event_id, event_type=event_type, document_id=document_id)
-    except ProcessingError as exc:
-        raise PurgeFailed(exc.code.value, exc.message) from exc
-    except StorageUnavailable as exc:
-        raise PurgeFailed("storage_unavailable", str(exc)) from exc
-    except DatabaseUnavailable as exc:
-        raise PurgeFailed("database_unavailable", str(exc)) from exc
-
-
-async def _purge(
-    db: Database,
-    store: ObjectStore,
-    vectors: VectorStore,
-    *,
-    event_id: uuid.UUID,
-    event_type: str,
-    document_id: uuid.UUID,
-) -> PurgeResult:
-    async with db.transaction() as conn:
-        if (await conn.execute(ALREADY_HANDLED, {"event_id": event_id})).first() is not None:
-            return "duplicate"
-        row = (await conn.execute(FIND_DELETING, {"id": document_id})).mappings().one_or_none()
-        builds = (await conn.execute(BUILDS_OF, {"id": document_id})).mappings().all() if row is not None else []
-        keys = set((await conn.execute(versions.ALL_KEYS, {"document_id": document_id})).scalars())
-    if row is not None:
-        # Each row's points are stored under its own id.
-        for owner in (document_id, *(b["id"] for b in builds)):
-            await vectors.delete_document(owner)
-        for key in sorted({row["object_key"], *(b["object_key"] for b in builds), *keys}):
-            await store.delete(key)
-    async with db.transaction() as conn:
-        if not await record_once(conn, event_id, event_type, document_id):
-            return "duplicate"  # a concurrent delivery of the same event committed first
-        finished = row is not None and await lifecycle.finish_delete(conn, document_id)
+    with purge_failures():
+        async with db.transaction() as conn:
+            if (await conn.execute(ALREADY_HANDLED, {"event_id": event_id})).first() is not None:
+                return "duplicate"
+            row = (await conn.execute(FIND_DELETING, {"id": document_id})).mappings().one_or_none()
+            builds = (await conn.execute(BUILDS_OF, {"id": document_id})).mappings().all() if row is not None else []
+            keys = set((await conn.execute(versions.ALL_KEYS, {"document_id": document_id})).scalars())
+        if row is not None:
+            # Each row's points are stored under its own id.
+            for owner in (document_id, *(b["id"] for b in builds)):
+                await vectors.delete_document(owner)
+            for key in sorted({row["object_key"], *(b["object_key"] for b in builds), *keys}):
+                await store.delete(key)
+        async with db.transaction() as conn:
+            if not await record_once(conn, event_id, event_type, document_id):
+                return "duplicate"  # a concurrent delivery of the same event committed first
+            finished = row is not None and await lifecycle.finish_delete(conn, document_id)
     log.info("document.deleted", document_id=str(document_id), finished=finished)
     return "deleted" if finished else "noop"
 

@@ -13,9 +13,8 @@ from typing import Final, Literal
 import structlog
 from sqlalchemy import text
 
-from services.processor.deletion import ALREADY_HANDLED, PurgeFailed
-from shared.db import Database, DatabaseUnavailable
-from shared.errors import ProcessingError
+from services.processor.deletion import ALREADY_HANDLED, purge_failures
+from shared.db import Database
 from shared.events import EventType
 from shared.inbox import record_once
 from shared.vectorstore import VectorStore
@@ -34,23 +33,15 @@ async def purge_knowledge_base(
     db: Database, vectors: VectorStore, *, event_id: uuid.UUID, kb_id: uuid.UUID
 ) -> KbPurgeResult:
     """Delete every point of deleted KB ``kb_id``; raises ``PurgeFailed`` (nothing recorded) while a store is down."""
-    try:
-        return await _purge(db, vectors, event_id=event_id, kb_id=kb_id)
-    except ProcessingError as exc:
-        raise PurgeFailed(exc.code.value, exc.message) from exc
-    except DatabaseUnavailable as exc:
-        raise PurgeFailed("database_unavailable", str(exc)) from exc
-
-
-async def _purge(db: Database, vectors: VectorStore, *, event_id: uuid.UUID, kb_id: uuid.UUID) -> KbPurgeResult:
-    async with db.transaction() as conn:
-        if (await conn.execute(ALREADY_HANDLED, {"event_id": event_id})).first() is not None:
-            return "duplicate"
-        deleted = (await conn.execute(IS_DELETED, {"id": kb_id})).first() is not None
-    if deleted:
-        await vectors.delete_knowledge_base(kb_id)
-    async with db.transaction() as conn:
-        if not await record_once(conn, event_id, KB_DELETED_TYPE, None):
-            return "duplicate"  # a concurrent delivery of the same event committed first
+    with purge_failures():
+        async with db.transaction() as conn:
+            if (await conn.execute(ALREADY_HANDLED, {"event_id": event_id})).first() is not None:
+                return "duplicate"
+            deleted = (await conn.execute(IS_DELETED, {"id": kb_id})).first() is not None
+        if deleted:
+            await vectors.delete_knowledge_base(kb_id)
+        async with db.transaction() as conn:
+            if not await record_once(conn, event_id, KB_DELETED_TYPE, None):
+                return "duplicate"  # a concurrent delivery of the same event committed first
     log.info("knowledge_base.purged", knowledge_base_id=str(kb_id), purged=deleted)
     return "purged" if deleted else "noop"
