@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from services.reconciler.reconciler import Reconciler
 from shared import lifecycle
 from shared.db import Database
 from shared.storage import ObjectStore
@@ -16,28 +17,25 @@ from tests.support.pipeline_helpers import (
     events_of,
     execute,
 )
-from tests.support.reconcilers import ReconcilerFactory
 
-INTERVAL_S = 5.0  # grace = 2 intervals = 10 s; documents are aged 60 s
+# Documents are aged 60 s: past the ``reconciler`` fixture's 10 s grace.
 
 
-async def _dead_lettered_old_document(db: Database, store: ObjectStore) -> uuid.UUID:
-    """A queued document past the grace whose only event the relay gave up on (processor down for hours)."""
+async def _reemitted_dead_letter(db: Database, store: ObjectStore, reconciler: Reconciler) -> uuid.UUID:
+    """A queued document past the grace whose only event died (processor down for hours), once re-emitted."""
     doc = await create_document(db, store, await create_kb(db))
     await execute(
         db, "UPDATE outbox SET dead_at = now(), dead_reason = 'max_attempts' WHERE aggregate_id = :id", id=doc
     )
     await age_document(db, doc, 60)
+    assert (await reconciler.run_once()).counts.get("lost_event") == 1
     return doc
 
 
 async def test_dead_lettered_upload_event_is_reemitted_once(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, store: ObjectStore, reconciler: Reconciler
 ) -> None:
-    doc = await _dead_lettered_old_document(db, store)
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
-
-    assert (await reconciler.run_once()).counts.get("lost_event") == 1
+    doc = await _reemitted_dead_letter(db, store, reconciler)
     events = await events_of(db, doc)
     assert [e["type"] for e in events] == ["document.uploaded", "document.requeued"]
     assert events[-1]["delivered_at"] is None and events[-1]["dead_at"] is None
@@ -49,7 +47,7 @@ async def test_dead_lettered_upload_event_is_reemitted_once(
 
 
 async def test_a_delivered_event_is_enough_because_processors_pull_the_queue(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, store: ObjectStore, reconciler: Reconciler
 ) -> None:
     """A document waiting behind a backlog long after its event was delivered is not lost: no new event."""
     kb = await create_kb(db)
@@ -57,14 +55,14 @@ async def test_a_delivered_event_is_enough_because_processors_pull_the_queue(
     await deliver_all(db)
     await age_document(db, doc, 60)
 
-    result = await make_reconciler(reconcile_interval_s=INTERVAL_S).run_once()
+    result = await reconciler.run_once()
 
     assert "lost_event" not in result.counts
     assert [e["type"] for e in await events_of(db, doc)] == ["document.uploaded"]
 
 
 async def test_queued_documents_with_a_pending_recent_or_future_event_are_left_alone(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, store: ObjectStore, reconciler: Reconciler
 ) -> None:
     kb = await create_kb(db)
     pending = await create_document(db, store, kb)
@@ -76,19 +74,15 @@ async def test_queued_documents_with_a_pending_recent_or_future_event_are_left_a
     await age_document(db, not_due, 60)
     await execute(db, "UPDATE documents SET available_at = now() + interval '1 hour' WHERE id = :id", id=not_due)
 
-    result = await make_reconciler(reconcile_interval_s=INTERVAL_S).run_once()
+    result = await reconciler.run_once()
 
     assert "lost_event" not in result.counts
     for doc in (pending, recent, not_due):
         assert [e["type"] for e in await events_of(db, doc)] == ["document.uploaded"]
 
 
-async def test_unroutable_requeue_is_not_repeated(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
-) -> None:
-    doc = await _dead_lettered_old_document(db, store)
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
-    assert (await reconciler.run_once()).counts.get("lost_event") == 1
+async def test_unroutable_requeue_is_not_repeated(db: Database, store: ObjectStore, reconciler: Reconciler) -> None:
+    doc = await _reemitted_dead_letter(db, store, reconciler)
     # The relay parks the re-emitted event: no route for document.requeued (seed 002).
     await execute(
         db,
@@ -103,7 +97,7 @@ async def test_unroutable_requeue_is_not_repeated(
 
 
 async def test_stuck_deletion_reemits_delete_requested(
-    db: Database, store: ObjectStore, make_reconciler: ReconcilerFactory
+    db: Database, store: ObjectStore, reconciler: Reconciler
 ) -> None:
     kb = await create_kb(db)
     doc = await create_document(db, store, kb)
@@ -111,7 +105,6 @@ async def test_stuck_deletion_reemits_delete_requested(
         assert await lifecycle.request_delete(conn, doc) is not None
     await deliver_all(db)  # delivered, but the purge never finished (processor died mid-delete)
     await age_document(db, doc, 60)
-    reconciler = make_reconciler(reconcile_interval_s=INTERVAL_S)
 
     assert (await reconciler.run_once()).counts.get("stuck_delete") == 1
     events = await events_of(db, doc)

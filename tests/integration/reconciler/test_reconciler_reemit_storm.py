@@ -18,7 +18,6 @@ from shared.storage import ObjectStore
 from tests.support.pipeline_helpers import age_document, create_document, create_kb, events_of, execute, fetch
 from tests.support.reconcilers import ReconcilerFactory
 
-INTERVAL_S = 5.0  # grace = 2 intervals = 10 s
 # Far past the grace and the back-off cap (1 h): only the refusal rule can hold a re-emit back.
 LONG_AGO_S = 2 * 3600.0
 
@@ -26,11 +25,6 @@ LONG_AGO_S = 2 * 3600.0
 @pytest.fixture
 async def doc(db: Database, store: ObjectStore) -> uuid.UUID:
     return await create_document(db, store, await create_kb(db))
-
-
-@pytest.fixture
-def reconciler(make_reconciler: ReconcilerFactory) -> Reconciler:
-    return make_reconciler(reconcile_interval_s=INTERVAL_S)
 
 
 async def _relay_refuses(db: Database, doc: uuid.UUID, reason: str) -> None:
