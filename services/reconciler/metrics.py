@@ -6,9 +6,10 @@ import math
 from collections.abc import Mapping
 from typing import Any, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from shared.lifecycle import RescueReason
+from shared.metrics import MetricFactory
 from shared.pipeline_health import ALERT_CODES
 
 RESCUE_REASONS = frozenset(get_args(RescueReason))
@@ -19,65 +20,49 @@ class ReconcilerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.repairs = Counter(
-            "kbingest_reconciler_repairs_total", "Repairs made, by kind", ["kind"], registry=registry
-        )
-        self.rescues = Counter(
+        metric = MetricFactory(registry)
+        self.repairs = metric.counter("kbingest_reconciler_repairs_total", "Repairs made, by kind", "kind")
+        self.rescues = metric.counter(
             "kbingest_documents_rescued_total",
             "Documents taken back from a lost holder, by reason (presence_lost, stale) and outcome",
-            ["reason", "outcome"],
-            registry=registry,
+            "reason",
+            "outcome",
         )
-        self.presence_checks = Counter(
-            "kbingest_reconciler_presence_checks_total", "Presence checks made as leader", registry=registry
+        self.presence_checks = metric.counter(
+            "kbingest_reconciler_presence_checks_total", "Presence checks made as leader"
         )
-        self.errors = Counter(
-            "kbingest_reconciler_errors_total", "Repair steps that failed, by kind", ["kind"], registry=registry
-        )
-        self.passes = Counter("kbingest_reconciler_passes_total", "Passes completed as leader", registry=registry)
-        self.pass_duration = Histogram(
+        self.errors = metric.counter("kbingest_reconciler_errors_total", "Repair steps that failed, by kind", "kind")
+        self.passes = metric.counter("kbingest_reconciler_passes_total", "Passes completed as leader")
+        self.pass_duration = metric.histogram(
             "kbingest_reconciler_pass_duration_seconds",
             "Duration of a leader pass",
-            registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.is_leader = Gauge(
-            "kbingest_reconciler_is_leader", "1 while this replica holds the lock", registry=registry
+        self.is_leader = metric.gauge("kbingest_reconciler_is_leader", "1 while this replica holds the lock")
+        self.last_pass = metric.gauge(
+            "kbingest_reconciler_last_pass_timestamp_seconds", "Unix time of the last completed pass of any replica"
         )
-        self.last_pass = Gauge(
-            "kbingest_reconciler_last_pass_timestamp_seconds",
-            "Unix time of the last completed pass of any replica",
-            registry=registry,
+        self.documents = metric.gauge("kbingest_documents", "Live documents by status", "status")
+        self.oldest_queued = metric.gauge(
+            "kbingest_queue_oldest_queued_age_seconds", "Age of the oldest due queued document"
         )
-        self.documents = Gauge("kbingest_documents", "Live documents by status", ["status"], registry=registry)
-        self.oldest_queued = Gauge(
-            "kbingest_queue_oldest_queued_age_seconds", "Age of the oldest due queued document", registry=registry
-        )
-        self.queue_depth = Gauge(
-            "kbingest_queue_depth", "Queued documents, delayed retries included", registry=registry
-        )
-        self.queue_due = Gauge("kbingest_queue_due", "Queued documents due now", registry=registry)
-        self.slots_total = Gauge(
-            "kbingest_pipeline_slots_total", "Work slots of alive, ready processors", registry=registry
-        )
-        self.slots_busy = Gauge(
-            "kbingest_pipeline_slots_busy", "Slots of alive processors holding a document", registry=registry
-        )
-        self.drain_rate = Gauge(
+        self.queue_depth = metric.gauge("kbingest_queue_depth", "Queued documents, delayed retries included")
+        self.queue_due = metric.gauge("kbingest_queue_due", "Queued documents due now")
+        self.slots_total = metric.gauge("kbingest_pipeline_slots_total", "Work slots of alive, ready processors")
+        self.slots_busy = metric.gauge("kbingest_pipeline_slots_busy", "Slots of alive processors holding a document")
+        self.drain_rate = metric.gauge(
             "kbingest_pipeline_drain_rate_per_minute",
             "Documents finished (ready or failed) per minute over the last 5 minutes",
-            registry=registry,
         )
-        self.utilization = Gauge(
+        self.utilization = metric.gauge(
             "kbingest_pipeline_utilization_ratio",
             "Busy slot-seconds / available slot-seconds over the last 5 minutes (NaN without processors)",
-            registry=registry,
         )
-        self.alert = Gauge("kbingest_pipeline_alert", "1 while a pipeline alert is active", ["code"], registry=registry)
-        self.db_in_use = Gauge(
-            "kbingest_db_connections_in_use", "Client connections open on the PostgreSQL server", registry=registry
+        self.alert = metric.gauge("kbingest_pipeline_alert", "1 while a pipeline alert is active", "code")
+        self.db_in_use = metric.gauge(
+            "kbingest_db_connections_in_use", "Client connections open on the PostgreSQL server"
         )
-        self.db_max = Gauge("kbingest_db_max_connections", "PostgreSQL max_connections", registry=registry)
+        self.db_max = metric.gauge("kbingest_db_max_connections", "PostgreSQL max_connections")
         for code in ALERT_CODES:
             self.alert.labels(code).set(0)
 
