@@ -15,11 +15,14 @@ import asyncpg
 import httpx
 from prometheus_client import CollectorRegistry
 
+from services.relay.build import open_relay
 from services.relay.http1 import Answer, ClosedError, ConnectError
 from services.relay.metrics import RelayMetrics
+from services.relay.worker import Relay
 from shared.db import asyncpg_dsn
 from shared.settings import Settings
 from tests.support.pipeline_helpers import service_env, stop_process, wait_http_ok
+from tests.support.poll import eventually
 from tests.support.servers import ROOT, free_port
 
 SECRET = "relay-test-secret"
@@ -183,6 +186,24 @@ async def scalar(database_url: str, sql: str, *args: Any) -> Any:
 
 async def pending(database_url: str) -> int:
     return int(await scalar(database_url, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"))
+
+
+async def drain(relay: Relay, database_url: str, *, timeout_s: float = 120.0) -> None:
+    """``run_once`` until nothing is pending (retries become due after their backoff)."""
+
+    async def done() -> bool:
+        await relay.run_once()
+        return await pending(database_url) == 0
+
+    await eventually(done, timeout_s=timeout_s, every_s=0.05, what="the outbox to drain")
+
+
+async def deliver_all(settings: Settings, *, timeout_s: float = 120.0) -> RelayMetrics:
+    """A fresh relay with ``settings`` drains the outbox, retries included; returns its metrics."""
+    relay_metrics = metrics()
+    async with open_relay(settings, relay_metrics) as relay:
+        await drain(relay, settings.database_url, timeout_s=timeout_s)
+    return relay_metrics
 
 
 @dataclass

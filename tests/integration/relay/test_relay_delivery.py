@@ -6,7 +6,6 @@ import asyncio
 import uuid
 
 from services.relay.build import open_relay
-from services.relay.worker import Relay
 from shared.db import worker_database
 from shared.outbox import add_event
 from shared.settings import Settings
@@ -15,6 +14,8 @@ from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
     batch_relay_settings,
+    deliver_all,
+    drain,
     fill,
     metrics,
     pending,
@@ -58,7 +59,7 @@ async def test_each_subscriber_has_its_own_delivery_state(
         by_url = {r["subscriber"]: r for r in rows}
         assert by_url[subscriber.url]["delivered"] and not by_url[other_subscriber.url]["delivered"]
         assert all(r["row_done"] is None for r in rows), "the row waits for every subscriber"
-        await eventually(lambda: _drained(relay, database_url), timeout_s=60, what="fan-out to finish")
+        await drain(relay, database_url)
     first = analyse(await subscriber.deliveries())
     second = analyse(await other_subscriber.deliveries())
     assert (first.unique, first.duplicates, first.order_violations) == (2, 0, [])
@@ -89,8 +90,7 @@ async def test_batch_subscribers_get_arrays_with_per_event_acks(
     settings = batch_relay_settings(database_url, subscriber.batch_url, relay_batch_max=50)
     await fill(database_url, count=600, aggregates=300)
     await subscriber.control(status=503, count=7)
-    async with open_relay(settings, metrics()) as relay:
-        await eventually(lambda: _drained(relay, database_url), timeout_s=120, what="the batch drain")
+    await deliver_all(settings)
     report = analyse(await subscriber.deliveries())
     assert (report.unique, report.duplicates, report.order_violations) == (600, 0, [])
     stats = await subscriber.stats()
@@ -131,11 +131,6 @@ async def test_a_notify_wakes_the_relay_without_polling(relay_config: Settings, 
             await db.dispose()
 
 
-async def _drained(relay: Relay, database_url: str) -> bool:
-    await relay.run_once()
-    return await pending(database_url) == 0
-
-
 async def _true(value: bool) -> bool:
     return value
 
@@ -151,13 +146,7 @@ async def test_the_benchmark_subscriber_verifies_signatures_like_the_default_one
         await fill(database_url, count=30, aggregates=10)
         await fill(database_url, count=3, aggregates=3, event_type="document.deleted")
         await raw.control(status=503, count=1, retry_after="1")
-        async with open_relay(settings, metrics()) as relay:
-
-            async def drained() -> bool:
-                await relay.run_once()
-                return await pending(database_url) == 0
-
-            await eventually(drained, timeout_s=60, what="the outbox to drain")
+        await deliver_all(settings)
         report = analyse(await raw.deliveries())
         assert (report.unique, report.order_violations) == (30, [])
         assert (await raw.stats())["rejected_signatures"] == 0 and (await raw.stats())["unique"] == 30

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 from services.relay.build import open_relay
-from services.relay.worker import Relay
-from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
     batch_relay_settings,
+    deliver_all,
+    drain,
     fill,
     metrics,
-    pending,
     query,
     relay_settings,
 )
@@ -25,14 +24,6 @@ EVENTS = "SELECT attempts, errors, delivered_at, dead_at, dead_reason FROM outbo
 def nobody_listening() -> str:
     """A URL whose connections are refused: a replica that is down."""
     return f"http://127.0.0.1:{free_port()}/v1/events"
-
-
-async def drain(relay: Relay, database_url: str) -> None:
-    async def done() -> bool:
-        await relay.run_once()
-        return await pending(database_url) == 0
-
-    await eventually(done, timeout_s=120, every_s=0.05, what="the outbox to drain")
 
 
 async def test_a_replica_that_goes_down_holds_nothing_back(
@@ -67,8 +58,7 @@ async def test_one_member_refusing_from_the_start_costs_no_attempt(
     group = f"{nobody_listening()}|{subscriber.url}"
     settings = relay_settings(database_url, {"document.*": [group]}, relay_max_attempts=1)
     await fill(database_url, count=200, aggregates=50)
-    async with open_relay(settings, metrics()) as relay:
-        await drain(relay, database_url)
+    await deliver_all(settings)
     report = analyse(await subscriber.deliveries())
     assert (report.unique, report.duplicates, report.order_violations) == (200, 0, [])
     rows = await query(database_url, EVENTS)
@@ -80,9 +70,7 @@ async def test_every_member_down_is_retried_then_dead_lettered(database_url: str
     group = "|".join(down)
     settings = relay_settings(database_url, {"document.*": [group]}, relay_max_attempts=3)
     await fill(database_url, count=2, aggregates=1)
-    m = metrics()
-    async with open_relay(settings, m) as relay:
-        await drain(relay, database_url)
+    m = await deliver_all(settings)
     first, second = await query(database_url, EVENTS)
     for row in (first, second):
         assert (row["attempts"], row["dead_reason"], row["delivered_at"]) == (3, "max_attempts", None)
@@ -100,8 +88,7 @@ async def test_a_group_among_several_routes_keeps_its_state_under_its_name(
     group = f"{nobody_listening()}|{subscriber.url}"
     settings = relay_settings(database_url, {"document.*": [group, other_subscriber.url]})
     await fill(database_url, count=10, aggregates=5)
-    async with open_relay(settings, metrics()) as relay:
-        await drain(relay, database_url)
+    await deliver_all(settings)
     rows = await query(
         database_url, "SELECT subscriber, attempts, delivered_at IS NOT NULL AS delivered FROM outbox_deliveries"
     )
@@ -116,8 +103,7 @@ async def test_a_batch_group_gets_batches_from_the_live_member(
     group = f"{nobody_listening()}|{subscriber.batch_url}"
     settings = batch_relay_settings(database_url, group, relay_batch_max=50)
     await fill(database_url, count=300, aggregates=300)
-    async with open_relay(settings, metrics()) as relay:
-        await drain(relay, database_url)
+    await deliver_all(settings)
     report = analyse(await subscriber.deliveries())
     assert (report.unique, report.duplicates) == (300, 0)
     assert (await subscriber.stats())["requests"] < 30, "batches, not one request per event"

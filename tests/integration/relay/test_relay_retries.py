@@ -10,32 +10,22 @@ from typing import Any
 
 from services.relay.backoff import BUSY_JITTER_S, BUSY_RETRY_MAX_S
 from services.relay.build import open_relay
-from services.relay.worker import Relay
 from shared.settings import Settings
 from tests.support.poll import eventually
 from tests.support.relay_helpers import (
     SubscriberProcess,
     analyse,
     batch_relay_settings,
+    deliver_all,
+    drain,
     fill,
     metrics,
-    pending,
     query,
     relay_settings,
 )
 
 # Seconds until a row is due again, read in the database's own clock.
 DUE_IN_S = "SELECT extract(epoch FROM available_at - now())::float8 AS due_in_s FROM outbox"
-
-
-async def drain(relay: Relay, database_url: str, *, timeout_s: float = 60.0) -> None:
-    """run_once until nothing is pending (retries become due after their backoff)."""
-
-    async def done() -> bool:
-        await relay.run_once()
-        return await pending(database_url) == 0
-
-    await eventually(done, timeout_s=timeout_s, every_s=0.05, what="the outbox to drain")
 
 
 def _gaps(deliveries: list[dict[str, Any]]) -> list[float]:
@@ -48,9 +38,7 @@ async def test_503_is_retried_with_backoff_then_delivered(
 ) -> None:
     await fill(relay_config.database_url, count=1, aggregates=1)
     await subscriber.control(status=503, count=2)
-    m = metrics()
-    async with open_relay(relay_config, m) as relay:
-        await drain(relay, relay_config.database_url)
+    m = await deliver_all(relay_config)
     (row,) = await query(relay_config.database_url, "SELECT attempts, errors, last_error, delivered_at FROM outbox")
     errors = json.loads(row["errors"])
     assert row["attempts"] == 3 and row["delivered_at"] is not None and row["last_error"].startswith("HTTP 503")
@@ -66,8 +54,7 @@ async def test_503_is_retried_with_backoff_then_delivered(
 async def test_503_honours_retry_after(relay_config: Settings, subscriber: SubscriberProcess) -> None:
     await fill(relay_config.database_url, count=1, aggregates=1)
     await subscriber.control(status=503, count=1, retry_after="2")
-    async with open_relay(relay_config, metrics()) as relay:
-        await drain(relay, relay_config.database_url)
+    await deliver_all(relay_config)
     (row,) = await query(relay_config.database_url, "SELECT errors FROM outbox")
     (error,) = json.loads(row["errors"])
     # The backoff base is 0.05 s here: only Retry-After explains a 2 s delay.
@@ -192,8 +179,7 @@ async def test_batch_subscriber_busy_per_event_is_not_an_attempt(
     settings = batch_relay_settings(database_url, subscriber.batch_url, relay_max_attempts=2)
     await fill(database_url, count=20, aggregates=20)
     await subscriber.control(status=429, count=30)
-    async with open_relay(settings, metrics()) as relay:
-        await drain(relay, database_url, timeout_s=120)
+    await deliver_all(settings)
     rows = await query(database_url, "SELECT attempts, errors, dead_at FROM outbox")
     assert all((r["attempts"], json.loads(r["errors"]), r["dead_at"]) == (1, [], None) for r in rows)
     report = analyse(await subscriber.deliveries())
@@ -218,9 +204,7 @@ async def test_max_attempts_dead_letter_and_successor_proceeds(
     settings = relay_config.model_copy(update={"relay_max_attempts": 3})
     await fill(settings.database_url, count=2, aggregates=1)
     await subscriber.control(status=503, count=3)
-    m = metrics()
-    async with open_relay(settings, m) as relay:
-        await drain(relay, settings.database_url)
+    m = await deliver_all(settings)
     first, second = await query(
         settings.database_url, "SELECT attempts, dead_reason, dead_at, delivered_at, errors FROM outbox ORDER BY seq"
     )
