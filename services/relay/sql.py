@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, NamedTuple
 
 import asyncpg
@@ -72,6 +72,8 @@ FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::text[], $7::t
 WHERE o.seq = ANY($2::bigint[]) AND o.seq = u.seq AND o.claimed_by = $1
 RETURNING o.seq
 """
+# The Settlement fields SETTLE's unnest() takes, in its order ($2…$7).
+SETTLE_COLUMNS: Final = ("seq", "action", "attempts", "delay_s", "reason", "error")
 
 # The common case, delivered at the first try of this claim (already counted by it), as one plain
 # primary-key UPDATE.
@@ -116,6 +118,8 @@ ON CONFLICT (event_seq, subscriber) DO UPDATE SET
     last_error = COALESCE(EXCLUDED.last_error, d.last_error),
     errors = d.errors || EXCLUDED.errors
 """
+# The DeliveryUpdate fields UPSERT_DELIVERIES' unnest() takes, in its order ($1…$7).
+UPSERT_DELIVERIES_COLUMNS: Final = ("seq", "subscriber", "state", "attempts", "delay_s", "reason", "error")
 
 HEALTH: Final = str(OUTBOX_HEALTH.text)
 
@@ -164,6 +168,10 @@ class DeliveryState:
     wait_s: float = 0.0
 
 
+# LOAD_DELIVERIES names its columns as DeliveryState's fields.
+_DELIVERY_STATE_FIELDS: Final = tuple(f.name for f in fields(DeliveryState))
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryUpdate:
     """A subscriber's new state after an attempt (``state`` is delivered, retry or dead)."""
@@ -198,6 +206,14 @@ def _error_json(error: dict[str, Any] | None) -> str | None:
     return json.dumps(error) if error is not None else None
 
 
+def _unnest_arrays(rows: Sequence[Settlement] | Sequence[DeliveryUpdate], columns: tuple[str, ...]) -> list[list[Any]]:
+    """One array per column of a statement's unnest(), in its order; ``error`` goes as JSON text."""
+    return [
+        [_error_json(r.error) for r in rows] if column == "error" else [getattr(r, column) for r in rows]
+        for column in columns
+    ]
+
+
 async def settle(
     conn: asyncpg.Connection,
     relay_id: str,
@@ -230,16 +246,7 @@ async def _settle(
     if acks:
         written.update(r["seq"] for r in await conn.fetch(ACK, relay_id, acks))
     if rest:
-        rows = await conn.fetch(
-            SETTLE,
-            relay_id,
-            [s.seq for s in rest],
-            [s.action for s in rest],
-            [s.attempts for s in rest],
-            [s.delay_s for s in rest],
-            [s.reason for s in rest],
-            [_error_json(s.error) for s in rest],
-        )
+        rows = await conn.fetch(SETTLE, relay_id, *_unnest_arrays(rest, SETTLE_COLUMNS))
         written.update(r["seq"] for r in rows)
     return written
 
@@ -254,28 +261,13 @@ async def load_deliveries(conn: asyncpg.Connection, seqs: Sequence[int]) -> dict
     """Stored per-subscriber states of multi-route events, by seq then subscriber."""
     states: dict[int, dict[str, DeliveryState]] = {}
     for r in await conn.fetch(LOAD_DELIVERIES, list(seqs)):
-        states.setdefault(r["event_seq"], {})[r["subscriber"]] = DeliveryState(
-            subscriber=r["subscriber"],
-            attempts=r["attempts"],
-            delivered=r["delivered"],
-            dead=r["dead"],
-            dead_reason=r["dead_reason"],
-            wait_s=r["wait_s"],
-        )
+        state = DeliveryState(**{name: r[name] for name in _DELIVERY_STATE_FIELDS})
+        states.setdefault(r["event_seq"], {})[state.subscriber] = state
     return states
 
 
 async def upsert_deliveries(conn: asyncpg.Connection, updates: Sequence[DeliveryUpdate]) -> None:
-    await conn.execute(
-        UPSERT_DELIVERIES,
-        [u.seq for u in updates],
-        [u.subscriber for u in updates],
-        [u.state for u in updates],
-        [u.attempts for u in updates],
-        [u.delay_s for u in updates],
-        [u.reason for u in updates],
-        [_error_json(u.error) for u in updates],
-    )
+    await conn.execute(UPSERT_DELIVERIES, *_unnest_arrays(updates, UPSERT_DELIVERIES_COLUMNS))
 
 
 async def health(conn: asyncpg.Connection) -> OutboxHealth:
