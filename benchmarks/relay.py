@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import partial
@@ -33,13 +33,12 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from benchmarks.support import percentile, table
+from benchmarks.support import percentile, serving, table
 from services.relay.build import open_relay
 from services.relay.main import freeze_heap
 from shared.events import NOTIFY_CHANNEL
 from shared.logging import configure_logging
 from tests.support import servers
-from tests.support.pipeline_helpers import wait_http_ok
 from tests.support.relay_helpers import FILL, SECRET, metrics, relay_settings, start_subscriber
 
 ROOT = servers.ROOT
@@ -345,8 +344,7 @@ def throughput(pg: servers.EmbeddedPostgres, events: int, runs: int) -> str:
     return table(headers, rows) + f"\n\n{loads}; best of {runs} run(s) per row, runs interleaved."
 
 
-@contextmanager
-def _relay_process(pg: servers.EmbeddedPostgres, database: str, url: str) -> Iterator[int]:
+def _relay_process(pg: servers.EmbeddedPostgres, database: str, url: str) -> AbstractContextManager[str]:
     port = servers.free_port()
     env = {
         **os.environ,
@@ -356,13 +354,7 @@ def _relay_process(pg: servers.EmbeddedPostgres, database: str, url: str) -> Ite
         "KBINGEST_RELAY_PORT": str(port),
         "KBINGEST_LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "relay"], env=env, cwd=ROOT)
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return serving("relay", env, port)
 
 
 async def _produce(dsn: str, rate: float, seconds: float) -> dict[str, float]:

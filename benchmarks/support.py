@@ -101,11 +101,9 @@ def kbingest_process(command: str, env: dict[str, str]) -> subprocess.Popen[byte
 
 
 @contextmanager
-def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
-    """``kbingest api`` as a real process; yields its base URL once /readyz is 200."""
-    port = free_port()
-    env = {**stack.env, "KBINGEST_API_PORT": str(port), "KBINGEST_API_KEY": api_key, **extra_env}
-    proc = kbingest_process("api", env)
+def serving(command: str, env: dict[str, str], port: int) -> Iterator[str]:
+    """``kbingest COMMAND`` serving on ``port``; yields its base URL once /readyz is 200, stopped on exit."""
+    proc = kbingest_process(command, env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{base}/readyz", proc)
@@ -113,3 +111,12 @@ def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextmanager
+def api_process(stack: Stack, api_key: str, **extra_env: str) -> Iterator[str]:
+    """``kbingest api`` as a real process; yields its base URL once /readyz is 200."""
+    port = free_port()
+    env = {**stack.env, "KBINGEST_API_PORT": str(port), "KBINGEST_API_KEY": api_key, **extra_env}
+    with serving("api", env, port) as base:
+        yield base
