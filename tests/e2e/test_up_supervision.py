@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +12,7 @@ import pytest
 
 from shared.supervision import STATUS_FILENAME, SupervisedProcess, read_status
 from tests.support import servers
+from tests.support.pipeline_helpers import run_cli
 from tests.support.poll import until
 from tests.support.up_process import STOP_TIMEOUT_S, UpProcess, alive, start_up, up_env, wait_gone
 
@@ -85,15 +84,7 @@ def test_a_killed_processor_is_restarted_and_ctrl_c_still_stops_everything() -> 
 
         assert _wait("finished upload", finished, up) == "ready"
 
-        doctor = subprocess.run(
-            [sys.executable, "-m", "services.cli.main", "doctor"],
-            env=up.service_env(NO_COLOR="1"),
-            cwd=servers.ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        doctor = run_cli(["doctor"], up.service_env(NO_COLOR="1"), 300)
         assert "processor restarted 1 time(s)" in doctor.stdout, doctor.stdout + doctor.stderr
 
         tree = up.descendants()

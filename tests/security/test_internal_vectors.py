@@ -4,8 +4,6 @@ body, mounted only where the API owns a local Qdrant, and default secrets refuse
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +19,7 @@ from shared.vector_remote import RemoteVectorStore
 from tests.security.conftest import in_process
 from tests.support import servers
 from tests.support.api_helpers import assert_error_shape
-from tests.support.pipeline_helpers import service_env
+from tests.support.pipeline_helpers import run_cli, service_env
 
 SEARCH = f"{INTERNAL_PREFIX}/search"
 COUNT = f"{INTERNAL_PREFIX}/count"
@@ -126,15 +124,7 @@ def test_the_api_refuses_to_start_on_a_public_address_with_default_secrets(
     for name in ("KBINGEST_RELAY_SECRET", "KBINGEST_INTERNAL_SECRET"):
         if name not in extra:
             env.pop(name, None)
-    result = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "api"],
-        cwd=servers.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli(["api"], env)
     assert result.returncode != 0
     assert named in result.stderr, result.stderr[-2000:]
 

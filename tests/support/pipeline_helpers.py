@@ -212,11 +212,22 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
+# ``kbingest`` as this interpreter runs it (no installed script needed).
+CLI: Final = (sys.executable, "-m", "services.cli.main")
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """``kbingest ARGS`` run to its end from the repository: the finished process, its output as text."""
+    return subprocess.run(
+        [*CLI, *args], cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
 def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", *args],
+            [*CLI, *args],
             cwd=servers.ROOT,
             env=env,
             stdout=log,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from services.reconciler.reconciler import Reconciler
 from shared.db import Database
 from shared.settings import Settings
 from tests.support import servers
-from tests.support.pipeline_helpers import http_sink, register_processor, service_env
+from tests.support.pipeline_helpers import http_sink, register_processor, run_cli, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -25,16 +23,7 @@ LINE = re.compile(r"^\[(?P<status> OK |WARN|FAIL)\] (?P<name>[a-z_]+): (?P<detai
 
 async def _doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, list[tuple[str, str]]], str]:
     """Exit code, {check name: [(status, detail)]}, and the whole output."""
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.cli.main", "doctor", *args],
-        cwd=servers.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    result = await asyncio.to_thread(run_cli, ["doctor", *args], env, 180)
     checks: dict[str, list[tuple[str, str]]] = {}
     for line in result.stdout.splitlines():
         match = LINE.match(line)
