@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import jsonschema
+import pytest
 from sqlalchemy import text
 
 from shared.db import worker_database
@@ -21,11 +22,17 @@ from tests.support.processor_harness import deliver_due, post_event, processor_c
 MARKDOWN = b"# Lighthouses\n\nThe Eddystone Lighthouse stands on dangerous rocks south of Plymouth.\n"
 
 
-async def test_markdown_goes_through_every_stage_to_ready(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
-) -> None:
+@pytest.fixture
+async def lighthouses(api: httpx.AsyncClient) -> tuple[str, str]:
+    """lighthouses.md uploaded to a new knowledge base: (kb id, document id)."""
     kb = await create_kb(api)
-    doc_id = (await upload(api, kb, "lighthouses.md", MARKDOWN)).json()["id"]
+    return kb, (await upload(api, kb, "lighthouses.md", MARKDOWN)).json()["id"]
+
+
+async def test_markdown_goes_through_every_stage_to_ready(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, lighthouses: tuple[str, str]
+) -> None:
+    kb, doc_id = lighthouses
     async with processor_client(fast_settings, vectors=vectors) as (client, state):
         doc = await wait_for(fast_settings, doc_id, {"ready", "failed"}, client=client)
         assert doc["status"] == "ready", doc["error"]
@@ -50,10 +57,9 @@ async def test_markdown_goes_through_every_stage_to_ready(
 
 
 async def test_same_event_ten_times_processes_once_and_reprocessing_leaves_no_stale_points(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+    fast_settings: Settings, vectors: QdrantVectorStore, lighthouses: tuple[str, str]
 ) -> None:
-    kb = await create_kb(api)
-    doc_id = (await upload(api, kb, "lighthouses.md", MARKDOWN)).json()["id"]
+    kb, doc_id = lighthouses
     [event] = await fetch_all(fast_settings, "SELECT payload FROM outbox WHERE aggregate_id = :id", id=doc_id)
     async with processor_client(fast_settings, vectors=vectors) as (client, _state):
         responses = await asyncio.gather(*(post_event(client, fast_settings, event["payload"]) for _ in range(10)))
@@ -94,10 +100,9 @@ async def test_same_event_ten_times_processes_once_and_reprocessing_leaves_no_st
 
 
 async def test_delete_removes_points_object_and_row(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, lighthouses: tuple[str, str]
 ) -> None:
-    kb = await create_kb(api)
-    doc_id = (await upload(api, kb, "lighthouses.md", MARKDOWN)).json()["id"]
+    kb, doc_id = lighthouses
     async with processor_client(fast_settings, vectors=vectors) as (client, state):
         await wait_for(fast_settings, doc_id, {"ready"}, client=client)
         assert (await api.delete(f"/v1/documents/{doc_id}")).status_code == 202
