@@ -32,6 +32,10 @@ ApiKeyOption = Annotated[
     ),
 ]
 KbOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
+CreateOption = Annotated[bool, typer.Option("--create", help="Create the knowledge base if it does not exist.")]
+# How long upload and sync watch their documents by default.
+DEFAULT_TIMEOUT_S = 3600.0
+TimeoutOption = Annotated[float, typer.Option(help="Give up waiting after this many seconds (exit 3).")]
 
 
 class CliError(Exception):

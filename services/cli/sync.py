@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -19,11 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli.client import (
+    DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     ApiKeyOption,
     Client,
     CliError,
+    CreateOption,
     KbOption,
+    TimeoutOption,
     UrlOption,
     connect,
     user_errors,
@@ -143,16 +147,26 @@ def _knowledge_base(client: Client, name: str, *, create: bool, dry_run: bool) -
     return client.resolve_kb(name, create=create, missing_exit=EXIT_USAGE)
 
 
+@contextmanager
+def _resumable() -> Iterator[None]:
+    """Ctrl-C ends the run with how to resume it (every step is idempotent) and exit code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho("kbingest: interrupted; run the same command again to resume", fg="yellow", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 def sync(
     path: Annotated[Path, typer.Argument(help="The folder to mirror (searched recursively).")],
     kb: KbOption,
-    create: Annotated[bool, typer.Option("--create", help="Create the knowledge base if it does not exist.")] = False,
+    create: CreateOption = False,
     delete: Annotated[
         bool, typer.Option("--delete", help="Delete documents whose file is no longer in the folder.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every change is ready or failed.")] = True,
-    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds (exit 3).")] = 3600.0,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -164,38 +178,7 @@ def sync(
     3 when waiting timed out.
     """
     console = Console()
-    try:
-        _sync(
-            console,
-            path,
-            kb,
-            create=create,
-            delete=delete,
-            dry_run=dry_run,
-            wait=wait,
-            timeout=timeout,
-            url=url,
-            api_key=api_key,
-        )
-    except KeyboardInterrupt:
-        typer.secho("kbingest: interrupted; run the same command again to resume", fg="yellow", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-
-
-def _sync(
-    console: Console,
-    path: Path,
-    kb: str,
-    *,
-    create: bool,
-    delete: bool,
-    dry_run: bool,
-    wait: bool,
-    timeout: float,
-    url: str,
-    api_key: str | None,
-) -> None:
-    with user_errors():
+    with _resumable(), user_errors():
         if not path.is_dir():
             raise CliError(f"{path}: not a folder (sync mirrors a folder; `kbingest upload` sends files)", EXIT_USAGE)
         found, skipped = walk(path)
@@ -222,24 +205,26 @@ def _sync(
             items += [_conflict_item(s) for s in steps if s.action is Action.CONFLICT]
             watched: list[Tracked] = [item for item in items if item.action is not Action.DELETE]
             finished = wait_for_results(client, watched, console, timeout) if wait else True
-    console.print(summary_table(items, steps, title=f"knowledge base {kb}"))
-    processing = sum(not item.done for item in watched)
-    if processing:
-        console.print(f"{processing} of them still processing (`kbingest status --kb {kb}` shows them)")
-    # In step with the folder, yet not searchable: said, not counted as this run's failures.
-    stuck = [s.name for s in steps if s.action is Action.UNCHANGED and s.remote and s.remote.status == "failed"]
-    if stuck:
-        console.print(
-            f"note: {len(stuck)} unchanged file(s) failed processing earlier: {', '.join(stuck)} "
-            f"(`kbingest status --kb {kb}` says why)"
-        )
-    if failed := [
-        (Text(str(item.path)), item.action.value, Text(item.error_code or ""), Text(item.meaning))
-        for item in items
-        if item.failed
-    ]:
-        console.print(failed_table("failed", ("file", "action", "error code", "why"), failed))
-        raise typer.Exit(EXIT_FAILED)
-    if not finished:
-        typer.secho(f"kbingest: {processing} change(s) still in progress after {timeout:.0f} s", fg="yellow", err=True)
-        raise typer.Exit(EXIT_TIMED_OUT)
+        console.print(summary_table(items, steps, title=f"knowledge base {kb}"))
+        processing = sum(not item.done for item in watched)
+        if processing:
+            console.print(f"{processing} of them still processing (`kbingest status --kb {kb}` shows them)")
+        # In step with the folder, yet not searchable: said, not counted as this run's failures.
+        stuck = [s.name for s in steps if s.action is Action.UNCHANGED and s.remote and s.remote.status == "failed"]
+        if stuck:
+            console.print(
+                f"note: {len(stuck)} unchanged file(s) failed processing earlier: {', '.join(stuck)} "
+                f"(`kbingest status --kb {kb}` says why)"
+            )
+        if failed := [
+            (Text(str(item.path)), item.action.value, Text(item.error_code or ""), Text(item.meaning))
+            for item in items
+            if item.failed
+        ]:
+            console.print(failed_table("failed", ("file", "action", "error code", "why"), failed))
+            raise typer.Exit(EXIT_FAILED)
+        if not finished:
+            typer.secho(
+                f"kbingest: {processing} change(s) still in progress after {timeout:.0f} s", fg="yellow", err=True
+            )
+            raise typer.Exit(EXIT_TIMED_OUT)

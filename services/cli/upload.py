@@ -26,12 +26,15 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli.client import (
+    DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     ApiKeyOption,
     ApiProblem,
     Client,
     CliError,
+    CreateOption,
     KbOption,
+    TimeoutOption,
     UrlOption,
     connect,
     user_errors,
@@ -202,9 +205,9 @@ def failed_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str
 def upload(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories (searched recursively).")],
     kb: KbOption,
-    create: Annotated[bool, typer.Option("--create", help="Create the knowledge base if it does not exist.")] = False,
+    create: CreateOption = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every file is ready or failed.")] = True,
-    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds (exit 3).")] = 3600.0,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
