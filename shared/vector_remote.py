@@ -30,7 +30,7 @@ from shared.vector_calls import (
     UpsertChunks,
     VectorCall,
 )
-from shared.vectorstore import UPSERT_BATCH, ChunkLike, IndexTag, QdrantVectorStore, SearchHit, VectorStore
+from shared.vectorstore import UPSERT_BATCH, EmbeddedChunks, IndexTag, QdrantVectorStore, SearchHit, VectorStore
 
 TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
 # The body limit of an internal upsert (every other internal call gets MAX_BODY_BYTES). Sized to a
@@ -71,31 +71,20 @@ class RemoteVectorStore:
     async def ensure_collection(self, dim: int, *, model: str | None = None) -> None:
         await self._call(EnsureCollection(dim=dim, model=model))
 
-    async def upsert_chunks(
-        self,
-        document_id: uuid.UUID | str,
-        kb_id: uuid.UUID | str,
-        version: int,
-        filename: str | None,
-        chunks: Sequence[ChunkLike],
-        vectors: Sequence[Sequence[float]],
-        *,
-        trim_tail: bool = True,
-        index: IndexTag | None = None,
-    ) -> int:
+    async def upsert_chunks(self, embedded: EmbeddedChunks, *, trim_tail: bool = True) -> int:
         """In batches under the endpoint's body limit, in chunk order; only the last one trims the tail."""
         head = UpsertChunks(
-            document_id=str(document_id),
-            kb_id=str(kb_id),
-            version=version,
-            filename=filename,
-            index=index,
+            document_id=str(embedded.document_id),
+            kb_id=str(embedded.kb_id),
+            version=embedded.version,
+            filename=embedded.filename,
+            index=embedded.index,
             chunks=[],
             vectors=[],
         )
         items = [
             (ChunkJson(chunk_no=c.chunk_no, text=c.text, page=c.page, heading=c.heading), [float(x) for x in v])
-            for c, v in zip(chunks, vectors, strict=True)
+            for c, v in zip(embedded.chunks, embedded.vectors, strict=True)
         ]
         budget = INTERNAL_UPSERT_MAX_BYTES - len(head.model_dump_json()) - ENVELOPE_BYTES
         sizes = [len(chunk.model_dump_json()) + len(json.dumps(vector)) for chunk, vector in items]

@@ -70,22 +70,32 @@ class IndexTag:
     fingerprint: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EmbeddedChunks:
+    """One document version's chunks and their vectors (chunk i has vector i), as ``upsert_chunks`` writes them.
+
+    ``index`` says which generation (and model's collection) the points belong to; None: generation 1,
+    the server's model.
+    """
+
+    document_id: uuid.UUID | str
+    kb_id: uuid.UUID | str
+    version: int
+    filename: str | None
+    chunks: Sequence[ChunkLike]
+    vectors: Sequence[Sequence[float]]
+    index: IndexTag | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.chunks) != len(self.vectors):
+            raise ValueError(f"{len(self.chunks)} chunks but {len(self.vectors)} vectors")
+
+
 class VectorStore(Protocol):
     """Chunk vectors per document version; ids are deterministic so every write is idempotent."""
 
     async def ensure_collection(self, dim: int, *, model: str | None = None) -> None: ...
-    async def upsert_chunks(
-        self,
-        document_id: uuid.UUID | str,
-        kb_id: uuid.UUID | str,
-        version: int,
-        filename: str | None,
-        chunks: Sequence[ChunkLike],
-        vectors: Sequence[Sequence[float]],
-        *,
-        trim_tail: bool = True,
-        index: IndexTag | None = None,
-    ) -> int: ...
+    async def upsert_chunks(self, embedded: EmbeddedChunks, *, trim_tail: bool = True) -> int: ...
     async def delete_other_versions(self, document_id: uuid.UUID | str, keep_version: int) -> None: ...
     async def delete_older_versions(self, document_id: uuid.UUID | str, version: int) -> None: ...
     async def delete_document(self, document_id: uuid.UUID | str) -> None: ...
@@ -232,31 +242,18 @@ class QdrantVectorStore:
                     )
         self._known.add(name)
 
-    async def upsert_chunks(
-        self,
-        document_id: uuid.UUID | str,
-        kb_id: uuid.UUID | str,
-        version: int,
-        filename: str | None,
-        chunks: Sequence[ChunkLike],
-        vectors: Sequence[Sequence[float]],
-        *,
-        trim_tail: bool = True,
-        index: IndexTag | None = None,
-    ) -> int:
+    async def upsert_chunks(self, embedded: EmbeddedChunks, *, trim_tail: bool = True) -> int:
         """Write one point per chunk; re-running it leaves exactly the same point set.
 
         ``trim_tail=False`` is for all but the last of several calls that write one version in chunk
-        order: a middle call must not delete the chunks the next calls write. ``index`` says which
-        generation (and model's collection) the points belong to; None: generation 1, the server's model.
+        order: a middle call must not delete the chunks the next calls write.
         """
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        if not chunks:
+        if not embedded.chunks:
             return 0
         from qdrant_client import models
 
-        dim = len(vectors[0])
+        document_id, version, index = embedded.document_id, embedded.version, embedded.index
+        dim = len(embedded.vectors[0])
         model = index.embedding_model if index is not None else None
         await self.ensure_collection(dim, model=model)
         name = self.collection_for(dim, model)
@@ -268,18 +265,18 @@ class QdrantVectorStore:
                 id=str(point_id(document_id, version, chunk.chunk_no)),
                 vector=[float(x) for x in vector],
                 payload={
-                    "knowledge_base_id": str(kb_id),
+                    "knowledge_base_id": str(embedded.kb_id),
                     "document_id": str(document_id),
                     "version": version,
                     "chunk_no": chunk.chunk_no,
                     "text": chunk.text,
                     "page": chunk.page,
                     "heading": chunk.heading,
-                    "filename": filename,
+                    "filename": embedded.filename,
                     **tags,
                 },
             )
-            for chunk, vector in zip(chunks, vectors, strict=True)
+            for chunk, vector in zip(embedded.chunks, embedded.vectors, strict=True)
         ]
         for start in range(0, len(points), UPSERT_BATCH):
             batch = functools.partial(_upsert, name=name, points=points[start : start + UPSERT_BATCH])
@@ -287,7 +284,7 @@ class QdrantVectorStore:
         if not trim_tail:
             return len(points)
         # A re-run that produced fewer chunks must not leave the old tail behind.
-        highest = max(chunk.chunk_no for chunk in chunks)
+        highest = max(chunk.chunk_no for chunk in embedded.chunks)
         stale = _document_filter(
             document_id,
             models.FieldCondition(key="version", match=models.MatchValue(value=version)),

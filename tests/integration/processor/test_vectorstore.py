@@ -15,7 +15,7 @@ from qdrant_client import AsyncQdrantClient
 from services.processor.chunking import Chunk
 from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
-from shared.vectorstore import QdrantVectorStore, collection_name, point_id
+from shared.vectorstore import EmbeddedChunks, QdrantVectorStore, collection_name, point_id
 
 # qdrant-client warns (from a worker thread, so per-test filters miss it) when no server answers.
 pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version")
@@ -32,6 +32,13 @@ def _vector(seed: int) -> list[float]:
 
 def _chunks(count: int, label: str = "chunk") -> list[Chunk]:
     return [Chunk(chunk_no=i, text=f"{label} {i}", page=i // 2 + 1, heading=f"Section {i // 3}") for i in range(count)]
+
+
+def _embedded(
+    document: uuid.UUID, kb: uuid.UUID, version: int, filename: str, count: int, label: str = "chunk"
+) -> EmbeddedChunks:
+    """``count`` chunks of a document version, chunk i with vector ``_vector(i)``."""
+    return EmbeddedChunks(document, kb, version, filename, _chunks(count, label), [_vector(i) for i in range(count)])
 
 
 @pytest_asyncio.fixture(params=["memory", "path", "server_client"])
@@ -51,7 +58,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def test_upsert_search_and_payload(store: QdrantVectorStore) -> None:
     document, kb = uuid.uuid4(), uuid.uuid4()
     await store.ensure_collection(DIM)
-    written = await store.upsert_chunks(document, kb, 1, "report.pdf", _chunks(5), [_vector(i) for i in range(5)])
+    written = await store.upsert_chunks(_embedded(document, kb, 1, "report.pdf", 5))
     assert written == 5
     assert await store.count(document) == 5
     hits = await store.search(kb, _vector(3), limit=3)
@@ -64,26 +71,31 @@ async def test_upsert_search_and_payload(store: QdrantVectorStore) -> None:
     assert hits[0].score >= hits[1].score >= hits[2].score
 
 
+def test_every_chunk_needs_its_vector() -> None:
+    with pytest.raises(ValueError, match="3 chunks but 2 vectors"):
+        EmbeddedChunks(uuid.uuid4(), uuid.uuid4(), 1, "a.txt", _chunks(3), [_vector(0), _vector(1)])
+
+
 @pytest.mark.asyncio
 async def test_re_upsert_is_idempotent(store: QdrantVectorStore) -> None:
     document, kb = uuid.uuid4(), uuid.uuid4()
     vectors = [_vector(i) for i in range(6)]
-    await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(6), vectors)
+    await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "a.txt", _chunks(6), vectors))
     first = await _point_ids(store, kb)
-    await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(6), vectors)
+    await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "a.txt", _chunks(6), vectors))
     assert await _point_ids(store, kb) == first
     assert first == {str(point_id(document, 1, n)) for n in range(6)}
     # A re-run of the same version that produced fewer chunks leaves no tail behind.
-    await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(4), vectors[:4])
+    await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "a.txt", _chunks(4), vectors[:4]))
     assert await store.count(document) == 4
 
 
 @pytest.mark.asyncio
 async def test_delete_other_versions_leaves_no_stale_points(store: QdrantVectorStore) -> None:
     document, other, kb = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(5, "old"), [_vector(i) for i in range(5)])
-    await store.upsert_chunks(other, kb, 1, "b.txt", _chunks(2, "other"), [_vector(i) for i in range(2)])
-    await store.upsert_chunks(document, kb, 2, "a.txt", _chunks(3, "new"), [_vector(i) for i in range(3)])
+    await store.upsert_chunks(_embedded(document, kb, 1, "a.txt", 5, "old"))
+    await store.upsert_chunks(_embedded(other, kb, 1, "b.txt", 2, "other"))
+    await store.upsert_chunks(_embedded(document, kb, 2, "a.txt", 3, "new"))
     assert await store.count(document) == 8
     await store.delete_other_versions(document, keep_version=2)
     assert await store.count(document) == 3
@@ -97,7 +109,7 @@ async def test_delete_other_versions_leaves_no_stale_points(store: QdrantVectorS
 async def test_delete_older_versions_spares_newer_ones(store: QdrantVectorStore) -> None:
     document, kb = uuid.uuid4(), uuid.uuid4()
     for version in (1, 2, 3):
-        await store.upsert_chunks(document, kb, version, "a.txt", _chunks(2), [_vector(1), _vector(2)])
+        await store.upsert_chunks(EmbeddedChunks(document, kb, version, "a.txt", _chunks(2), [_vector(1), _vector(2)]))
     await store.delete_older_versions(document, 2)
     hits = await store.search(kb, _vector(1), limit=20)
     assert sorted({h.version for h in hits}) == [2, 3]
@@ -107,8 +119,8 @@ async def test_delete_older_versions_spares_newer_ones(store: QdrantVectorStore)
 async def test_search_is_filtered_by_knowledge_base(store: QdrantVectorStore) -> None:
     kb_a, kb_b = uuid.uuid4(), uuid.uuid4()
     doc_a, doc_b = uuid.uuid4(), uuid.uuid4()
-    await store.upsert_chunks(doc_a, kb_a, 1, "a.txt", _chunks(3, "alpha"), [_vector(i) for i in range(3)])
-    await store.upsert_chunks(doc_b, kb_b, 1, "b.txt", _chunks(3, "beta"), [_vector(i) for i in range(3)])
+    await store.upsert_chunks(_embedded(doc_a, kb_a, 1, "a.txt", 3, "alpha"))
+    await store.upsert_chunks(_embedded(doc_b, kb_b, 1, "b.txt", 3, "beta"))
     hits = await store.search(kb_a, _vector(1), limit=10)
     assert len(hits) == 3
     assert {h.document_id for h in hits} == {str(doc_a)}
@@ -118,9 +130,9 @@ async def test_search_is_filtered_by_knowledge_base(store: QdrantVectorStore) ->
 @pytest.mark.asyncio
 async def test_delete_document_removes_every_point(store: QdrantVectorStore) -> None:
     document, keep, kb = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(4), [_vector(i) for i in range(4)])
-    await store.upsert_chunks(document, kb, 2, "a.txt", _chunks(2), [_vector(i) for i in range(2)])
-    await store.upsert_chunks(keep, kb, 1, "b.txt", _chunks(1), [_vector(9)])
+    await store.upsert_chunks(_embedded(document, kb, 1, "a.txt", 4))
+    await store.upsert_chunks(_embedded(document, kb, 2, "a.txt", 2))
+    await store.upsert_chunks(EmbeddedChunks(keep, kb, 1, "b.txt", _chunks(1), [_vector(9)]))
     await store.delete_document(document)
     assert await store.count(document) == 0
     assert await store.count() == 1
@@ -146,8 +158,8 @@ async def test_each_model_and_dimension_gets_its_own_collection(tmp_path: Path) 
     store = QdrantVectorStore(":memory:", embedding_model="openai/text-embedding-3-small")
     try:
         document, kb = uuid.uuid4(), uuid.uuid4()
-        await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(1), [[1.0, 0.0, 0.0, 0.0]])
-        await store.upsert_chunks(document, kb, 1, "a.txt", _chunks(1), [_vector(1)])
+        await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "a.txt", _chunks(1), [[1.0, 0.0, 0.0, 0.0]]))
+        await store.upsert_chunks(EmbeddedChunks(document, kb, 1, "a.txt", _chunks(1), [_vector(1)]))
         assert await store.count(document) == 2
         assert len(await store.search(kb, [1.0, 0.0, 0.0, 0.0], limit=5)) == 1
         await store.delete_document(document)
@@ -161,7 +173,7 @@ async def test_local_path_persists_and_is_locked_to_one_client(tmp_path: Path) -
     path = str(tmp_path / "qdrant")
     document, kb = uuid.uuid4(), uuid.uuid4()
     first = QdrantVectorStore(path, embedding_model=MODEL)
-    await first.upsert_chunks(document, kb, 1, "a.txt", _chunks(3), [_vector(i) for i in range(3)])
+    await first.upsert_chunks(_embedded(document, kb, 1, "a.txt", 3))
     second = QdrantVectorStore(path, embedding_model=MODEL)
     with pytest.raises(ProcessingError) as caught:
         await second.count()
@@ -186,7 +198,7 @@ async def test_an_unreachable_server_is_index_unavailable() -> None:
             await store.health()
         assert caught.value.code == ErrorCode.INDEX_UNAVAILABLE
         with pytest.raises(ProcessingError):
-            await store.upsert_chunks(uuid.uuid4(), uuid.uuid4(), 1, "a.txt", _chunks(1), [_vector(1)])
+            await store.upsert_chunks(EmbeddedChunks(uuid.uuid4(), uuid.uuid4(), 1, "a.txt", _chunks(1), [_vector(1)]))
     finally:
         await store.close()
 

@@ -22,7 +22,7 @@ from shared.db import worker_database
 from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
 from shared.storage import ObjectStore, StorageUnavailable
-from shared.vectorstore import QdrantVectorStore
+from shared.vectorstore import EmbeddedChunks, QdrantVectorStore
 from tests.support.api_helpers import create_kb, fetch_all, upload
 from tests.support.processor_harness import deliver_due, document, post_event, processor_client, until_idle, wait_for
 
@@ -47,14 +47,14 @@ class ServerSideIndex:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def upsert_chunks(self, **kwargs: Any) -> int:
+    async def upsert_chunks(self, embedded: EmbeddedChunks, **kwargs: Any) -> int:
         self.entered.set()
-        on_the_wire = asyncio.ensure_future(self._apply(**kwargs))
+        on_the_wire = asyncio.ensure_future(self._apply(embedded, **kwargs))
         return await asyncio.shield(on_the_wire)
 
-    async def _apply(self, **kwargs: Any) -> int:
+    async def _apply(self, embedded: EmbeddedChunks, **kwargs: Any) -> int:
         await self.gate.wait()
-        written = await self._inner.upsert_chunks(**kwargs)
+        written = await self._inner.upsert_chunks(embedded, **kwargs)
         self.landed.set()
         return written
 
@@ -222,12 +222,14 @@ async def test_reconciler_repurges_a_settled_tombstone_once(
                 assert await lifecycle.finish_delete(conn, doc)
         # The killed holder's last request lands after the purge.
         await vectors.upsert_chunks(
-            document_id=taken,
-            kb_id=kb,
-            version=lease.version,
-            filename="taken.txt",
-            chunks=[_Chunk(0, "late"), _Chunk(1, "later")],
-            vectors=[[1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382],
+            EmbeddedChunks(
+                document_id=taken,
+                kb_id=kb,
+                version=lease.version,
+                filename="taken.txt",
+                chunks=[_Chunk(0, "late"), _Chunk(1, "later")],
+                vectors=[[1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382],
+            )
         )
         step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
         assert await step.run() == {}, "a tombstone younger than the settle time is left alone"
