@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,14 @@ REQUIRED_SECRETS = {
     "KBINGEST_RELAY_SECRET",
 }
 KUSTOMIZATIONS = ["base", "overlays/production"]
+
+
+def _pod_specs(objects: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    """(object, pod spec) of each workload among ``objects``."""
+    for o in objects:
+        spec = v.pod_spec(o)
+        if spec is not None:
+            yield o, spec
 
 
 @pytest.fixture(scope="module", params=KUSTOMIZATIONS)
@@ -127,10 +135,7 @@ def test_probes_use_healthz_and_readyz_on_the_container_port(rendered: list[Obj]
 
 
 def test_every_workload_has_resources(rendered: list[Obj]) -> None:
-    for o in rendered:
-        spec = v.pod_spec(o)
-        if spec is None:
-            continue
+    for o, spec in _pod_specs(rendered):
         for c in spec["containers"]:
             res = c["resources"]
             assert {"cpu", "memory"} <= set(res["requests"]), o["metadata"]["name"]
@@ -145,10 +150,7 @@ def test_processor_outlives_its_drain(rendered: list[Obj]) -> None:
 
 
 def test_containers_run_the_kbingest_cli(rendered: list[Obj]) -> None:
-    for o in rendered:
-        spec = v.pod_spec(o)
-        if spec is None:
-            continue
+    for o, spec in _pod_specs(rendered):
         (c,) = spec["containers"]
         expected = "migrate" if o["kind"] == "Job" else o["metadata"]["name"].removeprefix("kbingest-")
         assert "command" not in c, "keep the image's tini entrypoint; set args"
@@ -156,10 +158,7 @@ def test_containers_run_the_kbingest_cli(rendered: list[Obj]) -> None:
 
 
 def test_pods_are_locked_down(rendered: list[Obj]) -> None:
-    for o in rendered:
-        spec = v.pod_spec(o)
-        if spec is None:
-            continue
+    for _, spec in _pod_specs(rendered):
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["automountServiceAccountToken"] is False
         for c in spec["containers"]:
@@ -204,10 +203,7 @@ def test_hpas_own_their_replicas(rendered: list[Obj]) -> None:
 
 def test_config_and_secret_wiring(rendered: list[Obj], secret_example: Obj) -> None:
     configmaps = v.by_kind(rendered, "ConfigMap")
-    for o in rendered:
-        spec = v.pod_spec(o)
-        if spec is None:
-            continue
+    for _, spec in _pod_specs(rendered):
         for c in spec["containers"]:
             refs = c["envFrom"]
             assert {r["configMapRef"]["name"] for r in refs if "configMapRef" in r} <= set(configmaps)
