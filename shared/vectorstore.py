@@ -8,7 +8,7 @@ import re
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from shared.errors import ErrorCode, ProcessingError
@@ -173,45 +173,37 @@ class _LocalEngine:
             await client.close()
 
 
+@dataclass(kw_only=True, eq=False)
 class QdrantVectorStore:
     """``VectorStore`` on qdrant-client: a server URL, a local path (one process only) or ``:memory:``.
 
     A server's client runs in the caller's event loop; local mode runs on a ``_LocalEngine``. Both run
     the same typed operations (``_call``). ``client``: an async client to use as a server's (tests run
-    the server path on ``AsyncQdrantClient(location=":memory:")``, which has the server client's API).
+    the server path on ``AsyncQdrantClient(location=":memory:")``, which has the server client's API);
+    without one, a server's client is made on first use.
     """
 
-    def __init__(
-        self,
-        location: str,
-        *,
-        embedding_model: str,
-        api_key: str | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        client: AsyncQdrantClient | None = None,
-    ) -> None:
-        self._location = location
-        self._model = embedding_model
-        self._api_key = api_key
-        self._timeout_s = timeout_s
-        self._is_remote = client is not None or location.startswith(("http://", "https://"))
-        self._remote = client
-        self._local: _LocalEngine | None = None
-        self._known: set[str] = set()
-        self._closed = False
+    location: str = field(kw_only=False)
+    embedding_model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    client: AsyncQdrantClient | None = field(default=None, repr=False)
+    _is_remote: bool = field(init=False, repr=False)
+    _local: _LocalEngine | None = field(default=None, init=False, repr=False)
+    _known: set[str] = field(default_factory=set, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._is_remote = self.client is not None or self.location.startswith(("http://", "https://"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QdrantVectorStore:
         location = settings.qdrant_url if not settings.is_local_qdrant else str(settings.qdrant_path)
         return cls(location, embedding_model=settings.embedding_model)
 
-    @property
-    def location(self) -> str:
-        return self._location
-
     def collection_for(self, dim: int, model: str | None = None) -> str:
         """The collection of ``model`` (default: the server's model) at ``dim``."""
-        return collection_name(model or self._model, dim)
+        return collection_name(model or self.embedding_model, dim)
 
     async def ensure_collection(self, dim: int, *, model: str | None = None) -> None:
         """Create the model's collection for ``dim`` (cosine, payload indexes) if it doesn't exist."""
@@ -372,8 +364,8 @@ class QdrantVectorStore:
     async def close(self) -> None:
         """Release the client (and, in local mode, the storage lock)."""
         self._closed = True
-        if self._remote is not None:
-            remote, self._remote = self._remote, None
+        if self.client is not None:
+            remote, self.client = self.client, None
             await remote.close()
         if self._local is not None:
             local, self._local = self._local, None
@@ -398,7 +390,7 @@ class QdrantVectorStore:
             if self._is_remote:
                 return await op(await self._remote_client())
             if self._local is None:
-                self._local = _LocalEngine(self._location)
+                self._local = _LocalEngine(self.location)
             return await self._local.run(op)
         except ProcessingError:
             raise
@@ -408,19 +400,19 @@ class QdrantVectorStore:
             ) from exc
 
     async def _remote_client(self) -> AsyncQdrantClient:
-        if self._remote is None:
+        if self.client is None:
             from qdrant_client import AsyncQdrantClient
 
             # The constructor checks the server version with a blocking HTTP call: keep it off the loop.
-            self._remote = await asyncio.to_thread(
+            self.client = await asyncio.to_thread(
                 functools.partial(
-                    AsyncQdrantClient, url=self._location, api_key=self._api_key, timeout=max(1, int(self._timeout_s))
+                    AsyncQdrantClient, url=self.location, api_key=self.api_key, timeout=max(1, int(self.timeout_s))
                 )
             )
-        return self._remote
+        return self.client
 
     def _where(self) -> str:
-        return self._location if self._is_remote or self._location == MEMORY else f"local path {self._location}"
+        return self.location if self._is_remote or self.location == MEMORY else f"local path {self.location}"
 
 
 # Operations used more than once or in a loop (a lambda would capture the loop's variable late).
