@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from shared import lifecycle
 from shared.db import worker_database
 from shared.errors import ErrorCode, ProcessingError
 from shared.settings import Settings
-from shared.storage import ObjectStore, StorageUnavailable
+from shared.storage import StorageUnavailable
 from shared.vectorstore import EmbeddedChunks, QdrantVectorStore
 from tests.support.api_helpers import create_kb, fetch_all, upload
 from tests.support.processor_harness import deliver_due, document, post_event, processor_client, until_idle, wait_for
@@ -34,18 +35,27 @@ async def plain_text(path: str, media_type: str) -> list[Element]:
         return [Element(text=handle.read(), kind="NarrativeText", page=None, heading=None)]
 
 
-class ServerSideIndex:
-    """Fake vector store: an upsert, once sent, lands when the server gets to it (``gate``), whatever the
-    client does meanwhile — as a request already on the wire does when its caller gives up on it."""
+class Wrapping:
+    """A fake around a real store: what the fake does not define reaches ``inner``."""
 
-    def __init__(self, inner: QdrantVectorStore) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self.entered = asyncio.Event()
-        self.gate = asyncio.Event()
-        self.landed = asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+class ServerSideIndex(Wrapping):
+    """Fake vector store: an upsert, once sent, lands when the server gets to it (``gate``), whatever the
+    client does meanwhile — as a request already on the wire does when its caller gives up on it."""
+
+    _inner: QdrantVectorStore
+
+    def __init__(self, inner: QdrantVectorStore) -> None:
+        super().__init__(inner)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.landed = asyncio.Event()
 
     async def upsert_chunks(self, embedded: EmbeddedChunks, **kwargs: Any) -> int:
         self.entered.set()
@@ -59,36 +69,27 @@ class ServerSideIndex:
         return written
 
 
-class IndexDown:
-    """Fake vector store whose deletes fail while ``down`` (Qdrant unreachable during a purge)."""
+class DeletesDown(Wrapping):
+    """Fake store whose ``delete_method`` raises ``outage()`` while ``down`` (Qdrant or S3 unreachable
+    during a purge)."""
 
-    def __init__(self, inner: QdrantVectorStore) -> None:
-        self._inner = inner
+    def __init__(self, inner: Any, delete_method: str, outage: Callable[[], Exception]) -> None:
+        super().__init__(inner)
+        self._delete_method = delete_method
+        self._outage = outage
         self.down = False
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        real = super().__getattr__(name)
+        if name != self._delete_method:
+            return real
 
-    async def delete_document(self, document_id: uuid.UUID | str) -> None:
-        if self.down:
-            raise ProcessingError(ErrorCode.INDEX_UNAVAILABLE, "qdrant delete failed: connection refused (fake)")
-        await self._inner.delete_document(document_id)
+        async def delete(*args: Any) -> None:
+            if self.down:
+                raise self._outage()
+            await real(*args)
 
-
-class ObjectStoreDown:
-    """Fake object store whose deletes fail while ``down`` (S3 unreachable during a purge)."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self._inner = inner
-        self.down = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def delete(self, key: str) -> None:
-        if self.down:
-            raise StorageUnavailable("object store unreachable: connection refused (fake)")
-        await self._inner.delete(key)
+        return delete
 
 
 @pytest.mark.parametrize(
@@ -132,13 +133,21 @@ async def test_a_write_that_lands_after_the_purge_is_taken_back(
 async def test_a_failed_purge_is_not_acknowledged_and_the_redelivery_purges(
     api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore, failing: str
 ) -> None:
-    index = IndexDown(vectors)
+    index = DeletesDown(
+        vectors,
+        "delete_document",
+        lambda: ProcessingError(ErrorCode.INDEX_UNAVAILABLE, "qdrant delete failed: connection refused (fake)"),
+    )
     kb = await create_kb(api)
     doc_id = (await upload(api, kb, "keepers.txt", TEXT)).json()["id"]
     async with processor_client(fast_settings, extractor=plain_text, vectors=index) as (client, state):  # type: ignore[arg-type]
         await wait_for(fast_settings, doc_id, {"ready"}, client=client)
         assert await vectors.count(doc_id) >= 1
-        objects = ObjectStoreDown(state.deps.store)
+        objects = DeletesDown(
+            state.deps.store,
+            "delete",
+            lambda: StorageUnavailable("object store unreachable: connection refused (fake)"),
+        )
         # The fake wraps the real store; only the purge (the state's) meets it, the worker keeps the real one.
         state.deps = replace(state.deps, store=objects)
         fake = index if failing == "vector_store" else objects
@@ -190,14 +199,8 @@ class _Chunk:
     heading: str | None = None
 
 
-class KeepOpen:
+class KeepOpen(Wrapping):
     """The fixture's store, lent to the step without letting it close it."""
-
-    def __init__(self, inner: QdrantVectorStore) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     async def close(self) -> None:
         return None
