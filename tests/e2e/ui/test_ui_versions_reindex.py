@@ -56,6 +56,17 @@ def _replace_with(page: Any, content: bytes, name: str = "notes.md") -> None:
     )
 
 
+def _kb_with_document(
+    stack: user_stack.UserStack, kb_name: str, filename: str, content: bytes
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new knowledge base on the real stack holding one uploaded document: both as the API answered."""
+    with stack.client() as api:
+        kb = api.post("/v1/knowledge-bases", json={"name": stack.name(kb_name)}).json()
+        created = api.post(f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": (filename, content)})
+        assert created.status_code == 201, created.text
+    return kb, created.json()
+
+
 class Fakes:
     """What the faked routes answer now, and what the page sent them."""
 
@@ -110,13 +121,8 @@ class Fakes:
 def test_replace_shows_progress_a_failed_version_and_the_versions_then_reindex_cancel_and_rollback(
     page: Any, stack: user_stack.UserStack
 ) -> None:
-    with stack.client() as api:
-        kb = api.post("/v1/knowledge-bases", json={"name": stack.name("versions-ui")}).json()
-        created = api.post(
-            f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": ("notes.md", b"# Notes\n\nfirst words\n")}
-        )
-        assert created.status_code == 201, created.text
-    fakes = Fakes(created.json(), kb)
+    kb, doc = _kb_with_document(stack, "versions-ui", "notes.md", b"# Notes\n\nfirst words\n")
+    fakes = Fakes(doc, kb)
     page.route(f"**/v1/documents/{fakes.doc['id']}", fakes.document)
     page.route(f"**/v1/documents/{fakes.doc['id']}/content", fakes.document)
     page.route(
@@ -206,14 +212,8 @@ def test_replace_on_the_real_stack_serves_the_new_version_and_lists_both(
     page: Any, stack: user_stack.UserStack
 ) -> None:
     """Needs the processor: the first version and its replacement are processed for real."""
-    with stack.client() as api:
-        kb = api.post("/v1/knowledge-bases", json={"name": stack.name("versions-real")}).json()
-        created = api.post(
-            f"/v1/knowledge-bases/{kb['id']}/documents",
-            files={"file": ("recipes.md", b"# Recipes\n\nBread needs flour, water, salt and time.\n")},
-        )
-        assert created.status_code == 201, created.text
-    doc = created.json()
+    first = b"# Recipes\n\nBread needs flour, water, salt and time.\n"
+    kb, doc = _kb_with_document(stack, "versions-real", "recipes.md", first)
     b.sign_in(page, stack.base_url, stack.api_key)
     page.goto(f"{stack.base_url}/#/kbs/{kb['id']}/docs/{doc['id']}")
     detail = page.locator("#document-detail")
@@ -239,11 +239,8 @@ def test_replace_on_the_real_stack_serves_the_new_version_and_lists_both(
 
 def test_reindex_on_the_real_stack_switches_then_rolls_back(page: Any, stack: user_stack.UserStack) -> None:
     """Needs the processor: the document is processed, then built again with another chunk size."""
-    with stack.client() as api:
-        kb = api.post("/v1/knowledge-bases", json={"name": stack.name("reindex-real")}).json()
-        text = "".join(f"Paragraph {i}: kilns fire clay at high heat for hours on end.\n\n" for i in range(60))
-        created = api.post(f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": ("kilns.md", text.encode())})
-        assert created.status_code == 201, created.text
+    text = "".join(f"Paragraph {i}: kilns fire clay at high heat for hours on end.\n\n" for i in range(60))
+    kb, _ = _kb_with_document(stack, "reindex-real", "kilns.md", text.encode())
     b.sign_in(page, stack.base_url, stack.api_key)
     page.goto(f"{stack.base_url}/#/kbs/{kb['id']}")
     deadline_ms = PROCESSING_DEADLINE_S * 1000
