@@ -30,7 +30,7 @@ from shared.settings import INFORMATIONAL_EVENT_TYPES, PROCESSOR_EVENT_TYPES, SU
 from tests.support import servers
 from tests.support.chaos_proxy import CuttableProxy
 from tests.support.fake_embedder import FakeEmbedder, fake_embedder
-from tests.support.pipeline_helpers import start_cli
+from tests.support.pipeline_helpers import start_cli, stop_process, wait_http_ok
 from tests.support.relay_helpers import SECRET
 
 READY_TIMEOUT_S = 180.0
@@ -217,7 +217,7 @@ def routes(processor_ports: list[int], subscriber_port: int) -> dict[str, list[s
     """Work events to the processors as one any-of group; informational ones to the audit and garbage sides."""
     group = SUBSCRIBER_GROUP_SEPARATOR.join(f"http://127.0.0.1:{p}/v1/events" for p in processor_ports)
     informational = [f"http://127.0.0.1:{subscriber_port}/{side}/v1/events" for side in ("audit", "garbage")]
-    table = {event_type: [group] for event_type in PROCESSOR_EVENT_TYPES}
+    table: dict[str, list[str]] = {event_type: [group] for event_type in PROCESSOR_EVENT_TYPES}
     table.update({event_type: list(informational) for event_type in INFORMATIONAL_EVENT_TYPES})
     return table
 
@@ -232,15 +232,12 @@ def _start_subscriber(port: int, seed: int, log: Path) -> subprocess.Popen[bytes
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("chaos subscriber did not start:\n" + log.read_text()[-2000:])
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc, log, timeout_s=30)
+    except AssertionError:
+        stop_process(proc, timeout_s=10)
+        raise
+    return proc
 
 
 @contextmanager
@@ -267,7 +264,7 @@ def chaos_stack(seed: int) -> Iterator[ChaosStack]:
         with fake_embedder() as embedder:
             subscriber_port = servers.free_port()
             subscriber = _start_subscriber(subscriber_port, seed, root / "subscriber.log")
-            started.append(lambda: _stop_popen(subscriber))
+            started.append(lambda: stop_process(subscriber, timeout_s=10))
             ports = {name: servers.free_port() for name in ("api", "relay", "reconciler", "proxy")}
             processor_ports = [servers.free_port() for _ in range(PROCESSORS)]
             proxy = CuttableProxy(ports["proxy"], ports["api"])
@@ -311,12 +308,3 @@ def chaos_stack(seed: int) -> Iterator[ChaosStack]:
                 stop()
         if os.environ.get("CHAOS_KEEP") != "1":
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _stop_popen(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
