@@ -9,22 +9,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
-from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devstack.postgres import EmbeddedPostgres
 from services.api.app import create_app
 from services.api.state import AppState
-from services.api.uploads.service import UploadService
-from shared.db import Database, DatabaseUnavailable
 from shared.settings import Settings
 from tests.conftest import _client_for
 from tests.support import servers
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys, upload
+from tests.support.lost_commit import AmbiguousCommit
 from tests.support.poll import eventually
 
 TEXT = b"Committed is committed, whatever happened to the socket afterwards.\n" * 20
@@ -33,69 +29,22 @@ DEADLINE_S = 60.0
 ABSENT_STANDBY = "kbingest_absent_standby"
 
 
-class _RolledBack(Exception):
-    """Rolls the armed transaction back, as the server does for a session that vanished before COMMIT."""
-
-
-class LosesConnectionAtCommit(Database):
-    """The real database, except that the armed transaction ends the way a dropped connection does.
-
-    ``server_commits`` says what the server did with the COMMIT the client never got an answer to.
-    """
-
-    def __init__(self, inner: Database, *, server_commits: bool) -> None:
-        super().__init__(inner.engine, max_connections=inner.max_connections, acquire_timeout_s=5.0)
-        self.server_commits = server_commits
-        self.armed = False
-        self.fired = 0
-
-    async def arm(self, document_id: uuid.UUID) -> None:
-        """The ``after_store`` seam: called inside the transaction that commits the upload."""
-        self.armed = True
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        lost = False
-        try:
-            async with super().transaction() as conn:
-                yield conn
-                lost, self.armed = self.armed, False
-                if lost and not self.server_commits:
-                    raise _RolledBack
-        except _RolledBack:
-            pass
-        if lost:
-            self.fired += 1
-            raise DatabaseUnavailable("connection was closed in the middle of operation (injected at COMMIT)")
-
-
-def _swap_uploads(app: FastAPI, *, server_commits: bool) -> LosesConnectionAtCommit:
-    state: AppState = app.state.kb
-    fake = LosesConnectionAtCommit(state.db, server_commits=server_commits)
-    state.uploads = UploadService(settings=state.settings, db=fake, store=state.store, after_store=fake.arm)
-    return fake
-
-
-@pytest.mark.parametrize("server_commits", [True, False], ids=["row-committed", "row-rolled-back"])
 async def test_an_ambiguous_commit_keeps_the_object_only_if_the_row_exists(
-    settings: Settings, api_key: str, server_commits: bool
+    settings: Settings, ambiguous_commit: AmbiguousCommit
 ) -> None:
-    app = create_app(settings)
-    async for client in _client_for(app, api_key):
-        kb = await create_kb(client)
-        fake = _swap_uploads(app, server_commits=server_commits)
-        response = await upload(client, kb, "ambiguous.txt", TEXT)
-        assert fake.fired == 1
-        rows = await fetch_all(settings, "SELECT id, object_key FROM documents")
-        if server_commits:
-            assert response.status_code == 201, response.text
-            assert rows == [{"id": uuid.UUID(response.json()["id"]), "object_key": rows[0]["object_key"]}]
-            assert await object_keys(settings) == [rows[0]["object_key"]]
-            assert (await client.get(f"/v1/documents/{response.json()['id']}/content")).content == TEXT
-        else:
-            assert_error_shape(response, 503, "database_unavailable")
-            assert rows == []
-            assert await object_keys(settings) == []
+    client = ambiguous_commit.client
+    kb = await create_kb(client)
+    response = await ambiguous_commit.lose_commit_of(lambda: upload(client, kb, "ambiguous.txt", TEXT))
+    rows = await fetch_all(settings, "SELECT id, object_key FROM documents")
+    if ambiguous_commit.server_commits:
+        assert response.status_code == 201, response.text
+        assert rows == [{"id": uuid.UUID(response.json()["id"]), "object_key": rows[0]["object_key"]}]
+        assert await object_keys(settings) == [rows[0]["object_key"]]
+        assert (await client.get(f"/v1/documents/{response.json()['id']}/content")).content == TEXT
+    else:
+        assert_error_shape(response, 503, "database_unavailable")
+        assert rows == []
+        assert await object_keys(settings) == []
 
 
 @pytest.fixture

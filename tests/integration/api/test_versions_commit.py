@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from services.api.app import create_app
 from shared.settings import Settings
 from tests.conftest import _client_for
-from tests.integration.api.test_ambiguous_commit import _swap_uploads
 from tests.integration.api.test_versions import NEW, builds_of, put_content, ready_document
 from tests.support.api_helpers import assert_error_shape, create_kb, fetch_all, object_keys
+from tests.support.lost_commit import AmbiguousCommit
 
 
 class _FailAfterStore:
@@ -45,24 +43,20 @@ async def test_failure_between_object_write_and_commit_leaves_the_document_as_it
         assert [e["type"] for e in await fetch_all(settings, "SELECT type FROM outbox")] == ["document.uploaded"]
 
 
-@pytest.mark.parametrize("server_commits", [True, False], ids=["committed", "rolled-back"])
 async def test_an_ambiguous_commit_keeps_the_new_object_only_if_the_version_exists(
-    settings: Settings, api_key: str, server_commits: bool
+    settings: Settings, ambiguous_commit: AmbiguousCommit
 ) -> None:
-    app = create_app(settings)
-    async for client in _client_for(app, api_key):
-        kb = await create_kb(client)
-        doc = await ready_document(client, settings, kb)
-        fake = _swap_uploads(app, server_commits=server_commits)
-        response = await put_content(client, doc["id"], NEW)
-        assert fake.fired == 1
-        builds = await builds_of(settings, doc["id"])
-        if server_commits:
-            assert response.status_code == 202, response.text
-            assert response.json()["pending_version"]["version"] == 2
-            assert sorted(await object_keys(settings)) == sorted([f"kb/{kb}/{doc['id']}", builds[0]["object_key"]])
-            assert (await client.get(f"/v1/documents/{doc['id']}/content?version=2")).content == NEW
-        else:
-            assert_error_shape(response, 503, "database_unavailable")
-            assert builds == []
-            assert await object_keys(settings) == [f"kb/{kb}/{doc['id']}"]
+    client = ambiguous_commit.client
+    kb = await create_kb(client)
+    doc = await ready_document(client, settings, kb)
+    response = await ambiguous_commit.lose_commit_of(lambda: put_content(client, doc["id"], NEW))
+    builds = await builds_of(settings, doc["id"])
+    if ambiguous_commit.server_commits:
+        assert response.status_code == 202, response.text
+        assert response.json()["pending_version"]["version"] == 2
+        assert sorted(await object_keys(settings)) == sorted([f"kb/{kb}/{doc['id']}", builds[0]["object_key"]])
+        assert (await client.get(f"/v1/documents/{doc['id']}/content?version=2")).content == NEW
+    else:
+        assert_error_shape(response, 503, "database_unavailable")
+        assert builds == []
+        assert await object_keys(settings) == [f"kb/{kb}/{doc['id']}"]
