@@ -1,7 +1,5 @@
 // Formatting for people: sizes, times, media types, stages.
-
-export const STAGES = ['downloading', 'extracting', 'chunking', 'embedding', 'indexing'];
-export const STATUSES = ['queued', 'processing', 'ready', 'failed', 'deleting'];
+import { STAGES, STATUSES } from './vocabulary.js';
 
 export function formatBytes(bytes) {
   if (!Number.isFinite(bytes)) return '';

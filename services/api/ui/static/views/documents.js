@@ -1,7 +1,8 @@
 // The documents table of one KB: filter, paging, retry/delete, and live status from stream events.
 import { confirmDialog, h, replaceChildren } from '../dom.js';
-import { formatBytes, formatTime, queueLabel, stageLabel, STATUSES } from '../format.js';
+import { formatBytes, formatTime, queueLabel, stageLabel } from '../format.js';
 import { describeError, describeFailure } from '../messages.js';
+import { STATUSES } from '../vocabulary.js';
 
 const PAGE_SIZE = 100;
 const TERMINAL = new Set(['ready', 'failed']);
