@@ -16,14 +16,12 @@ import asyncpg
 import structlog
 
 from shared.aio import wait_for
-from shared.db import ASYNCPG_CONNECTION_ERRORS, asyncpg_dsn
-from shared.pg_session import SESSION_KEEPALIVE
+from shared.db import ASYNCPG_CONNECTION_ERRORS, CONNECT_TIMEOUT_S, asyncpg_dsn
+from shared.pg_session import SESSION_KEEPALIVE, close_session
 
 # "kbingest" as a big-endian int64: the one lock every reconciler replica competes for.
 LOCK_KEY: Final = int.from_bytes(b"kbingest", "big")
-CONNECT_TIMEOUT_S: Final = 5.0
 PING_TIMEOUT_S: Final = 5.0
-CLOSE_TIMEOUT_S: Final = 2.0
 # The session runs only tiny statements (try-lock, ping, presence check): one the server cannot finish
 # within these ends before the client's PING_TIMEOUT_S gives up on it, rather than running on unseen.
 STATEMENT_TIMEOUT_MS: Final = 4000
@@ -126,12 +124,8 @@ class Leadership:
 
     async def _drop(self) -> None:
         conn, self._conn, self.is_leader = self._conn, None, False
-        if conn is None or conn.is_closed():
-            return
-        try:
-            await wait_for(conn.close(), CLOSE_TIMEOUT_S)
-        except ASYNCPG_CONNECTION_ERRORS:
-            conn.terminate()
+        if conn is not None:
+            await close_session(conn)
 
     async def release(self) -> None:
         """Give the lock back at once (clean shutdown), so a standby need not wait for a dead session."""
