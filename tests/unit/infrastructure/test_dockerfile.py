@@ -111,7 +111,8 @@ def test_processor_extra_install_steps(stages: Stages) -> None:
 
 @pytest.mark.parametrize("target", ["base", "processor"])
 def test_runtime_stage(stages: Stages, target: str) -> None:
-    instructions = stages[target]
+    # what the image holds: its own instructions after those of the stages it is built FROM
+    instructions = [i for stage in reversed(_lineage(stages, target)) for i in stages[stage]]
     users = [a for w, a in instructions if w == "USER"]
     assert users, f"{target} runs as root"
     uid = users[-1].split(":")[0]
