@@ -19,6 +19,8 @@ CATALOGUE_PATH: Final = "/v1/errors"
 FETCH_TIMEOUT: Final = httpx.Timeout(10.0, connect=5.0)
 # What the CLI adds to a catalogue message: how to fix it from a shell.
 CLI_HINTS: Final = {"unauthorized": "pass --api-key or set KBINGEST_API_KEY"}
+# "refused" is the CLI's own: an upload the server answered with an error.
+STATUS_COLOURS: Final = {"ready": "green", "failed": "red", "refused": "red", "processing": "cyan"}
 
 log = structlog.get_logger("kbingest.cli")
 
@@ -48,6 +50,12 @@ def catalogue() -> ErrorCatalogue | None:
         except (httpx.HTTPError, pydantic.ValidationError) as exc:  # the server's own message is shown instead
             log.debug("cli.error_catalogue_unavailable", error=str(exc))
     return _catalogue
+
+
+def status_markup(status: str) -> str:
+    """A document's status in the colour that says how it went (rich markup); the others plain."""
+    colour = STATUS_COLOURS.get(status)
+    return f"[{colour}]{status}[/]" if colour else status
 
 
 def human_size(size: float) -> str:

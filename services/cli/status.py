@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli.client import DEFAULT_URL, ApiKeyOption, Client, UrlOption, connect, user_errors
+from services.cli.messages import status_markup
 from shared.vocabulary import STATUSES
 
 
@@ -56,14 +57,12 @@ def documents_table(kb: dict[str, Any], documents: list[dict[str, Any]]) -> Tabl
     table = Table(title=Text(f"knowledge base {kb['name']} ({summary})"), title_justify="left")
     for name in ("file", "status", "stage", "chunks", "error", "updated", "id"):
         table.add_column(name, overflow="fold")
-    colours = {"ready": "green", "failed": "red", "processing": "cyan"}
     for doc in documents:
-        colour = colours.get(doc["status"])
         error = doc.get("error") or {}
         queue = queue_label(doc)
         table.add_row(
             Text(doc["filename"]),
-            (f"[{colour}]{doc['status']}[/]" if colour else doc["status"]) + (f" · {queue}" if queue else ""),
+            status_markup(doc["status"]) + (f" · {queue}" if queue else ""),
             doc.get("stage") or "",
             "" if doc.get("chunk_count") is None else str(doc["chunk_count"]),
             Text(f"{error['code']}: {error.get('message', '')}" if error else ""),

@@ -39,7 +39,7 @@ from services.cli.client import (
     connect,
     user_errors,
 )
-from services.cli.messages import failure_words
+from services.cli.messages import failure_words, status_markup
 
 PARALLEL_UPLOADS = 4
 PARALLEL_POLLS = 4
@@ -151,10 +151,8 @@ def status_table(items: list[Tracked], *, title: Text | None = None) -> Table:
     table = Table(title=title, title_justify="left")
     for name in ("file", "status", "stage", "chunks", "error"):
         table.add_column(name, overflow="fold")
-    colours = {"ready": "green", "failed": "red", "refused": "red", "processing": "cyan"}
     for item in items:
-        colour = colours.get(item.status, "")
-        status = f"[{colour}]{item.status}[/]" if colour else item.status
+        status = status_markup(item.status)
         if item.note:
             status += f" ({item.note})"
         chunks = "" if item.chunks is None else str(item.chunks)
