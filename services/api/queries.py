@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.errors import ApiError
 from shared.lifecycle import _COLS as DOCUMENT_COLUMNS
 from shared.vocabulary import STATUSES
 
@@ -134,6 +135,24 @@ async def find_duplicate(
 
 async def get_kb(conn: AsyncConnection, kb_id: uuid.UUID) -> RowMapping | None:
     return (await conn.execute(GET_KB, {"id": kb_id})).mappings().one_or_none()
+
+
+def kb_not_found() -> ApiError:
+    """The one answer for a knowledge base that does not exist or is being deleted."""
+    return ApiError(404, "not_found", "knowledge base not found")
+
+
+def document_not_found() -> ApiError:
+    """The one answer for a document that does not exist, is gone, or is not the key's to see."""
+    return ApiError(404, "not_found", "document not found")
+
+
+async def live_kb(conn: AsyncConnection, kb_id: uuid.UUID) -> RowMapping:
+    """The knowledge base's row; 404 when it does not exist or is being deleted."""
+    row = await get_kb(conn, kb_id)
+    if row is None:
+        raise kb_not_found()
+    return row
 
 
 async def kb_counts(conn: AsyncConnection, kb_id: uuid.UUID) -> dict[str, int]:

@@ -41,8 +41,7 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
     """Each ``file`` part is uploaded on its own: one bad file never sinks the others."""
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
-        if await queries.get_kb(conn, kb_id) is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+        await queries.live_kb(conn, kb_id)
     form = await receive_multipart(
         request,
         max_file_bytes=state.settings.max_upload_bytes,
@@ -57,7 +56,7 @@ async def create_batch(kb_id: uuid.UUID, request: Request, key: CurrentKey, stat
         batch_id = uuid.uuid4()
         async with state.db.transaction() as conn:
             if await kb_lock.lock_for_upload(conn, kb_id) is None:
-                raise ApiError(404, "not_found", "knowledge base not found")
+                raise queries.kb_not_found()
             created = (
                 await conn.execute(
                     text(

@@ -73,8 +73,7 @@ async def upload_document(
     """Stream one file to the object store, then commit the row and its event together."""
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
-        if await queries.get_kb(conn, kb_id) is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+        await queries.live_kb(conn, kb_id)
     async with _one_file(request, state) as received:
         result = await state.uploads.upload(
             kb_id=kb_id,
@@ -174,8 +173,7 @@ async def list_documents(
     require_kb_access(key, kb_id)
     after = _decode_cursor(cursor) if cursor else None
     async with db.transaction() as conn:
-        if await queries.get_kb(conn, kb_id) is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+        await queries.live_kb(conn, kb_id)
         rows = await queries.list_documents(conn, kb_id, status=status_, limit=limit + 1, after=after)
         items = await with_queue_positions(conn, [Document.from_row(r) for r in rows[:limit]])
     next_cursor = _encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
@@ -186,7 +184,7 @@ async def _visible_row(conn: AsyncConnection, key: CurrentKey, document_id: uuid
     """The live user document the key may see (404 for anything else, a build row's id included)."""
     row = await queries.get_document(conn, document_id)
     if row is None or not key.allows(row["knowledge_base_id"]):
-        raise ApiError(404, "not_found", "document not found")
+        raise queries.document_not_found()
     return row
 
 
@@ -237,7 +235,7 @@ async def delete_document(document_id: uuid.UUID, key: CurrentKey, db: DbDep) ->
         async with db.transaction() as conn:
             row = await request_delete(conn, document_id)
         if row is None:
-            raise ApiError(404, "not_found", "document not found")
+            raise queries.document_not_found()
     return Accepted(id=document_id, status="deleting")
 
 

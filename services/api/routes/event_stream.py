@@ -24,7 +24,6 @@ from shared import state_notices
 from shared.aio import wait_for
 from shared.apikeys import key_is_live
 from shared.db import Database, DatabaseUnavailable
-from shared.errors import ApiError
 from shared.state_notices import DocumentNotice, KnowledgeBaseNotice
 
 log = structlog.get_logger("kbingest.api")
@@ -219,8 +218,7 @@ async def kb_events(
     """
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
-        if await queries.get_kb(conn, kb_id) is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+        await queries.live_kb(conn, kb_id)
     release = state.streams.acquire(key.id)
     stream = Stream(
         state.db, state.broadcaster, str(kb_id), key_id=key.id, key_recheck_s=state.settings.sse_key_recheck_s

@@ -120,9 +120,7 @@ async def list_kbs(key: CurrentKey, state: StateDep) -> KnowledgeBaseList:
 async def get_kb(kb_id: uuid.UUID, key: CurrentKey, state: StateDep) -> KnowledgeBase:
     require_kb_access(key, kb_id)
     async with state.db.transaction() as conn:
-        row = await queries.get_kb(conn, kb_id)
-        if row is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+        row = await queries.live_kb(conn, kb_id)
         counts = await queries.kb_counts(conn, kb_id)
         return await _with_index(conn, state.settings, row, counts=counts)
 
@@ -141,7 +139,7 @@ async def update_kb(
         row = await queries.get_kb(conn, kb_id)
         current = await generations.active_settings(conn, kb_id, state.settings)
         if row is None or current is None:
-            raise ApiError(404, "not_found", "knowledge base not found")
+            raise queries.kb_not_found()
         wanted = valid_settings(
             generations.resolve(
                 {**current.as_json(), **body.model_dump(exclude_none=True, exclude={"reindex"})},
@@ -173,7 +171,7 @@ async def delete_kb(kb_id: uuid.UUID, key: CurrentKey, db: DbDep) -> Accepted:
     async with db.transaction() as conn:
         # Waits for uploads committing into this KB, so the list below includes their documents.
         if not await kb_lock.lock_for_delete(conn, kb_id):
-            raise ApiError(404, "not_found", "knowledge base not found")
+            raise queries.kb_not_found()
         await conn.execute(
             text("UPDATE knowledge_bases SET deleted_at = now(), updated_at = now() WHERE id = :id"), {"id": kb_id}
         )

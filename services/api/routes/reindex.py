@@ -56,7 +56,7 @@ async def active_index(conn: AsyncConnection, settings: Settings, kb_id: uuid.UU
     """The KB's active index settings; 404 when the KB does not exist or is being deleted."""
     current = await generations.active_settings(conn, kb_id, settings)
     if current is None or await queries.get_kb(conn, kb_id) is None:
-        raise ApiError(404, "not_found", "knowledge base not found")
+        raise queries.kb_not_found()
     return current
 
 

@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.api import queries
 from services.api.uploads import idempotency, kb_lock
 from shared.db import Database, DatabaseUnavailable
 from shared.errors import ApiError
@@ -160,7 +161,7 @@ class ObjectCommit:
                 return answered
             xid = await kb_lock.lock_for_upload(conn, plan.kb_id)
             if xid is None:
-                raise ApiError(404, "not_found", "knowledge base not found")
+                raise queries.kb_not_found()
             result = await plan.write(conn)
             if plan.keyed is not None:
                 await idempotency.save_answer(conn, plan.keyed, status_code=result.status_code, body=result.body)

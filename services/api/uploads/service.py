@@ -53,10 +53,6 @@ def _duplicate_error(existing: Any, *, same_name: bool) -> ApiError:
     )
 
 
-def _not_found() -> ApiError:
-    return ApiError(404, "not_found", "document not found")
-
-
 def _deleting(document_id: uuid.UUID) -> ApiError:
     return ApiError(
         409,
@@ -143,7 +139,7 @@ class UploadService:
         async with self._db.transaction() as conn:
             current = await queries.get_document(conn, document_id)
         if current is None or not key.allows(current["knowledge_base_id"]):
-            raise _not_found()
+            raise queries.document_not_found()
         media_type = await self._media_type(received)
         keyed = self._objects.keyed(key.id, idempotency_key, f"replace:{document_id}:{received.sha256}")
         kb_id = current["knowledge_base_id"]
@@ -165,8 +161,7 @@ class UploadService:
             # between would otherwise be answered as a 409 duplicate instead of being replayed.
             if (answered := await self._objects.answered(conn, keyed)) is not None:
                 return answered
-            if await queries.get_kb(conn, kb_id) is None:
-                raise ApiError(404, "not_found", "knowledge base not found")
+            await queries.live_kb(conn, kb_id)
             existing = await queries.find_duplicate(conn, kb_id, filename=filename, sha256=received.sha256)
             if existing is not None:
                 raise _duplicate_error(existing, same_name=bool(existing["same_name"]))
@@ -235,7 +230,7 @@ class UploadService:
             outcome = await replace_content(conn, document_id, values=values, source="kbingest/api")
             match outcome.kind:
                 case "gone":
-                    raise _not_found()
+                    raise queries.document_not_found()
                 case "deleting":
                     raise _deleting(document_id)
                 case "duplicate":
@@ -273,7 +268,7 @@ class UploadService:
         """404 for a document gone, 409 while it is deleted or when another document has this content."""
         current = await queries.get_document(conn, document_id)
         if current is None:
-            raise _not_found()
+            raise queries.document_not_found()
         if current["status"] == "deleting":
             raise _deleting(document_id)
         other = await queries.find_duplicate(conn, kb_id, filename=None, sha256=sha256, exclude=document_id)
