@@ -298,10 +298,12 @@ def _run_contender(pg: servers.EmbeddedPostgres, key: str, events: int) -> tuple
     return result["enqueue"], Drain(**result["drain"])
 
 
-def _contender_main(key: str, pg_at: str, events: int, concurrency: int | None) -> None:
+def _contender_main(key: str, pg_at: str, events: int, concurrency: int | None, pipeline_depth: int | None) -> None:
     data_dir, _, port = pg_at.rpartition(":")
     if concurrency:
         SINGLE_TUNING["relay_concurrency"] = concurrency
+    if pipeline_depth:
+        SINGLE_TUNING["relay_pipeline_depth"] = pipeline_depth
     pg = servers.EmbeddedPostgres(Path(data_dir), int(port), durable=False)
     enqueue, drain = uvloop.run(CONTENDERS[key].run(pg, events))
     print(json.dumps({"enqueue": enqueue, "drain": asdict(drain)}))
@@ -448,10 +450,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--pg", help=argparse.SUPPRESS)
     # With --contender relay-single: another RELAY_CONCURRENCY than the row's 32 (for A/B runs).
     parser.add_argument("--concurrency", type=int, default=None, help=argparse.SUPPRESS)
+    # Likewise another RELAY_PIPELINE_DEPTH than the default (1: no pipelining).
+    parser.add_argument("--pipeline-depth", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configure_logging(service="bench", level="WARNING")
     if args.contender:
-        _contender_main(args.contender, args.pg, args.events, args.concurrency)
+        _contender_main(args.contender, args.pg, args.events, args.concurrency, args.pipeline_depth)
         return ""
     events = args.events or (20_000 if args.quick else 100_000)
     seconds = args.latency_seconds or (10.0 if args.quick else 60.0)

@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     # Relay delivery tuning (docs/events.md): claim size, HTTP concurrency per subscriber, timeouts, backoff.
     relay_claim_batch: int = Field(default=500, ge=1, le=10_000)
     relay_concurrency: int = Field(default=8, ge=1, le=1_000)
+    # Requests pipelined on one connection at most, when more events wait for a subscriber than it has slots.
+    relay_pipeline_depth: int = Field(default=16, ge=1, le=256)
     relay_connect_timeout_s: float = Field(default=5.0, gt=0)
     relay_timeout_s: float = Field(default=10.0, gt=0)
     relay_backoff_base_s: float = Field(default=1.0, gt=0)

@@ -21,7 +21,7 @@ POOL_CLOSE_TIMEOUT_S: Final = 5.0
 @asynccontextmanager
 async def open_relay(settings: Settings, metrics: RelayMetrics, **options: Any) -> AsyncIterator[Relay]:
     """A ready ``Relay``; on exit its HTTP client and pool are closed (connections terminated if stuck)."""
-    # Connections per URL (each member of a group) stay within RELAY_CONCURRENCY: one per request in flight.
+    # Connections per URL (each member of a group) stay within RELAY_CONCURRENCY: one per exchange in flight.
     client = Http1Client(connect_timeout_s=settings.relay_connect_timeout_s)
     pool = await create_pool(settings)
     try:
@@ -29,6 +29,7 @@ async def open_relay(settings: Settings, metrics: RelayMetrics, **options: Any) 
             client,
             secret=settings.relay_secret.get_secret_value(),
             concurrency=settings.relay_concurrency,
+            pipeline_depth=settings.relay_pipeline_depth,
             batch_subscribers=batch_endpoints(settings.relay_batch_subscribers),
             request_timeout_s=settings.relay_connect_timeout_s + settings.relay_timeout_s,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,7 +12,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.relay import outcomes
-from services.relay.delivery import Outcome
+from services.relay.delivery import Outcome, Sender
 from services.relay.groups import batch_endpoints, is_batch
 from services.relay.metrics import RelayMetrics
 from services.relay.outcomes import RetryPolicy, Step
@@ -72,6 +73,7 @@ class Dispatcher:
         router: Router,
         batch_subscribers: Sequence[str],
         batch_max: int,
+        sender: Sender,
         policy: RetryPolicy,
         metrics: RelayMetrics,
         load_deliveries: LoadDeliveries,
@@ -79,6 +81,7 @@ class Dispatcher:
         self._router = router
         self._batch_endpoints = batch_endpoints(batch_subscribers)
         self._batch_max = batch_max
+        self._sender = sender
         self._policy = policy
         self._metrics = metrics
         self._load_deliveries = load_deliveries
@@ -119,9 +122,19 @@ class Dispatcher:
                     decided.extend(self._settle_fanout(fanout.pop(seq)))
         units: list[tuple[str, list[ClaimedEvent]]] = []
         for url, url_events in per_url.items():
-            size = self._batch_max if is_batch(url, self._batch_endpoints) else 1
+            size = self._unit_size(url, len(url_events))
             units.extend((url, url_events[i : i + size]) for i in range(0, len(url_events), size))
         return Plan(units, decided, fanout)
+
+    def _unit_size(self, url: str, events: int) -> int:
+        """Events per request unit: a batch; else spread over the URL's slots first, then pipelined.
+
+        Requests pipelined on one connection wait for each other's answers, so a subscriber's slots
+        are filled before any request queues behind another.
+        """
+        if is_batch(url, self._batch_endpoints):
+            return self._batch_max
+        return max(1, min(self._sender.pipeline_depth(url), math.ceil(events / self._sender.capacity(url))))
 
     def resolve(self, plan: Plan, url: str, events: Sequence[ClaimedEvent], answers: Sequence[Outcome]) -> Result:
         """Row updates for the events of one finished request (multi-route ones once all their requests end)."""

@@ -125,6 +125,10 @@ class AnyOf:
             return self._deliverer.capacity(url)
         return sum(self._deliverer.capacity(member.url) for member in group.members)
 
+    def pipeline_depth(self, url: str) -> int:
+        # A group's events fail over one by one, each to the member its rotation picks: none pipelined.
+        return 1 if url in self._groups else self._deliverer.pipeline_depth(url)
+
     async def deliver(self, url: str, events: Sequence[ClaimedEvent], *, may_start: MayStart) -> list[Outcome]:
         group = self._groups.get(url)
         if group is None:

@@ -87,6 +87,7 @@ class Relay:
             router=router,
             batch_subscribers=settings.relay_batch_subscribers,
             batch_max=settings.relay_batch_max,
+            sender=self._deliverer,
             policy=RetryPolicy(
                 settings.relay_max_attempts, settings.relay_backoff_base_s, settings.relay_backoff_max_s
             ),

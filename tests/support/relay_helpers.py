@@ -6,7 +6,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +16,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from services.relay.build import open_relay
-from services.relay.http1 import Answer, ClosedError, ConnectError
+from services.relay.http1 import Answer, ClosedError, ConnectError, HTTPError, Request, Result
 from services.relay.metrics import RelayMetrics
 from services.relay.worker import Relay
 from shared.db import asyncpg_dsn
@@ -122,6 +122,16 @@ class MockPoster:
         except httpx.TransportError as exc:
             raise ClosedError(str(exc)) from exc
         return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
+
+    async def post_pipelined(self, url: str, requests: Sequence[Request], **options: Any) -> list[Result]:
+        """Each request handled in turn, its error as its result (in memory nothing breaks, so nothing is resent)."""
+        results: list[Result] = []
+        for body, headers in requests:
+            try:
+                results.append(await self.post(url, body, headers, timeout_s=options["timeout_s"]))
+            except (HTTPError, TimeoutError) as exc:
+                results.append(exc)
+        return results
 
 
 def relay_settings(database_url: str, routes: dict[str, list[str]], **overrides: Any) -> Settings:

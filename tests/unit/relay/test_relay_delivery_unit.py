@@ -177,3 +177,44 @@ def test_only_claims_that_never_settled_exhaust_an_event() -> None:
     row, _, _ = outcomes.multi(event(1), ("a", "b"), stored, {"b": Outcome("retry", 503, "HTTP 503")}, POLICY)
     assert (row.action, row.attempts) == ("retry", 1)
     assert outcomes.exhausted(event(1, attempts=row.attempts), POLICY) is None
+
+
+class PacedPoster(MockPoster):
+    """Answers 200, each request taking ``pace_s`` on a fake clock (a server answering pipelined requests in turn)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda _request: httpx.Response(200))
+        self.pace_s = 0.0
+        self.now = 0.0
+
+    async def post(self, url, body, headers, *, timeout_s):  # type: ignore[no-untyped-def]
+        self.now += self.pace_s
+        return await super().post(url, body, headers, timeout_s=timeout_s)
+
+
+async def test_pipelines_are_only_as_deep_as_the_subscriber_answers_in_a_share_of_the_timeout() -> None:
+    url = "http://sub/v1/events"
+    poster = PacedPoster()
+    sender = Deliverer(
+        poster, secret=SECRET, concurrency=2, pipeline_depth=16, request_timeout_s=4.0, monotonic=lambda: poster.now
+    )
+    assert sender.pipeline_depth(url) == 1, "one request at a time until the subscriber has answered"
+    await sender.deliver(url, [event(1)], may_start=lambda: True)
+    assert sender.pipeline_depth(url) == 16, "a fast subscriber: the full depth"
+
+    # 0.2 s per answer: a quarter of the 4 s timeout holds 5 of them; a slower pace counts at once.
+    poster.pace_s = 0.2
+    await sender.deliver(url, [event(2), event(3)], may_start=lambda: True)
+    assert sender.pipeline_depth(url) == 5
+    poster.pace_s = 1.5
+    await sender.deliver(url, [event(4)], may_start=lambda: True)
+    assert sender.pipeline_depth(url) == 1, "slower than a quarter of the timeout per answer: no pipelining"
+
+    # Fast again: the depth comes back over a few exchanges, not at once.
+    poster.pace_s = 0.01
+    await sender.deliver(url, [event(5)], may_start=lambda: True)
+    assert sender.pipeline_depth(url) == 1
+    for n in range(20):
+        await sender.deliver(url, [event(10 + n)], may_start=lambda: True)
+    assert sender.pipeline_depth(url) == 16
+    assert Deliverer(poster, secret=SECRET, concurrency=2).pipeline_depth(url) == 1, "RELAY_PIPELINE_DEPTH=1"

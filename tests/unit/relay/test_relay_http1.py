@@ -75,6 +75,23 @@ async def post(client: Http1Client, server: Server, body: bytes = b'{"id": 1}', 
     return await client.post(server.url, body, {"X-Kbingest-Event-Id": "e1"}, timeout_s=timeout_s)
 
 
+def numbered(n: int) -> bytes:
+    """An answer that says which request of its connection it answers."""
+    body = str(n).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def pipelined(
+    client: Http1Client, server: Server, count: int, *, timeout_s: float = 5.0, may_resend: bool = True
+) -> list[http1.Result]:
+    requests = [(b'{"id": %d}' % i, {"X-Kbingest-Event-Id": f"e{i}"}) for i in range(count)]
+    return await client.post_pipelined(server.url, requests, timeout_s=timeout_s, may_resend=lambda: may_resend)
+
+
+def ids(server: Server) -> list[bytes]:
+    return [request.rpartition(b"\r\n\r\n")[2] for request in server.requests]
+
+
 async def test_sequential_requests_share_one_kept_alive_connection() -> None:
     client = Http1Client(connect_timeout_s=2)
     async with serving(answer(b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\ndown")) as server:
@@ -170,6 +187,10 @@ async def test_no_answer_in_time_raises_and_drops_the_connection() -> None:
         with pytest.raises(TimeoutError):
             await post(client, server, timeout_s=0.2)
         assert client.connections() == 0
+        # Pipelined, nothing answered in the whole time: no request got through, each one timed out.
+        results = await pipelined(client, server, 4, timeout_s=0.2)
+        assert len(results) == 4 and all(isinstance(r, TimeoutError) for r in results)
+        assert client.connections() == 0
     await client.aclose()
 
 
@@ -207,4 +228,89 @@ async def test_credentials_in_the_url_are_sent_as_basic_authentication() -> None
         head = server.requests[0].split(b"\r\n\r\n")[0]
         assert b"\r\nAuthorization: Basic cmVsYXk6cEBzcw==\r\n" in head  # relay:p@ss
         assert f"\r\nHost: 127.0.0.1:{server.port}\r\n".encode() in head
+    await client.aclose()
+
+
+async def test_pipelined_requests_go_in_one_write_and_are_answered_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def in_turn(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(numbered(n))
+        return True
+
+    exchanges: list[int] = []
+    real = http1._Connection.exchange
+
+    async def counted(self: http1._Connection, data: bytes, count: int, deadline: float):  # type: ignore[no-untyped-def]
+        exchanges.append(count)
+        return await real(self, data, count, deadline)
+
+    monkeypatch.setattr(http1._Connection, "exchange", counted)
+    client = Http1Client(connect_timeout_s=2)
+    async with serving(in_turn) as server:
+        results = await pipelined(client, server, 8)
+        assert [r.body for r in results if isinstance(r, http1.Answer)] == [str(i).encode() for i in range(8)]
+        assert exchanges == [8] and server.connections == 1, "one exchange (one write) on one connection"
+        assert ids(server) == [b'{"id": %d}' % i for i in range(8)]
+        assert client.connections() == 1, "kept alive for the next exchange"
+    await client.aclose()
+
+
+@pytest.mark.parametrize("how", ["silent close", "Connection: close"])
+async def test_a_connection_ended_after_k_answers_resends_only_the_unanswered(how: str) -> None:
+    async def three_per_connection(n: int, writer: asyncio.StreamWriter) -> bool:
+        # A server closing every connection after three answers (like nginx's keepalive_requests).
+        if n == 3:
+            return False
+        if how == "Connection: close" and n == 2:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n2")
+            return False
+        writer.write(numbered(n))
+        return True
+
+    client = Http1Client(connect_timeout_s=2)
+    async with serving(three_per_connection) as server:
+        results = await pipelined(client, server, 10)
+        assert all(isinstance(r, http1.Answer) and r.status == 200 for r in results), results
+        assert server.connections == 4
+        # Each answered once, in order; one read but not answered before a silent close was sent again.
+        assert set(ids(server)) == {b'{"id": %d}' % i for i in range(10)}
+    await client.aclose()
+
+
+async def test_a_connection_closed_without_any_answer_fails_only_its_oldest_request() -> None:
+    async def poison(_n: int, writer: asyncio.StreamWriter) -> bool:
+        # Request 2 kills its connection every time (a request that crashes the server).
+        if server.requests[-1].endswith(b'{"id": 2}'):
+            return False
+        writer.write(OK)
+        return True
+
+    client = Http1Client(connect_timeout_s=2)
+    async with serving(poison) as server:
+        results = await pipelined(client, server, 5)
+        assert isinstance(results[2], ClosedError)
+        assert [r.status for i, r in enumerate(results) if i != 2 and isinstance(r, http1.Answer)] == [200] * 4
+    await client.aclose()
+
+
+async def test_unanswered_requests_are_not_sent_again_when_the_caller_says_no() -> None:
+    async def two_then_close(n: int, writer: asyncio.StreamWriter) -> bool:
+        if n == 2:
+            return False
+        writer.write(numbered(n))
+        return True
+
+    client = Http1Client(connect_timeout_s=2)
+    async with serving(two_then_close) as server:
+        results = await pipelined(client, server, 5, may_resend=False)
+        assert [r.body if isinstance(r, http1.Answer) else r for r in results] == [b"0", b"1", None, None, None]
+        assert server.connections == 1
+    await client.aclose()
+
+
+async def test_a_refused_pipeline_is_a_connect_error_for_every_request() -> None:
+    async with serving(answer(OK)) as server:
+        pass
+    client = Http1Client(connect_timeout_s=2)
+    results = await pipelined(client, server, 3)
+    assert len(results) == 3 and all(isinstance(r, ConnectError) for r in results)
     await client.aclose()
