@@ -10,6 +10,10 @@ and a dead one's last request has landed or timed out.
 Replacements (docs/documents-change.md): every tombstoned build row is re-purged the same way, and
 so is the row each activation stopped serving, found by its ``document.version_activated`` event
 (the document row itself, after its first replacement, has no tombstone).
+
+Failures: a row that ended ``failed`` has the points of its attempts' versions deleted once, settled.
+An attempt whose index write landed but whose answer was lost (the vector store cut off mid-request),
+or one rescued as stalled after its write, leaves points that no ready version owns.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import functools
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
@@ -68,6 +73,22 @@ SETTLED_ACTIVATIONS: Final = text(
     """
 )
 
+# Rows that ended failed after the cursor, settled, and are still failed: every version up to the row's
+# current one was written by an attempt of that failure. A retry claims a higher version, which the
+# delete (versions below current + 1) keeps, so a row retried meanwhile loses nothing it serves.
+SETTLED_FAILURES: Final = text(
+    """
+    SELECT a.id AS attempt_id, a.finished_at, d.id, d.version FROM document_attempts a
+    JOIN documents d ON d.id = a.document_id
+    WHERE a.outcome = 'failed' AND d.status = 'failed'
+      AND a.finished_at <= now() - make_interval(secs => :settle_s)
+      AND (a.finished_at, a.id) > (
+        COALESCE(CAST(:after_at AS timestamptz), now() - make_interval(secs => :settle_s + :lookback_s)),
+        COALESCE(CAST(:after_id AS bigint), 0))
+    ORDER BY a.finished_at, a.id LIMIT :limit
+    """
+)
+
 # Where a reconciler that just started (or took over) looks from: the last event before the look-back
 # (the primary key walked backwards over the look-back's events only).
 LOOKBACK_SEQ: Final = text(
@@ -79,6 +100,14 @@ LOOKBACK_SEQ: Final = text(
 )
 
 VectorsFactory = Callable[[], VectorStore]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A row whose points are deleted: all of them, or those of versions up to ``up_to_version``."""
+
+    row_id: uuid.UUID
+    up_to_version: int | None = None
 
 
 class TombstoneRepurge:
@@ -100,11 +129,36 @@ class TombstoneRepurge:
         self.settle_s = settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
         self._after: tuple[datetime, uuid.UUID] | None = None
         self._activations_after: int | None = None
+        self._failures_after: tuple[datetime, int] | None = None
 
     async def run(self) -> Counter[str]:
-        """Delete the points of tombstones and of rows a replacement stopped serving, settled since the last pass."""
+        """Delete the points of tombstones, of rows a replacement stopped serving and of failed rows, settled."""
         counts = await self._tombstones()
         counts.update(await self._activations())
+        counts.update(await self._failures())
+        return counts
+
+    async def _failures(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        after_at, after_id = self._failures_after or (None, None)
+        params = {
+            "settle_s": self.settle_s,
+            "lookback_s": self._lookback_s,
+            "after_at": after_at,
+            "after_id": after_id,
+            "limit": self._limit,
+        }
+        async with self._db.transaction() as conn:
+            rows = (await conn.execute(SETTLED_FAILURES, params)).mappings().all()
+        if not rows:
+            return counts
+        done, failure = await self._repurge([Target(row["id"], up_to_version=row["version"]) for row in rows])
+        if done:
+            self._failures_after = (rows[done - 1]["finished_at"], rows[done - 1]["attempt_id"])
+            counts["failed_repurged"] += done
+        if failure is not None:
+            document_id = str(rows[done]["id"])
+            log.warning("document.failed_points_repurge_failed", document_id=document_id, error=failure.message)
         return counts
 
     async def _activations(self) -> Counter[str]:
@@ -117,7 +171,7 @@ class TombstoneRepurge:
             rows = (await conn.execute(SETTLED_ACTIVATIONS, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([row["row_id"] for row in rows])
+        done, failure = await self._repurge([Target(row["row_id"]) for row in rows])
         if done:
             self._activations_after = int(rows[done - 1]["seq"])
             counts["replaced_repurged"] += done
@@ -140,7 +194,7 @@ class TombstoneRepurge:
             rows = (await conn.execute(RECENT_TOMBSTONES, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([row["id"] for row in rows])
+        done, failure = await self._repurge([Target(row["id"]) for row in rows])
         for row in rows[:done]:
             log.debug("document.tombstone_repurged", document_id=str(row["id"]))
         if done:
@@ -151,15 +205,18 @@ class TombstoneRepurge:
             log.warning("document.tombstone_repurge_failed", document_id=str(rows[done]["id"]), error=failure.message)
         return counts
 
-    async def _repurge(self, row_ids: list[uuid.UUID]) -> tuple[int, ProcessingError | None]:
-        """Delete each row's points in order, stopping at the first failure: how many were done, and that failure."""
+    async def _repurge(self, targets: list[Target]) -> tuple[int, ProcessingError | None]:
+        """Delete each target's points in order, stopping at the first failure: how many were done, and that failure."""
         vectors = self._vectors()
         try:
-            for done, row_id in enumerate(row_ids):
+            for done, target in enumerate(targets):
                 try:
-                    await vectors.delete_document(row_id)
+                    if target.up_to_version is None:
+                        await vectors.delete_document(target.row_id)
+                    else:
+                        await vectors.delete_older_versions(target.row_id, target.up_to_version + 1)
                 except ProcessingError as exc:
                     return done, exc
-            return len(row_ids), None
+            return len(targets), None
         finally:
             await vectors.close()

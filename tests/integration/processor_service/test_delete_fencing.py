@@ -20,7 +20,7 @@ from services.processor.extraction.elements import Element
 from services.reconciler.tombstones import TombstoneRepurge
 from shared import lifecycle
 from shared.db import worker_database
-from shared.errors import ErrorCode, ProcessingError
+from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.settings import Settings
 from shared.storage import StorageUnavailable
 from shared.vectorstore import EmbeddedChunks, QdrantVectorStore
@@ -246,5 +246,50 @@ async def test_reconciler_repurges_a_settled_tombstone_once(
         assert await step.run() == {"tombstone_repurged": 1}
         assert await vectors.count(taken) == 0
         assert await step.run() == {}, "each tombstone is re-purged once"
+    finally:
+        await db.dispose()
+
+
+def _two_chunks(document_id: uuid.UUID, kb: str, version: int) -> EmbeddedChunks:
+    return EmbeddedChunks(
+        document_id=document_id,
+        kb_id=kb,
+        version=version,
+        filename="cut-off.txt",
+        chunks=[_Chunk(0, "landed"), _Chunk(1, "landed too")],
+        vectors=[[1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382],
+    )
+
+
+async def test_reconciler_repurges_the_points_a_failed_document_was_left_with(
+    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+) -> None:
+    """An index write that landed while its answer was lost (fault campaign, seed 93595): the document
+    ended failed with that attempt's points; once settled they are deleted, a newer version's are kept."""
+    kb = await create_kb(api)
+    doc = uuid.UUID((await upload(api, kb, "cut-off.txt", TEXT)).json()["id"])
+    db = worker_database(fast_settings.database_url, service="test", max_connections=1)
+    try:
+        async with db.transaction() as conn:
+            lease = await lifecycle.claim(conn, doc, owner="cut-off-processor")
+        assert lease is not None
+        await vectors.upsert_chunks(_two_chunks(doc, kb, lease.version))
+        async with db.transaction() as conn:
+            error = DocumentError(ErrorCode.CORRUPT_FILE, "failed for good after its write landed")
+            assert await lifecycle.fail_or_retry(conn, lease, error, stage="indexing", retry_delay_s=0) == "failed"
+        # A writer under a higher version (a retry's claim) is not this failure's.
+        await vectors.upsert_chunks(_two_chunks(doc, kb, lease.version + 1))
+        assert await vectors.count(doc) == 4
+        step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
+        assert await step.run() == {}, "a failure younger than the settle time is left alone"
+        await fetch_all(
+            fast_settings,
+            "UPDATE document_attempts SET finished_at = now() - make_interval(secs => :age) WHERE document_id = :id",
+            age=step.settle_s + 1,
+            id=doc,
+        )
+        assert await step.run() == {"failed_repurged": 1}
+        assert await vectors.count(doc) == 2, "only the failed attempt's version is deleted"
+        assert await step.run() == {}, "each failure is re-purged once"
     finally:
         await db.dispose()
