@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Final
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 from shared.db import Database
 from shared.errors import ProcessingError
@@ -49,7 +49,7 @@ log = structlog.get_logger("kbingest.reconciler")
 # points were purged by a processor after the commit, which a crash can cut short).
 RECENT_TOMBSTONES: Final = text(
     """
-    SELECT d.id, d.deleted_at FROM documents d
+    SELECT d.id, NULL AS version, d.deleted_at AS at, d.id AS cursor_id FROM documents d
     WHERE (d.status = 'deleting' OR d.parent_id IS NOT NULL) AND d.deleted_at IS NOT NULL
       AND d.deleted_at <= now() - make_interval(secs => :settle_s)
       AND (d.deleted_at, d.id) > (
@@ -78,7 +78,7 @@ SETTLED_ACTIVATIONS: Final = text(
 # delete (versions below current + 1) keeps, so a row retried meanwhile loses nothing it serves.
 SETTLED_FAILURES: Final = text(
     """
-    SELECT a.id AS attempt_id, a.finished_at, d.id, d.version FROM document_attempts a
+    SELECT d.id, d.version, a.finished_at AS at, a.id AS cursor_id FROM document_attempts a
     JOIN documents d ON d.id = a.document_id
     WHERE a.outcome = 'failed' AND d.status = 'failed'
       AND a.finished_at <= now() - make_interval(secs => :settle_s)
@@ -102,12 +102,35 @@ LOOKBACK_SEQ: Final = text(
 VectorsFactory = Callable[[], VectorStore]
 
 
+def settle_s(settings: Settings) -> float:
+    """How long after a tombstone or a failure its re-purge waits: no write of a holder can land later."""
+    return settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A row whose points are deleted: all of them, or those of versions up to ``up_to_version``."""
 
     row_id: uuid.UUID
     up_to_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Walk:
+    """Rows found in order of (``at``, ``cursor_id``) after a cursor: tombstones, or failures."""
+
+    query: TextClause
+    counter: str
+    done_event: str
+    failed_event: str
+
+
+TOMBSTONES: Final = Walk(
+    RECENT_TOMBSTONES, "tombstone_repurged", "document.tombstone_repurged", "document.tombstone_repurge_failed"
+)
+FAILURES: Final = Walk(
+    SETTLED_FAILURES, "failed_repurged", "document.failed_points_repurged", "document.failed_points_repurge_failed"
+)
 
 
 class TombstoneRepurge:
@@ -126,39 +149,15 @@ class TombstoneRepurge:
         self._vectors = vectors or functools.partial(vector_store_for, settings, role="other")
         self._lookback_s = lookback_s
         self._limit = limit
-        self.settle_s = settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
-        self._after: tuple[datetime, uuid.UUID] | None = None
+        self.settle_s = settle_s(settings)
+        self._cursors: dict[str, tuple[datetime, uuid.UUID | int]] = {}
         self._activations_after: int | None = None
-        self._failures_after: tuple[datetime, int] | None = None
 
     async def run(self) -> Counter[str]:
         """Delete the points of tombstones, of rows a replacement stopped serving and of failed rows, settled."""
-        counts = await self._tombstones()
+        counts = await self._walk(TOMBSTONES)
         counts.update(await self._activations())
-        counts.update(await self._failures())
-        return counts
-
-    async def _failures(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        after_at, after_id = self._failures_after or (None, None)
-        params = {
-            "settle_s": self.settle_s,
-            "lookback_s": self._lookback_s,
-            "after_at": after_at,
-            "after_id": after_id,
-            "limit": self._limit,
-        }
-        async with self._db.transaction() as conn:
-            rows = (await conn.execute(SETTLED_FAILURES, params)).mappings().all()
-        if not rows:
-            return counts
-        done, failure = await self._repurge([Target(row["id"], up_to_version=row["version"]) for row in rows])
-        if done:
-            self._failures_after = (rows[done - 1]["finished_at"], rows[done - 1]["attempt_id"])
-            counts["failed_repurged"] += done
-        if failure is not None:
-            document_id = str(rows[done]["id"])
-            log.warning("document.failed_points_repurge_failed", document_id=document_id, error=failure.message)
+        counts.update(await self._walk(FAILURES))
         return counts
 
     async def _activations(self) -> Counter[str]:
@@ -180,9 +179,10 @@ class TombstoneRepurge:
             log.warning("document.replaced_points_repurge_failed", build_id=build_id, error=failure.message)
         return counts
 
-    async def _tombstones(self) -> Counter[str]:
+    async def _walk(self, walk: Walk) -> Counter[str]:
+        """Re-purge the rows ``walk.query`` finds after this walk's cursor, in order; move it past those done."""
         counts: Counter[str] = Counter()
-        after_at, after_id = self._after or (None, None)
+        after_at, after_id = self._cursors.get(walk.counter) or (None, None)
         params = {
             "settle_s": self.settle_s,
             "lookback_s": self._lookback_s,
@@ -191,18 +191,18 @@ class TombstoneRepurge:
             "limit": self._limit,
         }
         async with self._db.transaction() as conn:
-            rows = (await conn.execute(RECENT_TOMBSTONES, params)).mappings().all()
+            rows = (await conn.execute(walk.query, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([Target(row["id"]) for row in rows])
+        done, failure = await self._repurge([Target(row["id"], up_to_version=row["version"]) for row in rows])
         for row in rows[:done]:
-            log.debug("document.tombstone_repurged", document_id=str(row["id"]))
+            log.debug(walk.done_event, document_id=str(row["id"]))
         if done:
-            self._after = (rows[done - 1]["deleted_at"], rows[done - 1]["id"])
-            counts["tombstone_repurged"] += done
+            self._cursors[walk.counter] = (rows[done - 1]["at"], rows[done - 1]["cursor_id"])
+            counts[walk.counter] += done
         if failure is not None:
             # The cursor stays before this one: the next pass tries again from here.
-            log.warning("document.tombstone_repurge_failed", document_id=str(rows[done]["id"]), error=failure.message)
+            log.warning(walk.failed_event, document_id=str(rows[done]["id"]), error=failure.message)
         return counts
 
     async def _repurge(self, targets: list[Target]) -> tuple[int, ProcessingError | None]:

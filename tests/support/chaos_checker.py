@@ -79,9 +79,14 @@ COLUMNS = {
 }
 
 
-def store_for(env: dict[str, str]) -> ObjectStore:
+def settings_for(env: dict[str, str]) -> Settings:
+    """The settings the stack's services run with."""
     with mock.patch.dict(os.environ, env, clear=True):
-        return ObjectStore.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+        return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def store_for(env: dict[str, str]) -> ObjectStore:
+    return ObjectStore.from_settings(settings_for(env))
 
 
 def read_points(qdrant_path: Path) -> list[dict[str, Any]]:

@@ -19,8 +19,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from services.reconciler.tombstones import settle_s as repurge_settle_s
 from tests.support import servers
-from tests.support.chaos_checker import check, read_points, store_for
+from tests.support.chaos_checker import check, read_points, settings_for, store_for
 from tests.support.chaos_faults import PROBE_KB, Fault, Injector, plan
 from tests.support.chaos_monitor import Monitor
 from tests.support.chaos_report import Report
@@ -34,6 +35,13 @@ SELECT (SELECT count(*) FROM documents
        (SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL) AS events
 """
 LAST_PASS = "SELECT pass_started_at, pass_finished_at FROM reconciler_state WHERE name = 'reconciler'"
+# Seconds until the newest tombstone or failure is settled for its re-purge (services/reconciler/tombstones.py).
+REPURGE_DUE = """
+SELECT COALESCE(extract(epoch FROM greatest(
+    (SELECT max(deleted_at) FROM documents),
+    (SELECT max(finished_at) FROM document_attempts WHERE outcome = 'failed'))
+  + make_interval(secs => $1) - now()), 0)::float8 AS due_in_s
+"""
 
 
 def log(message: str) -> None:
@@ -181,11 +189,11 @@ def _restart_missing(stack: ChaosStack, lock: threading.Lock) -> None:
                 svc.start()
 
 
-def _poll_db(dsn: str, sql: str) -> Any:
+def _poll_db(dsn: str, sql: str, *args: object) -> Any:
     async def read() -> Any:
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
-            return await conn.fetchrow(sql)
+            return await conn.fetchrow(sql, *args)
         finally:
             await conn.close()
 
@@ -215,6 +223,9 @@ def _final_sweep(stack: ChaosStack, lock: threading.Lock) -> None:
     objects = asyncio.run(store_for(stack.env).list("kb/"))
     newest = max((o.last_modified.timestamp() for o in objects if o.last_modified), default=0.0)
     time.sleep(max(0.0, newest + grace_s + 1.0 - time.time()))
+    # The points of the newest tombstone or failure are re-purged once no late write can land any more.
+    repurge_in_s = _poll_db(stack.pg_dsn, REPURGE_DUE, repurge_settle_s(settings_for(stack.env)))["due_in_s"]
+    time.sleep(max(0.0, repurge_in_s + 1.0))
     restarted_at = _poll_db(stack.pg_dsn, "SELECT now() AS now")["now"]
     reconciler = stack.services["reconciler"]
     with lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from services.processor.extraction.elements import Element
 from services.reconciler.tombstones import TombstoneRepurge
 from shared import lifecycle
-from shared.db import worker_database
+from shared.db import Database, worker_database
 from shared.errors import DocumentError, ErrorCode, ProcessingError
 from shared.settings import Settings
 from shared.storage import StorageUnavailable
@@ -206,90 +206,91 @@ class KeepOpen(Wrapping):
         return None
 
 
-async def test_reconciler_repurges_a_settled_tombstone_once(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
-) -> None:
-    """A holder killed right after its write (no check, no take-back): the tombstone's re-purge removes it."""
-    kb = await create_kb(api)
-    taken = uuid.UUID((await upload(api, kb, "taken.txt", TEXT)).json()["id"])
-    idle = uuid.UUID((await upload(api, kb, "idle.txt", TEXT + b"idle")).json()["id"])
+@dataclass
+class Repurge:
+    """The reconciler's re-purge step on the fixture's vector store, with a holder's own database."""
+
+    db: Database
+    step: TombstoneRepurge
+    vectors: QdrantVectorStore
+    settings: Settings
+
+    async def settle(self, sql: str, **params: Any) -> None:
+        """Age rows past the settle time with ``sql`` (which sets a time to now() - :age)."""
+        await fetch_all(self.settings, sql, age=self.step.settle_s + 1, **params)
+
+
+@pytest.fixture
+async def repurge(fast_settings: Settings, vectors: QdrantVectorStore) -> AsyncIterator[Repurge]:
     db = worker_database(fast_settings.database_url, service="test", max_connections=1)
+    step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
     try:
-        async with db.transaction() as conn:
-            lease = await lifecycle.claim(conn, taken, owner="killed-processor")
-        assert lease is not None
-        for doc in (taken, idle):
-            async with db.transaction() as conn:
-                assert await lifecycle.request_delete(conn, doc) is not None
-            async with db.transaction() as conn:
-                assert await lifecycle.finish_delete(conn, doc)
-        # The killed holder's last request lands after the purge.
-        await vectors.upsert_chunks(
-            EmbeddedChunks(
-                document_id=taken,
-                kb_id=kb,
-                version=lease.version,
-                filename="taken.txt",
-                chunks=[_Chunk(0, "late"), _Chunk(1, "later")],
-                vectors=[[1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382],
-            )
-        )
-        step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
-        assert await step.run() == {}, "a tombstone younger than the settle time is left alone"
-        await fetch_all(
-            fast_settings,
-            "UPDATE documents SET deleted_at = now() - make_interval(secs => :age) WHERE id = ANY(:ids)",
-            age=step.settle_s + 1,
-            ids=[taken, idle],
-        )
-        # Only the tombstone whose lease was taken from a holder qualifies.
-        assert await step.run() == {"tombstone_repurged": 1}
-        assert await vectors.count(taken) == 0
-        assert await step.run() == {}, "each tombstone is re-purged once"
+        yield Repurge(db, step, vectors, fast_settings)
     finally:
         await db.dispose()
 
 
-def _two_chunks(document_id: uuid.UUID, kb: str, version: int) -> EmbeddedChunks:
+async def _claim(db: Database, doc: uuid.UUID, owner: str) -> lifecycle.Lease:
+    async with db.transaction() as conn:
+        lease = await lifecycle.claim(conn, doc, owner=owner)
+    assert lease is not None
+    return lease
+
+
+def _landed(document_id: uuid.UUID, kb: str, version: int) -> EmbeddedChunks:
+    """A holder's index write that reached the vector store (two chunks)."""
     return EmbeddedChunks(
         document_id=document_id,
         kb_id=kb,
         version=version,
-        filename="cut-off.txt",
+        filename="landed.txt",
         chunks=[_Chunk(0, "landed"), _Chunk(1, "landed too")],
         vectors=[[1.0] + [0.0] * 383, [0.0, 1.0] + [0.0] * 382],
     )
 
 
+async def test_reconciler_repurges_a_settled_tombstone_once(api: httpx.AsyncClient, repurge: Repurge) -> None:
+    """A holder killed right after its write (no check, no take-back): the tombstone's re-purge removes it."""
+    kb = await create_kb(api)
+    taken = uuid.UUID((await upload(api, kb, "taken.txt", TEXT)).json()["id"])
+    idle = uuid.UUID((await upload(api, kb, "idle.txt", TEXT + b"idle")).json()["id"])
+    lease = await _claim(repurge.db, taken, "killed-processor")
+    for doc in (taken, idle):
+        async with repurge.db.transaction() as conn:
+            assert await lifecycle.request_delete(conn, doc) is not None
+        async with repurge.db.transaction() as conn:
+            assert await lifecycle.finish_delete(conn, doc)
+    # The killed holder's last request lands after the purge.
+    await repurge.vectors.upsert_chunks(_landed(taken, kb, lease.version))
+    assert await repurge.step.run() == {}, "a tombstone younger than the settle time is left alone"
+    await repurge.settle(
+        "UPDATE documents SET deleted_at = now() - make_interval(secs => :age) WHERE id = ANY(:ids)", ids=[taken, idle]
+    )
+    # Only the tombstone whose lease was taken from a holder qualifies.
+    assert await repurge.step.run() == {"tombstone_repurged": 1}
+    assert await repurge.vectors.count(taken) == 0
+    assert await repurge.step.run() == {}, "each tombstone is re-purged once"
+
+
 async def test_reconciler_repurges_the_points_a_failed_document_was_left_with(
-    api: httpx.AsyncClient, fast_settings: Settings, vectors: QdrantVectorStore
+    api: httpx.AsyncClient, repurge: Repurge
 ) -> None:
     """An index write that landed while its answer was lost (fault campaign, seed 93595): the document
     ended failed with that attempt's points; once settled they are deleted, a newer version's are kept."""
     kb = await create_kb(api)
     doc = uuid.UUID((await upload(api, kb, "cut-off.txt", TEXT)).json()["id"])
-    db = worker_database(fast_settings.database_url, service="test", max_connections=1)
-    try:
-        async with db.transaction() as conn:
-            lease = await lifecycle.claim(conn, doc, owner="cut-off-processor")
-        assert lease is not None
-        await vectors.upsert_chunks(_two_chunks(doc, kb, lease.version))
-        async with db.transaction() as conn:
-            error = DocumentError(ErrorCode.CORRUPT_FILE, "failed for good after its write landed")
-            assert await lifecycle.fail_or_retry(conn, lease, error, stage="indexing", retry_delay_s=0) == "failed"
-        # A writer under a higher version (a retry's claim) is not this failure's.
-        await vectors.upsert_chunks(_two_chunks(doc, kb, lease.version + 1))
-        assert await vectors.count(doc) == 4
-        step = TombstoneRepurge(db, fast_settings, vectors=lambda: KeepOpen(vectors))  # type: ignore[arg-type,return-value]
-        assert await step.run() == {}, "a failure younger than the settle time is left alone"
-        await fetch_all(
-            fast_settings,
-            "UPDATE document_attempts SET finished_at = now() - make_interval(secs => :age) WHERE document_id = :id",
-            age=step.settle_s + 1,
-            id=doc,
-        )
-        assert await step.run() == {"failed_repurged": 1}
-        assert await vectors.count(doc) == 2, "only the failed attempt's version is deleted"
-        assert await step.run() == {}, "each failure is re-purged once"
-    finally:
-        await db.dispose()
+    lease = await _claim(repurge.db, doc, "cut-off-processor")
+    await repurge.vectors.upsert_chunks(_landed(doc, kb, lease.version))
+    async with repurge.db.transaction() as conn:
+        error = DocumentError(ErrorCode.CORRUPT_FILE, "failed for good after its write landed")
+        assert await lifecycle.fail_or_retry(conn, lease, error, stage="indexing", retry_delay_s=0) == "failed"
+    # A writer under a higher version (a retry's claim) is not this failure's.
+    await repurge.vectors.upsert_chunks(_landed(doc, kb, lease.version + 1))
+    assert await repurge.vectors.count(doc) == 4
+    assert await repurge.step.run() == {}, "a failure younger than the settle time is left alone"
+    await repurge.settle(
+        "UPDATE document_attempts SET finished_at = now() - make_interval(secs => :age) WHERE document_id = :id", id=doc
+    )
+    assert await repurge.step.run() == {"failed_repurged": 1}
+    assert await repurge.vectors.count(doc) == 2, "only the failed attempt's version is deleted"
+    assert await repurge.step.run() == {}, "each failure is re-purged once"
