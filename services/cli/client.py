@@ -8,34 +8,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 import typer
 
 from services.cli import messages
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_FILE = Path(".kbingest") / "api_key"
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=8)
 PAGE_SIZE = 200
-
-UrlOption = Annotated[str, typer.Option("--url", envvar="KBINGEST_URL", help="The kbingest API.", show_default=True)]
-ApiKeyOption = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar="KBINGEST_API_KEY",
-        help="API key (default: KBINGEST_API_KEY, else .kbingest/api_key of the local stack).",
-        show_default=False,
-    ),
-]
-KbOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
-CreateOption = Annotated[bool, typer.Option("--create", help="Create the knowledge base if it does not exist.")]
-# How long upload and sync watch their documents by default.
-DEFAULT_TIMEOUT_S = 3600.0
-TimeoutOption = Annotated[float, typer.Option(help="Give up waiting after this many seconds (exit 3).")]
 
 
 class CliError(Exception):

@@ -9,24 +9,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.client import (
-    DEFAULT_URL,
-    ApiKeyOption,
-    KbOption,
-    UrlOption,
-    connect,
-    user_errors,
-)
+from services.cli import options
+from services.cli.client import connect, user_errors
 
 SNIPPET_CHARS = 300
 
 
 def search(
     query: Annotated[str, typer.Argument(help="What to look for, in your own words.")],
-    kb: KbOption,
+    kb: options.Kb,
     limit: Annotated[int, typer.Option(min=1, max=100, help="How many chunks to show.")] = 5,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
+    url: options.Url = options.DEFAULT_URL,
+    api_key: options.ApiKey = None,
 ) -> None:
     """Semantic search over the ready documents of a knowledge base."""
     console = Console()

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.client import DEFAULT_URL, ApiKeyOption, Client, UrlOption, connect, user_errors
+from services.cli import options
+from services.cli.client import Client, connect, user_errors
 from services.cli.messages import status_markup
 from shared.vocabulary import STATUSES
 
@@ -76,8 +77,8 @@ def status(
     kb: Annotated[str | None, typer.Option("--kb", help="Show this knowledge base's documents.")] = None,
     only: Annotated[str | None, typer.Option("--status", help="Only documents with this status.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many documents.")] = 500,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
+    url: options.Url = options.DEFAULT_URL,
+    api_key: options.ApiKey = None,
 ) -> None:
     """Knowledge bases with document counts by status; with --kb, that knowledge base's documents."""
     console = Console()

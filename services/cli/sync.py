@@ -19,19 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.client import (
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_URL,
-    ApiKeyOption,
-    Client,
-    CliError,
-    CreateOption,
-    KbOption,
-    TimeoutOption,
-    UrlOption,
-    connect,
-    user_errors,
-)
+from services.cli import options
+from services.cli.client import Client, CliError, connect, user_errors
 from services.cli.messages import human_size
 from services.cli.sync_plan import (
     Action,
@@ -159,16 +148,16 @@ def _resumable() -> Iterator[None]:
 
 def sync(
     path: Annotated[Path, typer.Argument(help="The folder to mirror (searched recursively).")],
-    kb: KbOption,
-    create: CreateOption = False,
+    kb: options.Kb,
+    create: options.Create = False,
     delete: Annotated[
         bool, typer.Option("--delete", help="Delete documents whose file is no longer in the folder.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every change is ready or failed.")] = True,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
+    timeout: options.Timeout = options.DEFAULT_TIMEOUT_S,
+    url: options.Url = options.DEFAULT_URL,
+    api_key: options.ApiKey = None,
 ) -> None:
     """Upload new files, replace changed ones (by sha256) and, with --delete, delete documents whose
     file is gone; then wait until every change is ready or failed and print a summary.

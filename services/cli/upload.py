@@ -25,20 +25,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.client import (
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_URL,
-    ApiKeyOption,
-    ApiProblem,
-    Client,
-    CliError,
-    CreateOption,
-    KbOption,
-    TimeoutOption,
-    UrlOption,
-    connect,
-    user_errors,
-)
+from services.cli import options
+from services.cli.client import ApiProblem, Client, CliError, connect, user_errors
 from services.cli.messages import failure_words, status_markup
 
 PARALLEL_UPLOADS = 4
@@ -202,12 +190,12 @@ def failed_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str
 
 def upload(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories (searched recursively).")],
-    kb: KbOption,
-    create: CreateOption = False,
+    kb: options.Kb,
+    create: options.Create = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every file is ready or failed.")] = True,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
+    timeout: options.Timeout = options.DEFAULT_TIMEOUT_S,
+    url: options.Url = options.DEFAULT_URL,
+    api_key: options.ApiKey = None,
 ) -> None:
     """Upload files into a knowledge base and show their progress until each is ready or failed.
 
