@@ -95,6 +95,8 @@ class IndexGeneration(Base):
     created_at: Mapped[datetime] = _ts(default_now=True)
     activated_at: Mapped[datetime | None] = _ts(nullable=True)
     finished_at: Mapped[datetime | None] = _ts(nullable=True)
+    # When the reconciler deleted the points of this generation, dropped (no rollback returns to it).
+    points_purged_at: Mapped[datetime | None] = _ts(nullable=True)
 
 
 class Batch(Base):

@@ -73,6 +73,12 @@ class DeleteKnowledgeBase(VectorCall):
     kb_id: str
 
 
+class DeleteGeneration(VectorCall):
+    path = "delete_generation"
+    kb_id: str
+    generation: int
+
+
 class Search(VectorCall):
     path = "search"
     result = TypeAdapter(list[SearchHit])

@@ -21,6 +21,7 @@ from shared.vector_calls import (
     ChunkJson,
     Count,
     DeleteDocument,
+    DeleteGeneration,
     DeleteKnowledgeBase,
     DeleteOlderVersions,
     DeleteOtherVersions,
@@ -113,6 +114,9 @@ class RemoteVectorStore:
 
     async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None:
         await self._call(DeleteKnowledgeBase(kb_id=str(kb_id)))
+
+    async def delete_generation(self, kb_id: uuid.UUID | str, generation: int) -> None:
+        await self._call(DeleteGeneration(kb_id=str(kb_id), generation=generation))
 
     async def search(
         self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None

@@ -100,6 +100,7 @@ class VectorStore(Protocol):
     async def delete_older_versions(self, document_id: uuid.UUID | str, version: int) -> None: ...
     async def delete_document(self, document_id: uuid.UUID | str) -> None: ...
     async def delete_knowledge_base(self, kb_id: uuid.UUID | str) -> None: ...
+    async def delete_generation(self, kb_id: uuid.UUID | str, generation: int) -> None: ...
     async def search(
         self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None
     ) -> list[SearchHit]: ...
@@ -308,11 +309,15 @@ class QdrantVectorStore:
         """Remove every point of a knowledge base, in every collection, whatever document wrote it."""
         from qdrant_client import models
 
-        await self._delete_everywhere(
-            models.Filter(
-                must=[models.FieldCondition(key="knowledge_base_id", match=models.MatchValue(value=str(kb_id)))]
-            )
-        )
+        await self._delete_everywhere(models.Filter(must=[_kb_condition(kb_id)]))
+
+    async def delete_generation(self, kb_id: uuid.UUID | str, generation: int) -> None:
+        """Remove every point of one index generation of a knowledge base, in every collection, any row's.
+
+        The points search would find with that generation's filter (generation 1 includes the points
+        written before generations existed), once it can no longer be rolled back to.
+        """
+        await self._delete_everywhere(_generation_filter(kb_id, generation))
 
     async def search(
         self, kb_id: uuid.UUID | str, vector: Sequence[float], limit: int, *, index: IndexTag | None = None
@@ -322,25 +327,12 @@ class QdrantVectorStore:
         Only the collection of ``index``'s model is searched, filtered to its generation: a result
         list can never mix models or generations.
         """
-        from qdrant_client import models
 
         name = self.collection_for(len(vector), index.embedding_model if index is not None else None)
         exists = functools.partial(_collection_exists, name=name)
         if name not in self._known and not await self._call("collection_exists", exists):
             return []
-        generation = index.generation if index is not None else 1
-        same: list[models.Condition] = [
-            models.FieldCondition(key="generation", match=models.MatchValue(value=generation))
-        ]
-        if generation == 1:
-            # Points written before generations existed have no ``generation``: they are generation 1's.
-            same.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="generation")))
-        only_kb = models.Filter(
-            must=[
-                models.FieldCondition(key="knowledge_base_id", match=models.MatchValue(value=str(kb_id))),
-                models.Filter(should=same),
-            ]
-        )
+        only_kb = _generation_filter(kb_id, index.generation if index is not None else 1)
         query = [float(x) for x in vector]
         response = await self._call(
             "query_points",
@@ -447,6 +439,23 @@ def _document_filter(
     if document_id is not None:
         conditions.insert(0, models.FieldCondition(key="document_id", match=models.MatchValue(value=str(document_id))))
     return models.Filter(must=conditions, must_not=list(must_not) or None)
+
+
+def _kb_condition(kb_id: uuid.UUID | str) -> models.FieldCondition:
+    from qdrant_client import models
+
+    return models.FieldCondition(key="knowledge_base_id", match=models.MatchValue(value=str(kb_id)))
+
+
+def _generation_filter(kb_id: uuid.UUID | str, generation: int) -> models.Filter:
+    """The points of one generation of a knowledge base: what search reads, and what a purge of it deletes."""
+    from qdrant_client import models
+
+    same: list[models.Condition] = [models.FieldCondition(key="generation", match=models.MatchValue(value=generation))]
+    if generation == 1:
+        # Points written before generations existed have no ``generation``: they are generation 1's.
+        same.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="generation")))
+    return models.Filter(must=[_kb_condition(kb_id), models.Filter(should=same)])
 
 
 def _hit(point: models.ScoredPoint) -> SearchHit:

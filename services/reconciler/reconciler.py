@@ -17,6 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from services.reconciler import generations, prune, repairs, samples, state
+from services.reconciler.generation_purge import GenerationPurge
 from services.reconciler.leader import Leadership
 from services.reconciler.metrics import ReconcilerMetrics
 from services.reconciler.presence_rescue import PresenceRescue
@@ -80,6 +81,7 @@ class Reconciler:
             leadership=leadership, db=db, metrics=metrics, restart_grace_s=settings.stale_after_s
         )
         self._tombstones = TombstoneRepurge(db, settings)
+        self._generation_purge = GenerationPurge(db, settings)
         self._objects = ObjectSweep(
             db,
             store,
@@ -141,6 +143,7 @@ class Reconciler:
             ("stuck_delete", lambda: repairs.finish_stuck_deletes(self._db, grace_s=self.grace_s)),
             ("generations", lambda: generations.switch_idle_generations(self._db)),
             ("tombstones", self._tombstones.run),
+            ("generation_purge", self._generation_purge.run),
             ("objects", self._objects.run),
             (
                 "prune",

@@ -86,6 +86,7 @@ _route(calls.DeleteOtherVersions, lambda store, c: store.delete_other_versions(c
 _route(calls.DeleteOlderVersions, lambda store, c: store.delete_older_versions(c.document_id, c.version))
 _route(calls.DeleteDocument, lambda store, c: store.delete_document(c.document_id))
 _route(calls.DeleteKnowledgeBase, lambda store, c: store.delete_knowledge_base(c.kb_id))
+_route(calls.DeleteGeneration, lambda store, c: store.delete_generation(c.kb_id, c.generation))
 _route(calls.Search, _search)
 _route(calls.Count, lambda store, c: store.count(c.document_id))
 _route(calls.Health, lambda store, _: store.health())

@@ -88,5 +88,32 @@ async def test_points_without_a_generation_count_as_generation_one() -> None:
         await store._call("upsert", lambda client: client.upsert(name, points=[point], wait=True))
         assert [h.text for h in await store.search(kb, VECTOR, 10, index=IndexTag(1, MODEL_A))] == ["legacy"]
         assert await store.search(kb, VECTOR, 10, index=IndexTag(2, MODEL_A)) == []
+        await store.delete_generation(kb, 1)
+        assert await store.count() == 0, "a purge of generation 1 takes the points without a generation too"
     finally:
         await store.close()
+
+
+async def test_delete_generation_removes_one_generation_of_one_kb(store: VectorStore) -> None:
+    """A dropped generation's purge (services/reconciler/generation_purge.py): every collection, that KB only."""
+    kb, other_kb, doc, build, later = (str(uuid.uuid4()) for _ in range(5))
+    # Generation 1 written before generations existed (no index), a generation 2 of another model, a generation 3.
+    await store.upsert_chunks(EmbeddedChunks(doc, kb, 1, "a.txt", _chunks("gen1", 3), [VECTOR] * 3))
+    await store.upsert_chunks(
+        EmbeddedChunks(build, kb, 2, "a.txt", _chunks("gen2", 2), [VECTOR] * 2, index=IndexTag(2, MODEL_B, "fp-b"))
+    )
+    await store.upsert_chunks(
+        EmbeddedChunks(later, kb, 3, "a.txt", _chunks("gen3", 2), [VECTOR] * 2, index=IndexTag(3, MODEL_A, "fp-a"))
+    )
+    await store.upsert_chunks(EmbeddedChunks(doc, other_kb, 1, "a.txt", _chunks("other", 1), [VECTOR]))
+
+    await store.delete_generation(kb, 1)
+    await store.delete_generation(kb, 2)
+
+    assert await store.count(doc) == 1, "only the other KB's generation 1 point is left"
+    assert await store.count(build) == 0, "generation 2 is gone from its model's collection too"
+    assert sorted(h.text for h in await store.search(kb, VECTOR, 10, index=IndexTag(3, MODEL_A))) == [
+        "gen3 chunk 0",
+        "gen3 chunk 1",
+    ]
+    assert [h.text for h in await store.search(other_kb, VECTOR, 10)] == ["other chunk 0"]

@@ -30,6 +30,7 @@ STEPS = {
     "stuck_delete": "stuck_delete",
     "generations": None,
     "tombstones": None,
+    "generation_purge": None,
     "objects": "orphan_object",
     "prune": "outbox_pruned",
     "sample": None,
