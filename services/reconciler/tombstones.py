@@ -22,7 +22,6 @@ import functools
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
@@ -107,30 +106,8 @@ def settle_s(settings: Settings) -> float:
     return settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A row whose points are deleted: all of them, or those of versions up to ``up_to_version``."""
-
-    row_id: uuid.UUID
-    up_to_version: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Walk:
-    """Rows found in order of (``at``, ``cursor_id``) after a cursor: tombstones, or failures."""
-
-    query: TextClause
-    counter: str
-    done_event: str
-    failed_event: str
-
-
-TOMBSTONES: Final = Walk(
-    RECENT_TOMBSTONES, "tombstone_repurged", "document.tombstone_repurged", "document.tombstone_repurge_failed"
-)
-FAILURES: Final = Walk(
-    SETTLED_FAILURES, "failed_repurged", "document.failed_points_repurged", "document.failed_points_repurge_failed"
-)
+# A row whose points are deleted: all of them (None), or those of versions up to the number.
+Target = tuple[uuid.UUID, int | None]
 
 
 class TombstoneRepurge:
@@ -155,9 +132,9 @@ class TombstoneRepurge:
 
     async def run(self) -> Counter[str]:
         """Delete the points of tombstones, of rows a replacement stopped serving and of failed rows, settled."""
-        counts = await self._walk(TOMBSTONES)
+        counts = await self._walk(RECENT_TOMBSTONES, "tombstone")
         counts.update(await self._activations())
-        counts.update(await self._walk(FAILURES))
+        counts.update(await self._walk(SETTLED_FAILURES, "failed"))
         return counts
 
     async def _activations(self) -> Counter[str]:
@@ -170,7 +147,7 @@ class TombstoneRepurge:
             rows = (await conn.execute(SETTLED_ACTIVATIONS, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([Target(row["row_id"]) for row in rows])
+        done, failure = await self._repurge([(row["row_id"], None) for row in rows])
         if done:
             self._activations_after = int(rows[done - 1]["seq"])
             counts["replaced_repurged"] += done
@@ -179,10 +156,15 @@ class TombstoneRepurge:
             log.warning("document.replaced_points_repurge_failed", build_id=build_id, error=failure.message)
         return counts
 
-    async def _walk(self, walk: Walk) -> Counter[str]:
-        """Re-purge the rows ``walk.query`` finds after this walk's cursor, in order; move it past those done."""
+    async def _walk(self, query: TextClause, what: str) -> Counter[str]:
+        """Re-purge the rows ``query`` finds after the cursor of ``what``, in order; move it past those done.
+
+        ``query`` returns ``id``, ``version`` (None: every point) and the cursor (``at``, ``cursor_id``);
+        ``what`` names the counter (``{what}_repurged``) and the log events.
+        """
         counts: Counter[str] = Counter()
-        after_at, after_id = self._cursors.get(walk.counter) or (None, None)
+        counter = f"{what}_repurged"
+        after_at, after_id = self._cursors.get(counter) or (None, None)
         params = {
             "settle_s": self.settle_s,
             "lookback_s": self._lookback_s,
@@ -191,30 +173,30 @@ class TombstoneRepurge:
             "limit": self._limit,
         }
         async with self._db.transaction() as conn:
-            rows = (await conn.execute(walk.query, params)).mappings().all()
+            rows = (await conn.execute(query, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([Target(row["id"], up_to_version=row["version"]) for row in rows])
+        done, failure = await self._repurge([(row["id"], row["version"]) for row in rows])
         for row in rows[:done]:
-            log.debug(walk.done_event, document_id=str(row["id"]))
+            log.debug(f"document.{what}_repurged", document_id=str(row["id"]))
         if done:
-            self._cursors[walk.counter] = (rows[done - 1]["at"], rows[done - 1]["cursor_id"])
-            counts[walk.counter] += done
+            self._cursors[counter] = (rows[done - 1]["at"], rows[done - 1]["cursor_id"])
+            counts[counter] += done
         if failure is not None:
             # The cursor stays before this one: the next pass tries again from here.
-            log.warning(walk.failed_event, document_id=str(rows[done]["id"]), error=failure.message)
+            log.warning(f"document.{what}_repurge_failed", document_id=str(rows[done]["id"]), error=failure.message)
         return counts
 
     async def _repurge(self, targets: list[Target]) -> tuple[int, ProcessingError | None]:
         """Delete each target's points in order, stopping at the first failure: how many were done, and that failure."""
         vectors = self._vectors()
         try:
-            for done, target in enumerate(targets):
+            for done, (row_id, up_to_version) in enumerate(targets):
                 try:
-                    if target.up_to_version is None:
-                        await vectors.delete_document(target.row_id)
+                    if up_to_version is None:
+                        await vectors.delete_document(row_id)
                     else:
-                        await vectors.delete_older_versions(target.row_id, target.up_to_version + 1)
+                        await vectors.delete_older_versions(row_id, up_to_version + 1)
                 except ProcessingError as exc:
                     return done, exc
             return len(targets), None
