@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict
@@ -86,6 +87,9 @@ class Dispatcher:
         self._metrics = metrics
         self._load_deliveries = load_deliveries
         self._delivered_by_url: dict[str, Counter] = {}
+        # Read once: the per-event debug line's arguments cost about 1 µs to build even when debug is off
+        # (a twentieth of the relay's CPU per delivered event).
+        self._log_each_delivery = log.is_enabled_for(logging.DEBUG)
         self._busy_by_url: dict[str, Counter] = {}
 
     async def plan(self, events: Sequence[ClaimedEvent]) -> Plan:
@@ -175,7 +179,8 @@ class Dispatcher:
     def _observe_delivered(self, event: ClaimedEvent, attempt: int, acked_at: float) -> None:
         latency_s = max(0.0, acked_at - event.created_at)
         self._metrics.latency.observe(latency_s)
-        log.debug("outbox.delivered", **_about(event), attempt=attempt, latency_ms=round(latency_s * 1000, 1))
+        if self._log_each_delivery:
+            log.debug("outbox.delivered", **_about(event), attempt=attempt, latency_ms=round(latency_s * 1000, 1))
 
     def _delivered(self, url: str) -> Counter:
         return _child(self._delivered_by_url, self._metrics.delivered, url)
