@@ -28,12 +28,10 @@ from typing import Final
 import structlog
 from sqlalchemy import text
 
-from services.reconciler.tombstones import VectorsFactory, settle_s
+from services.reconciler.tombstones import Delete, VectorsFactory, delete_in_order, settle_s
 from shared.db import Database
-from shared.errors import ProcessingError
 from shared.settings import Settings
 from shared.vector_remote import vector_store_for
-from shared.vectorstore import VectorStore
 
 MAX_PER_PASS: Final = 20
 
@@ -80,27 +78,26 @@ class GenerationPurge:
             rows = (await conn.execute(DROPPED_GENERATIONS, params)).all()
         if not rows:
             return counts
-        vectors = self._vectors()
-        try:
-            for kb_id, generation in rows:
-                if not await self._purge(vectors, kb_id, int(generation)):
-                    break
-                counts["generation_points_purged"] += 1
-        finally:
-            await vectors.close()
+        deletes = [_generation(kb_id, int(generation)) for kb_id, generation in rows]
+        done, failure = await delete_in_order(self._vectors, deletes)
+        if done:
+            async with self._db.transaction() as conn:
+                for kb_id, generation in rows[:done]:
+                    await conn.execute(RECORD_PURGED, {"kb": kb_id, "generation": generation})
+            for kb_id, generation in rows[:done]:
+                log.info("index.generation_purged", knowledge_base_id=str(kb_id), generation=generation)
+            counts["generation_points_purged"] += done
+        if failure is not None:
+            # Not recorded: the next pass deletes again.
+            kb_id, generation = rows[done]
+            log.warning(
+                "index.generation_purge_failed",
+                knowledge_base_id=str(kb_id),
+                generation=generation,
+                error=failure.message,
+            )
         return counts
 
-    async def _purge(self, vectors: VectorStore, kb_id: uuid.UUID, generation: int) -> bool:
-        """Delete the generation's points and record it; False (logged, not recorded) when the store failed."""
-        try:
-            await vectors.delete_generation(kb_id, generation)
-        except ProcessingError as exc:
-            # Not recorded: the next pass deletes again.
-            log.warning(
-                "index.generation_purge_failed", knowledge_base_id=str(kb_id), generation=generation, error=exc.message
-            )
-            return False
-        async with self._db.transaction() as conn:
-            await conn.execute(RECORD_PURGED, {"kb": kb_id, "generation": generation})
-        log.info("index.generation_purged", knowledge_base_id=str(kb_id), generation=generation)
-        return True
+
+def _generation(kb_id: uuid.UUID, generation: int) -> Delete:
+    return lambda vectors: vectors.delete_generation(kb_id, generation)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -106,8 +106,29 @@ def settle_s(settings: Settings) -> float:
     return settings.stale_after_s + (settings.stage_timeout_s("indexing") or WRITE_SETTLE_MAX_S)
 
 
-# A row whose points are deleted: all of them (None), or those of versions up to the number.
-Target = tuple[uuid.UUID, int | None]
+# One delete on a vector store (a row's points, a generation's).
+Delete = Callable[[VectorStore], Awaitable[None]]
+
+
+def points_of(row_id: uuid.UUID, up_to_version: int | None = None) -> Delete:
+    """Delete a row's points: all of them (None), or those of its versions up to ``up_to_version``."""
+    if up_to_version is None:
+        return lambda vectors: vectors.delete_document(row_id)
+    return lambda vectors: vectors.delete_older_versions(row_id, up_to_version + 1)
+
+
+async def delete_in_order(vectors: VectorsFactory, deletes: Sequence[Delete]) -> tuple[int, ProcessingError | None]:
+    """Run ``deletes`` on one vector store in order, stopping at the first failure: how many were done, and it."""
+    store = vectors()
+    try:
+        for done, delete in enumerate(deletes):
+            try:
+                await delete(store)
+            except ProcessingError as exc:
+                return done, exc
+        return len(deletes), None
+    finally:
+        await store.close()
 
 
 class TombstoneRepurge:
@@ -147,7 +168,7 @@ class TombstoneRepurge:
             rows = (await conn.execute(SETTLED_ACTIVATIONS, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([(row["row_id"], None) for row in rows])
+        done, failure = await delete_in_order(self._vectors, [points_of(row["row_id"]) for row in rows])
         if done:
             self._activations_after = int(rows[done - 1]["seq"])
             counts["replaced_repurged"] += done
@@ -176,7 +197,7 @@ class TombstoneRepurge:
             rows = (await conn.execute(query, params)).mappings().all()
         if not rows:
             return counts
-        done, failure = await self._repurge([(row["id"], row["version"]) for row in rows])
+        done, failure = await delete_in_order(self._vectors, [points_of(row["id"], row["version"]) for row in rows])
         for row in rows[:done]:
             log.debug(f"document.{what}_repurged", document_id=str(row["id"]))
         if done:
@@ -186,19 +207,3 @@ class TombstoneRepurge:
             # The cursor stays before this one: the next pass tries again from here.
             log.warning(f"document.{what}_repurge_failed", document_id=str(rows[done]["id"]), error=failure.message)
         return counts
-
-    async def _repurge(self, targets: list[Target]) -> tuple[int, ProcessingError | None]:
-        """Delete each target's points in order, stopping at the first failure: how many were done, and that failure."""
-        vectors = self._vectors()
-        try:
-            for done, (row_id, up_to_version) in enumerate(targets):
-                try:
-                    if up_to_version is None:
-                        await vectors.delete_document(row_id)
-                    else:
-                        await vectors.delete_older_versions(row_id, up_to_version + 1)
-                except ProcessingError as exc:
-                    return done, exc
-            return len(targets), None
-        finally:
-            await vectors.close()
