@@ -17,3 +17,17 @@ async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
     """
     async with asyncio.timeout(timeout):
         return await aw
+
+
+async def finish_then_cancel(aw: Awaitable[T]) -> T:
+    """Run ``aw`` to its end even if the caller is cancelled meanwhile; then let the cancellation through.
+
+    For a short step that must not be cut in half (taking back a write made under a lost lease): a
+    cancellation arriving during it waits for it instead of abandoning it.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise

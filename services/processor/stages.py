@@ -24,6 +24,7 @@ from services.processor.deps import ProcessorDeps
 from services.processor.extraction.elements import Element
 from services.processor.fence import LeaseCheck, take_back
 from services.processor.heartbeat import LeaseLost
+from shared.aio import finish_then_cancel
 from shared.embedders import Embedders
 from shared.errors import ErrorCode, ProcessingError
 from shared.generations import IndexSettings, settings_of_row
@@ -243,6 +244,11 @@ class Pipeline:
             raise LeaseLost("the lease was lost while writing vectors")
 
     async def _held_or_taken_back(self, lease: Lease, confirm: ConfirmLease) -> bool:
+        # Not cut by the heartbeat's cancel: it comes when the lease is gone, i.e. exactly when the
+        # take-back must run to its end (else the late write's points outlive the deletion).
+        return await finish_then_cancel(self._check_after_write(lease, confirm))
+
+    async def _check_after_write(self, lease: Lease, confirm: ConfirmLease) -> bool:
         check = await confirm()
         if not check.held:
             await take_back(self.deps.vectors, lease, check)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.aio import wait_for
+from shared.aio import finish_then_cancel, wait_for
 
 Waiter = Callable[[Awaitable[Any], float], Awaitable[Any]]
 
@@ -63,3 +63,22 @@ async def test_timeouts_still_raise_and_cancel_the_awaited_work() -> None:
         await wait_for(slow(), 0.05)
     assert cancelled.is_set()
     assert await wait_for(asyncio.sleep(0, result=7), 1.0) == 7
+
+
+async def test_finish_then_cancel_runs_the_step_to_its_end_before_the_cancellation() -> None:
+    gate = asyncio.Event()
+    finished: list[str] = []
+
+    async def step() -> None:
+        await gate.wait()
+        finished.append("taken back")
+
+    caller = asyncio.ensure_future(finish_then_cancel(step()))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.sleep(0)
+    assert not caller.done(), "the cancellation waits for the step"
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == ["taken back"]
